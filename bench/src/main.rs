@@ -1,0 +1,3 @@
+fn main() {
+    println!("hearth-bench: scenarios arrive with later issues");
+}

@@ -1,0 +1,1 @@
+//! Client-server and federation endpoints, registered on the HTTP router.

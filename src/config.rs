@@ -1,0 +1,1 @@
+//! Configuration: TOML file plus `HEARTH_SECTION__KEY` environment overrides.

@@ -1,0 +1,1 @@
+//! PostgreSQL: our own pipelined wire client, pool, group commit, embedded cluster.

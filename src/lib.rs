@@ -1,0 +1,12 @@
+//! hearth: a thread-per-core Matrix homeserver.
+//!
+//! See `docs/ARCHITECTURE.md` for how a request flows through shards,
+//! the mesh, caches and the database.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod mesh;
+pub mod primitives;
+pub mod shard;

@@ -1,0 +1,1 @@
+//! The shard mesh: bounded channels between every ordered pair of shards.

@@ -1,0 +1,1 @@
+//! Per-shard async primitives (single-threaded, no locks) and the clock.

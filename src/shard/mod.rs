@@ -1,0 +1,1 @@
+//! Shards: one pinned OS thread per core, each a monoio runtime.
