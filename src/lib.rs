@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod http;
 pub mod mesh;
 pub mod observability;
