@@ -289,6 +289,7 @@ pub fn redact(
     pdu: &CanonicalJsonObject,
     version: RoomVersion,
 ) -> Result<CanonicalJsonObject, PduError> {
+    require_object_content(pdu)?;
     Ok(canonical_json::redact(
         pdu.clone(),
         version.redaction_rules(),
@@ -303,6 +304,7 @@ pub fn redact_because(
     version: RoomVersion,
     redaction_event: CanonicalJsonObject,
 ) -> Result<CanonicalJsonObject, PduError> {
+    require_object_content(pdu)?;
     Ok(canonical_json::redact(
         pdu.clone(),
         version.redaction_rules(),
@@ -345,6 +347,15 @@ pub fn create_event_content(
         );
     }
     Ok(content)
+}
+
+/// ruma keeps a non-object `content` as it is when redacting; such an event
+/// is malformed, and must not pass through redaction with its data intact.
+fn require_object_content(pdu: &CanonicalJsonObject) -> Result<(), PduError> {
+    match pdu.get("content") {
+        None | Some(CanonicalJsonValue::Object(_)) => Ok(()),
+        Some(_) => Err(PduError::Malformed("content is not an object".to_owned())),
+    }
 }
 
 fn int(n: u64, field: &str) -> Result<Int, PduError> {
@@ -429,3 +440,7 @@ fn validate_new_event(ev: &NewEvent, key: &ServerKey) -> Result<(), PduError> {
 #[cfg(test)]
 #[path = "pdu_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "pdu_redaction_tests.rs"]
+mod redaction_tests;
