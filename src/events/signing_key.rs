@@ -71,7 +71,10 @@ impl ServerKey {
             .map_err(|_| KeyError::InvalidServerName(server_name.to_owned()))?;
         let path = data_dir.join(KEY_FILE_NAME);
         match fs::read_to_string(&path) {
-            Ok(text) => Self::parse(&path, &text, server_name),
+            Ok(text) => {
+                warn_if_readable_by_others(&path);
+                Self::parse(&path, &text, server_name)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Self::create(data_dir, &path, server_name)
             }
@@ -260,6 +263,18 @@ impl ServerKey {
     }
 }
 
+/// The key is a secret: say so if the file is group/world readable
+/// (it is created 0600; someone changed it). Not fatal, like Synapse.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "signing key file is readable by other users; chmod 600 it");
+        }
+    }
+}
+
 /// `n` random characters from `[A-Za-z0-9]`, unbiased (rejection sampling).
 fn random_alphanumeric(n: usize) -> Result<String, KeyError> {
     const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -432,6 +447,12 @@ mod tests {
         );
         let map = PublicKeyMap::from([("domain".to_owned(), keys)]);
         verify_json(&map, &body).unwrap();
+    }
+
+    #[test]
+    fn server_key_can_be_shared_across_shards() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ServerKey>();
     }
 
     #[test]
