@@ -667,3 +667,57 @@ fn connection_cap_answers_503() {
     drop(b);
     srv.stop();
 }
+
+#[test]
+fn slow_handler_does_not_block_other_connections_or_earlier_responses() {
+    let srv = TestServer::start(test_config());
+    let mut a = srv.connect();
+    // Pipelined: a fast request, then a slow one. The fast answer must not
+    // wait for the slow handler.
+    a.write_all(b"GET /hello HTTP/1.1\r\n\r\nGET /slow/400 HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let t = Instant::now();
+    let mut ra = BufReader::new(a);
+    assert_eq!(read_response(&mut ra).unwrap().status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    // Another connection is served while the slow handler runs.
+    let (resp, _) = roundtrip(&srv, b"GET /hello HTTP/1.1\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        read_response(&mut ra).unwrap().json(),
+        json!({"slept": 400})
+    );
+    srv.stop();
+}
+
+#[test]
+fn large_body_in_pieces() {
+    let srv = TestServer::start(test_config());
+    let mut c = srv.connect();
+    let body: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    c.write_all(
+        format!(
+            "POST /echo HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    for part in body.chunks(7000) {
+        c.write_all(part).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut r = BufReader::new(c);
+    let resp = read_response(&mut r).unwrap();
+    assert_eq!(resp.body, body);
+    srv.stop();
+}

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::io::AsyncWriteRentExt;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
 use super::conn::{Conn, ServerCtx};
@@ -109,6 +109,23 @@ fn reject(stream: TcpStream, rejecting: &Rc<ConnTracker>, cap: usize) {
         let mut out = Vec::with_capacity(512);
         write_head(&mut out, &resp, ConnHeader::Close);
         out.extend_from_slice(&resp.body);
-        let _ = monoio::time::timeout(REJECT_WRITE_TIMEOUT, stream.write_all(out)).await;
+        let _ = monoio::time::timeout(REJECT_WRITE_TIMEOUT, async {
+            let (res, _) = stream.write_all(out).await;
+            res?;
+            // Half-close, then drain briefly: closing with the unread
+            // request still queued would reset the connection and the
+            // client might never see the 503.
+            stream.shutdown().await?;
+            let mut buf = Vec::with_capacity(4096);
+            loop {
+                buf.clear();
+                let (res, b) = stream.read(buf).await;
+                buf = b;
+                if res? == 0 {
+                    return Ok::<_, std::io::Error>(());
+                }
+            }
+        })
+        .await;
     });
 }
