@@ -8,5 +8,6 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod mesh;
+pub mod observability;
 pub mod primitives;
 pub mod shard;
