@@ -102,6 +102,7 @@ pub struct HttpSection {
     pub header_timeout_ms: u64,
     pub body_timeout_ms: u64,
     pub keepalive_timeout_ms: u64,
+    pub write_timeout_ms: u64,
     pub max_connections_per_shard: usize,
     pub shutdown_grace_ms: u64,
 }
@@ -114,6 +115,7 @@ impl Default for HttpSection {
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             keepalive_timeout_ms: 60_000,
+            write_timeout_ms: 30_000,
             max_connections_per_shard: 10_000,
             shutdown_grace_ms: 10_000,
         }
@@ -222,17 +224,22 @@ impl Config {
         origin: &Path,
         env: &BTreeMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: origin.to_owned(),
-            message: e.to_string(),
-        })?;
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: origin.to_owned(),
+                    message: e.to_string(),
+                })?;
         for (var, value) in env {
             apply_env_override(&mut table, var, value)?;
         }
         let value = toml::Value::Table(table);
         let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
-            key_err(if key == "." { "<root>".into() } else { key }, e.into_inner().to_string())
+            key_err(
+                if key == "." { "<root>".into() } else { key },
+                e.into_inner().to_string(),
+            )
         })?;
         config.validate()?;
         Ok(config)
@@ -271,7 +278,11 @@ impl Config {
             ("http.header_timeout_ms", h.header_timeout_ms),
             ("http.body_timeout_ms", h.body_timeout_ms),
             ("http.keepalive_timeout_ms", h.keepalive_timeout_ms),
-            ("http.max_connections_per_shard", h.max_connections_per_shard as u64),
+            ("http.write_timeout_ms", h.write_timeout_ms),
+            (
+                "http.max_connections_per_shard",
+                h.max_connections_per_shard as u64,
+            ),
         ] {
             if v == 0 {
                 return Err(key_err(key, "must be greater than 0"));
@@ -387,7 +398,9 @@ fn set_in_value(slot: &mut toml::Value, path: &[String], value: toml::Value) -> 
 fn parse_env_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
     match doc.parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
     }
 }
@@ -443,7 +456,10 @@ mod tests {
         assert!(e.to_string().contains("log"), "{e}");
         assert!(e.to_string().contains("formatt"), "{e}");
         let e = load("server_name = \"a.org\"", &[("HEARTH_HTTP__NOPE", "1")]).unwrap_err();
-        assert!(e.to_string().contains("NOPE") || e.to_string().contains("nope"), "{e}");
+        assert!(
+            e.to_string().contains("NOPE") || e.to_string().contains("nope"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -462,7 +478,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("listeners[0].port"), "{e}");
-        let e = load("server_name = \"a.org\"\n[database]\nurl = \"mysql://x\"", &[]).unwrap_err();
+        let e = load(
+            "server_name = \"a.org\"\n[database]\nurl = \"mysql://x\"",
+            &[],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("database.url"), "{e}");
     }
 

@@ -11,4 +11,5 @@ pub mod http;
 pub mod mesh;
 pub mod observability;
 pub mod primitives;
+pub mod server;
 pub mod shard;

@@ -95,7 +95,8 @@ fn sigterm_shuts_down_gracefully_with_exit_0() {
     let mut h = Hearth::start(Opts::shards(2));
     // An idle keep-alive connection must not hold the shutdown up.
     let mut idle = h.connect();
-    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     assert_eq!(read_response(&mut idle, false).status, 200);
     h.signal(libc::SIGTERM);
     assert_eq!(h.wait_exit(Duration::from_secs(15)), Some(0));
@@ -134,7 +135,11 @@ fn check_config_accepts_and_rejects_with_the_key_named() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("federation"));
 
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "server_name = \"example.org\"\n[log]\nlevle = \"info\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "server_name = \"example.org\"\n[log]\nlevle = \"info\"\n",
+    )
+    .unwrap();
     let out = hearth_cmd()
         .args(["check-config", "--config"])
         .arg(&bad)
@@ -169,7 +174,10 @@ fn check_config_accepts_and_rejects_with_the_key_named() {
 fn help_documents_the_config() {
     let out = hearth_cmd().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("serve") && text.contains("check-config"), "{text}");
+    assert!(
+        text.contains("serve") && text.contains("check-config"),
+        "{text}"
+    );
     assert!(text.contains("HEARTH_SECTION__KEY"), "{text}");
     assert!(text.contains("[database]"), "{text}");
 }

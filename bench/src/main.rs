@@ -71,7 +71,10 @@ fn main() -> anyhow::Result<()> {
                 },
             )?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&result.to_json("http", &url))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result.to_json("http", &url))?
+                );
             } else {
                 println!("{}", result.table("http", &url));
             }

@@ -38,9 +38,15 @@ pub struct ShardInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
     #[error("shard {shard}: cannot build its runtime: {source}")]
-    Runtime { shard: usize, source: std::io::Error },
+    Runtime {
+        shard: usize,
+        source: std::io::Error,
+    },
     #[error("shard {shard}: cannot start its thread: {source}")]
-    Thread { shard: usize, source: std::io::Error },
+    Thread {
+        shard: usize,
+        source: std::io::Error,
+    },
     #[error("shard {0} stopped before it was ready")]
     DiedEarly(usize),
 }

@@ -60,7 +60,7 @@ impl Hearth {
             use std::os::unix::process::CommandExt;
             // SAFETY: only async-signal-safe syscalls (prctl) between fork and exec.
             unsafe {
-                cmd.pre_exec(|| seccomp::deny_io_uring_setup());
+                cmd.pre_exec(seccomp::deny_io_uring_setup);
             }
         }
         let mut child = cmd.spawn().expect("spawn hearth");
@@ -107,7 +107,10 @@ impl Hearth {
                         return l;
                     }
                 }
-                Err(_) => panic!("no log line containing {needle:?}; log so far: {:#?}", self.log),
+                Err(_) => panic!(
+                    "no log line containing {needle:?}; log so far: {:#?}",
+                    self.log
+                ),
             }
         }
     }
@@ -188,7 +191,11 @@ pub fn read_response(s: &mut impl Read, head_only: bool) -> Resp {
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
         let n = s.read(&mut byte).expect("read head");
-        assert!(n > 0, "connection closed mid-head: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.push(byte[0]);
     }
     let head = String::from_utf8(buf).expect("utf8 head");
@@ -219,7 +226,11 @@ pub fn read_response(s: &mut impl Read, head_only: bool) -> Resp {
 /// One request on a fresh connection.
 pub fn get(h: &Hearth, path: &str) -> Resp {
     let mut s = h.connect();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     read_response(&mut s, false)
 }
 
