@@ -434,3 +434,46 @@ async fn receive_loop(ring: Arc<Ring>, stats: Arc<MeshStats>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::primitives::clock::test_util::{block_on, settle};
+    use std::rc::Rc;
+
+    #[test]
+    fn self_submit_runs_locally() {
+        block_on(async {
+            let mut eps = Mesh::new(1, 4);
+            let ep = eps.pop().unwrap(); // n = 1: exactly one endpoint
+            ep.spawn_receiver();
+            assert_eq!((ep.shard_id(), ep.n_shards()), (0, 1));
+            assert_eq!(ep.submit_to(0, || async { 41 + 1 }).await, Ok(42));
+            thread_local!(static HITS: Cell<u32> = const { Cell::new(0) });
+            ep.send_to(0, || async { HITS.with(|h| h.set(h.get() + 1)) })
+                .await
+                .unwrap();
+            ep.broadcast(BroadcastScope::All, || async {
+                HITS.with(|h| h.set(h.get() + 10))
+            })
+            .await
+            .unwrap();
+            ep.broadcast(BroadcastScope::Others, || async {
+                HITS.with(|h| h.set(h.get() + 100))
+            })
+            .await
+            .unwrap();
+            settle().await;
+            assert_eq!(HITS.with(|h| h.get()), 11);
+            let r = ep.broadcast_wait(BroadcastScope::All, || async { 7 }).await;
+            assert_eq!(r, vec![(0, Ok(7))]);
+            let ep = Rc::new(ep);
+            ep.close();
+            assert!(ep.is_closed());
+            assert_eq!(
+                ep.submit_to(0, || async {}).await,
+                Err(MeshError::Closed { shard: 0 })
+            );
+        });
+    }
+}
