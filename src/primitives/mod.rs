@@ -1,1 +1,18 @@
 //! Per-shard async primitives (single-threaded, no locks) and the clock.
+//!
+//! Everything here is `!Send` on purpose: each shard owns its own instances,
+//! built on `Rc`/`RefCell`/`Cell`; cross-shard traffic goes through the mesh.
+
+pub mod clock;
+pub mod future_cache;
+pub mod linearizer;
+pub mod rwlock;
+pub mod shared_future;
+pub mod task;
+
+pub use clock::{timeout, Clock, ClockHandle, Elapsed, FakeClock, RealClock};
+pub use future_cache::FutureCache;
+pub use linearizer::{Linearizer, LinearizerGuard};
+pub use rwlock::{ReadWriteLock, RwGuard};
+pub use shared_future::{Observer, SharedFuture};
+pub use task::yield_now;
