@@ -14,11 +14,16 @@ use signal_hook::iterator::Signals;
 
 use crate::config::{Config, ListenerKind};
 use crate::http::{self, HttpConfig};
+use crate::mesh::{Mesh, MeshEndpoint};
 use crate::shard::{self, ShardInfo, ShardOptions, ShardStart};
+
+/// Jobs in flight per ordered shard pair before senders wait (backpressure).
+const MESH_RING_CAPACITY: usize = 1024;
 
 /// Everything one shard owns, moved to its thread at start.
 pub struct ShardPayload {
     listeners: Vec<(ListenerKind, TcpListener)>,
+    mesh: MeshEndpoint,
 }
 
 /// Per-shard application state handed to every request handler. Lives on one
@@ -26,6 +31,8 @@ pub struct ShardPayload {
 pub struct ShardState {
     pub info: ShardInfo,
     pub config: Arc<Config>,
+    /// This shard's end of the mesh: `submit_to` other shards, broadcast.
+    pub mesh: MeshEndpoint,
 }
 
 impl From<&crate::config::HttpSection> for HttpConfig {
@@ -51,9 +58,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // Signals first, so a SIGTERM during start-up is not lost.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
 
-    let mut per_shard: Vec<ShardPayload> = (0..n)
-        .map(|_| ShardPayload {
+    let mut per_shard: Vec<ShardPayload> = Mesh::new(n, MESH_RING_CAPACITY)
+        .into_iter()
+        .map(|mesh| ShardPayload {
             listeners: Vec::new(),
+            mesh,
         })
         .collect();
     let mut bound: Vec<(ListenerKind, SocketAddr)> = Vec::new();
@@ -139,7 +148,9 @@ async fn shard_main(start: ShardStart<ShardPayload>, config: Arc<Config>) {
     } = start;
     let id = info.id;
     let http_cfg = Rc::new(HttpConfig::from(&config.http));
-    let state = Rc::new(ShardState { info, config });
+    let ShardPayload { listeners, mesh } = payload;
+    mesh.spawn_receiver();
+    let state = Rc::new(ShardState { info, config, mesh });
     let shutdown = http::Shutdown::new();
     {
         let shutdown = shutdown.clone();
@@ -151,7 +162,7 @@ async fn shard_main(start: ShardStart<ShardPayload>, config: Arc<Config>) {
     let client_router = Rc::new(crate::api::client_router());
     let federation_router = Rc::new(crate::api::federation_router());
     let mut serving = Vec::new();
-    for (kind, std_listener) in payload.listeners {
+    for (kind, std_listener) in listeners {
         let listener = match monoio::net::TcpListener::from_std(std_listener) {
             Ok(l) => l,
             Err(e) => {
@@ -174,4 +185,6 @@ async fn shard_main(start: ShardStart<ShardPayload>, config: Arc<Config>) {
     for s in serving {
         s.await;
     }
+    // Peers' pending submits to this shard now fail fast instead of hanging.
+    state.mesh.close();
 }
