@@ -224,15 +224,17 @@ impl Connection {
 
     /// Resolves when the connection has died.
     pub async fn closed(&self) {
-        poll_fn(|cx| {
-            if self.is_closed() {
-                Poll::Ready(())
-            } else {
-                self.inner.closed_waiters.register(cx.waker());
-                Poll::Pending
-            }
-        })
-        .await
+        self.watch().closed().await
+    }
+
+    /// A watcher that does not keep the connection open.
+    pub(crate) fn watch(&self) -> ConnWatch {
+        ConnWatch(self.inner.clone())
+    }
+
+    /// Whether an interactive transaction currently holds the connection.
+    pub(crate) fn is_gated(&self) -> bool {
+        self.inner.gate_locked.get()
     }
 
     /// Server backend PID (for `pg_terminate_backend` / cancel).
@@ -392,7 +394,10 @@ impl Connection {
         })
     }
 
-    fn send_simple(&self, sql: &str) -> Result<Answer<Result<Vec<SimpleRow>, DbError>>, DbError> {
+    pub(crate) fn send_simple(
+        &self,
+        sql: &str,
+    ) -> Result<Answer<Result<Vec<SimpleRow>, DbError>>, DbError> {
         let (reply, answer) = oneshot();
         let mut reply = Some(reply);
         self.enqueue(|out, _| {
@@ -436,6 +441,28 @@ impl Connection {
         });
         self.inner.write_ready.notify();
         Ok(answer)
+    }
+}
+
+/// Observes a connection's death without keeping it alive (the tasks
+/// shut down once the last `Connection` handle is dropped).
+pub(crate) struct ConnWatch(Rc<Inner>);
+
+impl ConnWatch {
+    pub(crate) fn is_closed(&self) -> bool {
+        *self.0.state.borrow() != State::Open
+    }
+
+    pub(crate) async fn closed(&self) {
+        poll_fn(|cx| {
+            if self.is_closed() {
+                Poll::Ready(())
+            } else {
+                self.0.closed_waiters.register(cx.waker());
+                Poll::Pending
+            }
+        })
+        .await
     }
 }
 

@@ -51,6 +51,7 @@ impl<T> Reply<T> {
     }
 
     /// Whether the receiver has given up waiting.
+    #[cfg(test)]
     pub(crate) fn is_abandoned(&self) -> bool {
         self.0.borrow().abandoned
     }

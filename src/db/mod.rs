@@ -22,6 +22,8 @@ pub use config::{ConnectConfig, Host};
 pub use conn::{Connection, QueryResult};
 pub use copy::CopyText;
 pub use error::DbError;
+pub use group_commit::{GroupCommit, GroupCommitConfig, GroupCommitStats, Write};
+pub use pool::{Pool, PoolConfig};
 
 pub use transaction::Transaction;
 pub use types::{Column, FromSql, Row, SimpleRow, SqlType, SqlValue, ToSql};

@@ -106,6 +106,7 @@ impl StatementCache {
         self.by_sql.retain(|_, s| !Rc::ptr_eq(s, stmt));
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.by_sql.len()
     }

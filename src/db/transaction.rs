@@ -81,6 +81,19 @@ impl Transaction {
         Ok(r.first().map_or(0, |r| r.rows_affected))
     }
 
+    /// Run SQL (possibly several statements) through the simple protocol
+    /// inside this transaction; used for migrations.
+    pub async fn batch_execute(&self, sql: &str) -> Result<(), DbError> {
+        if self.done.get() {
+            return Err(DbError::Closed("transaction already finished".into()));
+        }
+        let answer = self.conn.send_simple(sql)?;
+        match answer.await {
+            Some(r) => r.map(|_| ()),
+            None => Err(self.conn.closed_error()),
+        }
+    }
+
     /// Several statements in one round trip, inside this transaction.
     pub async fn pipeline(
         &self,
