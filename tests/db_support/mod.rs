@@ -53,3 +53,54 @@ pub async fn connect_fresh() -> Connection {
     let cfg = fresh_db().await;
     Connection::connect(&cfg).await.expect("connect")
 }
+
+/// A config for a password user authenticated with `method` (`password`,
+/// `md5` or `scram-sha-256`) on a fresh database. The role is created with
+/// its password stored the way the method needs.
+pub async fn auth_config(method: &str) -> ConnectConfig {
+    let cfg = fresh_db().await;
+    let admin = Connection::connect(&cfg).await.expect("connect admin");
+    let user = match method {
+        "password" => "hearth_password",
+        "md5" => "hearth_md5",
+        "scram-sha-256" => "hearth_scram",
+        other => panic!("unknown auth method {other}"),
+    };
+    let encryption = if method == "md5" {
+        "md5"
+    } else {
+        "scram-sha-256"
+    };
+    admin
+        .batch_execute(&format!(
+            "SET password_encryption = '{encryption}';
+             DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{user}') THEN
+                 CREATE ROLE {user} LOGIN;
+               END IF;
+             END $$;
+             ALTER ROLE {user} PASSWORD 's3cr3t pa$$';"
+        ))
+        .await
+        .expect("create role");
+    let mut cfg = cfg;
+    cfg.host = hearth::db::Host::Tcp("127.0.0.1".into());
+    cfg.user = user.to_owned();
+    cfg.password = Some("s3cr3t pa$$".to_owned());
+    cfg
+}
+
+/// Yield once to the runtime so spawned tasks get polled.
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
