@@ -57,13 +57,9 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Message>, DbError> {
         Ok(None) => Err(DbError::Protocol(
             "incomplete frame after length check".into(),
         )),
-        Err(e) => {
-            // Drop the frame: the stream is unusable anyway, and the caller
-            // closes the connection on a protocol error.
-            let n = total.min(buf.len());
-            let _ = buf.split_to(n);
-            Err(DbError::protocol(format!("malformed backend message: {e}")))
-        }
+        // `parse` has already taken the frame off `buf`; the caller closes
+        // the connection on a protocol error anyway.
+        Err(e) => Err(DbError::protocol(format!("malformed backend message: {e}"))),
     }
 }
 
@@ -171,15 +167,16 @@ mod tests {
                 buf.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
                 buf.extend_from_slice(body);
             }
-            loop {
+            // Every frame is complete and well-framed, so each decode
+            // either yields a message or an error for that one frame.
+            for _ in 0..frames.len() {
                 match decode(&mut buf) {
                     Ok(Some(m)) => exercise(m),
-                    Ok(None) => break,
-                    Err(_) => {
-                        if buf.is_empty() { break; }
-                    }
+                    Ok(None) => panic!("complete frame reported as partial"),
+                    Err(_) => {}
                 }
             }
+            prop_assert!(buf.is_empty());
         }
     }
 }
