@@ -591,13 +591,10 @@ impl Inner {
                     let mut values = Vec::new();
                     let mut ranges = body.ranges();
                     while let Some(r) = ranges.next().map_err(DbError::protocol)? {
-                        values.push(match r {
-                            Some(r) => Some(
-                                String::from_utf8_lossy(body.buffer().get(r).unwrap_or_default())
-                                    .into_owned(),
-                            ),
-                            None => None,
-                        });
+                        values.push(r.map(|r| {
+                            String::from_utf8_lossy(body.buffer().get(r).unwrap_or_default())
+                                .into_owned()
+                        }));
                     }
                     rows.push(SimpleRow { values });
                 }
