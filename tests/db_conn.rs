@@ -479,25 +479,22 @@ fn authentication_methods() {
 fn unix_socket_and_url() {
     run(async {
         let cfg = fresh_db().await;
-        if let Some(dir) =
-            std::env::var_os("HEARTH_TEST_PG_SOCKET_DIR").or(Some("/tmp/pgdb".into()))
-        {
-            let url = format!(
-                "postgres:///{}?host={}&port={}&user={}",
-                cfg.dbname,
-                dir.to_string_lossy(),
-                cfg.port,
-                cfg.user
-            );
-            let ucfg = hearth::db::ConnectConfig::from_url(&url).unwrap();
-            let c = Connection::connect(&ucfg).await.unwrap();
-            let db: String = c
-                .query_one("SELECT current_database()::text", &[])
-                .await
-                .unwrap()
-                .get(0)
-                .unwrap();
-            assert_eq!(db, cfg.dbname);
-        }
+        let url = format!(
+            "postgres:///{}?host={}&port={}&user={}",
+            cfg.dbname,
+            db_support::socket_dir().display(),
+            cfg.port,
+            cfg.user
+        );
+        let ucfg = hearth::db::ConnectConfig::from_url(&url).unwrap();
+        assert!(matches!(ucfg.host, hearth::db::Host::Unix(_)));
+        let c = Connection::connect(&ucfg).await.unwrap();
+        let db: String = c
+            .query_one("SELECT current_database()::text", &[])
+            .await
+            .unwrap()
+            .get(0)
+            .unwrap();
+        assert_eq!(db, cfg.dbname);
     })
 }

@@ -1,10 +1,11 @@
 //! Shared helpers for the `db_*` tests: a monoio runtime and a fresh
 //! database per test on a real PostgreSQL.
 //!
-//! The cluster comes from `HEARTH_TEST_PG_URL` (an admin URL) until the
-//! throwaway-cluster harness `hearth::db::testing` is merged; then this file
-//! becomes a thin wrapper over it.
+//! The cluster is `HEARTH_TEST_PG_URL` (an admin URL) if set, else a
+//! throwaway cluster started for this test binary (see `cluster.rs`).
 #![allow(dead_code)]
+
+pub mod cluster;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,9 +22,18 @@ pub fn run<F: Future>(f: F) -> F::Output {
 }
 
 pub fn admin_config() -> ConnectConfig {
-    let url = std::env::var("HEARTH_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:54329/postgres".to_owned());
-    ConnectConfig::from_url(&url).expect("HEARTH_TEST_PG_URL")
+    match std::env::var("HEARTH_TEST_PG_URL") {
+        Ok(url) => ConnectConfig::from_url(&url).expect("HEARTH_TEST_PG_URL"),
+        Err(_) => cluster::TestCluster::shared().admin_config(),
+    }
+}
+
+/// Directory of the cluster's unix socket.
+pub fn socket_dir() -> std::path::PathBuf {
+    match std::env::var_os("HEARTH_TEST_PG_SOCKET_DIR") {
+        Some(d) => d.into(),
+        None => cluster::TestCluster::shared().socket_dir().to_owned(),
+    }
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
