@@ -17,6 +17,7 @@ pub mod pool;
 mod statement;
 pub mod transaction;
 pub mod types;
+mod wire;
 
 pub use config::{ConnectConfig, Host};
 pub use conn::{Connection, QueryResult};
