@@ -170,18 +170,23 @@ impl Connection {
                         format!("{}: {e}", path.display()),
                     ))
                 })?;
-                Self::start(stream, cfg).await
+                Self::connect_stream(stream, cfg).await
             }
             Host::Tcp(_) => {
                 let stream = TcpStream::connect_addr(cfg.tcp_addr()?).await?;
                 // Small pipelined requests must not wait for Nagle.
                 let _ = stream.set_nodelay(true);
-                Self::start(stream, cfg).await
+                Self::connect_stream(stream, cfg).await
             }
         }
     }
 
-    async fn start<S>(mut stream: S, cfg: &ConnectConfig) -> Result<Connection, DbError>
+    /// Run startup/authentication over an already-connected stream and
+    /// start the connection's tasks (the host/port in `cfg` are unused).
+    pub async fn connect_stream<S>(
+        mut stream: S,
+        cfg: &ConnectConfig,
+    ) -> Result<Connection, DbError>
     where
         S: AsyncReadRent + AsyncWriteRent + Splitable + 'static,
         S::OwnedRead: AsyncReadRent + 'static,
