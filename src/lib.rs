@@ -6,7 +6,10 @@
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod http;
 pub mod mesh;
+pub mod observability;
 pub mod primitives;
+pub mod server;
 pub mod shard;

@@ -1,3 +1,98 @@
-fn main() {
-    println!("hearth");
+//! The `hearth` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hearth::config::Config;
+
+const CONFIG_HELP: &str = "\
+CONFIGURATION (TOML; every key can be overridden by an environment variable
+HEARTH_SECTION__KEY, e.g. HEARTH_LOG__FORMAT=json, HEARTH_SERVER_NAME=example.org,
+HEARTH_LISTENERS__0__PORT=8448; unknown keys and bad values stop hearth at start):
+
+  server_name = \"example.org\"     # required: the domain in user ids
+  shards = 2                      # default: the cores this process may use
+  pin_cores = true                # pin shard i to the i-th allowed core
+  io_driver = \"auto\"              # auto (io_uring, else epoll) | io_uring | epoll
+  data_dir = \"./hearth-data\"      # signing key, embedded PostgreSQL
+
+  [[listeners]]                   # repeatable; default 127.0.0.1:8008 client
+  address = \"0.0.0.0\"
+  port = 8008
+  kind = \"client\"                 # client | federation
+
+  [http]
+  max_header_bytes = 16384        max_body_bytes = 33554432
+  header_timeout_ms = 10000       body_timeout_ms = 30000
+  keepalive_timeout_ms = 60000    write_timeout_ms = 30000
+  max_connections_per_shard = 10000   shutdown_grace_ms = 10000
+
+  [database]
+  url = \"postgres://user:pass@host:5432/hearth\"   # unset: embedded cluster in data_dir
+  pool_size = 4                   # connections per shard
+  max_queued = 4096               # queued queries per shard before 'busy'
+  run_as = \"postgres\"             # user for the embedded cluster when run as root
+
+  [log]
+  format = \"text\"                 # text | json
+  level = \"info\"                  # tracing filter, e.g. \"hearth=debug,info\"
+  access_log = true               # one line per request (target hearth::access)
+";
+
+#[derive(Parser)]
+#[command(name = "hearth", version, about = "A thread-per-core Matrix homeserver", after_long_help = CONFIG_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the homeserver.
+    Serve {
+        /// Config file (TOML). Without one, defaults plus HEARTH_* variables.
+        #[arg(long, short, env = "HEARTH_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Load and validate the configuration, print the effective values.
+    CheckConfig {
+        #[arg(long, short, env = "HEARTH_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
+            Ok(c) => {
+                print!("{}", c.to_toml());
+                eprintln!("config OK ({} shards)", c.shard_count());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hearth: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config } => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("hearth: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            hearth::observability::init(&cfg.log);
+            match hearth::server::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("hearth: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,219 @@
+//! Closed-loop keep-alive HTTP load: each connection keeps one request in
+//! flight, so latency is the server's and throughput is what it sustains.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::report::RunResult;
+use crate::url::Target;
+
+pub struct Load {
+    pub connections: usize,
+    pub threads: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+#[derive(Default)]
+struct ThreadStats {
+    hist: Option<Histogram<u64>>,
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+pub fn run(target: &Target, load: Load) -> anyhow::Result<RunResult> {
+    let threads = load.threads.max(1);
+    let start = Instant::now();
+    let measure_from = start + load.warmup;
+    let end = measure_from + load.duration;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: hearth-bench\r\n\r\n",
+        target.path, target.host_header
+    )
+    .into_bytes();
+
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let conns = load.connections / threads + usize::from(t < load.connections % threads);
+        let addr = target.addr;
+        let request = request.clone();
+        handles.push(std::thread::spawn(move || -> ThreadStats {
+            let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let mut s = ThreadStats::default();
+                    s.errors.insert(format!("runtime: {e}"), 1);
+                    return s;
+                }
+            };
+            rt.block_on(async move {
+                let stats = Rc::new(RefCell::new(ThreadStats {
+                    hist: Some(new_hist()),
+                    ..Default::default()
+                }));
+                let mut tasks = Vec::new();
+                for _ in 0..conns {
+                    let stats = stats.clone();
+                    let request = request.clone();
+                    tasks.push(monoio::spawn(async move {
+                        connection_loop(addr, request, measure_from, end, stats).await
+                    }));
+                }
+                for t in tasks {
+                    t.await;
+                }
+                Rc::try_unwrap(stats)
+                    .map(|c| c.into_inner())
+                    .unwrap_or_default()
+            })
+        }));
+    }
+    let mut merged = new_hist();
+    let mut ok = 0;
+    let mut errors = BTreeMap::new();
+    for h in handles {
+        let s = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("load thread panicked"))?;
+        if let Some(hist) = &s.hist {
+            merged.add(hist)?;
+        }
+        ok += s.ok;
+        for (k, v) in s.errors {
+            *errors.entry(k).or_insert(0) += v;
+        }
+    }
+    Ok(RunResult {
+        ok,
+        errors,
+        elapsed: load.duration,
+        latency_us: merged,
+        connections: load.connections,
+    })
+}
+
+fn new_hist() -> Histogram<u64> {
+    // 1 µs .. 60 s at 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds")
+}
+
+async fn connection_loop(
+    addr: std::net::SocketAddr,
+    request: Vec<u8>,
+    measure_from: Instant,
+    end: Instant,
+    stats: Rc<RefCell<ThreadStats>>,
+) {
+    let record_err = |what: String| {
+        if Instant::now() >= measure_from {
+            *stats.borrow_mut().errors.entry(what).or_insert(0) += 1;
+        }
+    };
+    let mut stream: Option<TcpStream> = None;
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut req = request;
+    while Instant::now() < end {
+        if stream.is_none() {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    stream = Some(s);
+                }
+                Err(e) => {
+                    record_err(format!("connect: {}", e.kind()));
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(s) = stream.as_mut() else { continue };
+        let t0 = Instant::now();
+        let (res, back) = s.write_all(req).await;
+        req = back;
+        if let Err(e) = res {
+            record_err(format!("write: {}", e.kind()));
+            stream = None;
+            continue;
+        }
+        match read_response(s, &mut buf).await {
+            Ok((status, keep)) => {
+                let now = Instant::now();
+                if now >= measure_from && now < end {
+                    let mut st = stats.borrow_mut();
+                    if (200..300).contains(&status) {
+                        st.ok += 1;
+                        let us = now.duration_since(t0).as_micros().max(1) as u64;
+                        if let Some(h) = st.hist.as_mut() {
+                            h.saturating_record(us);
+                        }
+                    } else {
+                        *st.errors.entry(format!("status {status}")).or_insert(0) += 1;
+                    }
+                }
+                if !keep {
+                    stream = None;
+                }
+            }
+            Err(e) => {
+                record_err(e);
+                stream = None;
+            }
+        }
+    }
+}
+
+/// Read one response; returns (status, keep-alive). Leftover bytes stay in `buf`.
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, bool), String> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let status = resp.code.unwrap_or(0);
+                let mut len = 0usize;
+                let mut keep = true;
+                for h in resp.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        len = std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse().ok())
+                            .ok_or("bad content-length")?;
+                    } else if h.name.eq_ignore_ascii_case("connection")
+                        && h.value.eq_ignore_ascii_case(b"close")
+                    {
+                        keep = false;
+                    }
+                }
+                while buf.len() < head_len + len {
+                    read_more(s, buf).await?;
+                }
+                buf.drain(..head_len + len);
+                return Ok((status, keep));
+            }
+            Ok(httparse::Status::Partial) => read_more(s, buf).await?,
+            Err(e) => return Err(format!("parse: {e}")),
+        }
+    }
+}
+
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    let chunk = Vec::with_capacity(16 * 1024);
+    let (res, chunk) = s.read(chunk).await;
+    match res {
+        Ok(0) => Err("closed".into()),
+        Ok(_) => {
+            buf.extend_from_slice(&chunk);
+            Ok(())
+        }
+        Err(e) => Err(format!("read: {}", e.kind())),
+    }
+}

@@ -1,0 +1,93 @@
+//! Results: throughput and latency percentiles from an HDR histogram.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+pub struct RunResult {
+    pub ok: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub elapsed: Duration,
+    /// Latency of successful requests in microseconds.
+    pub latency_us: Histogram<u64>,
+    pub connections: usize,
+}
+
+impl RunResult {
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn pct_ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    pub fn table(&self, scenario: &str, target: &str) -> String {
+        let mut out = format!(
+            "scenario {scenario} against {target} ({} connections, {:.0} s)\n",
+            self.connections,
+            self.elapsed.as_secs_f64()
+        );
+        out += &format!(
+            "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            "req/s", "p50 ms", "p90 ms", "p99 ms", "p999 ms", "max ms", "errors"
+        );
+        out += &format!(
+            "{:>12.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9}\n",
+            self.rate(),
+            self.pct_ms(0.50),
+            self.pct_ms(0.90),
+            self.pct_ms(0.99),
+            self.pct_ms(0.999),
+            self.latency_us.max() as f64 / 1000.0,
+            self.errors.values().sum::<u64>()
+        );
+        for (k, v) in &self.errors {
+            out += &format!("  error {k}: {v}\n");
+        }
+        out
+    }
+
+    pub fn to_json(&self, scenario: &str, target: &str) -> serde_json::Value {
+        json!({
+            "scenario": scenario,
+            "target": target,
+            "connections": self.connections,
+            "duration_s": self.elapsed.as_secs_f64(),
+            "ok": self.ok,
+            "rate": self.rate(),
+            "latency_ms": {
+                "p50": self.pct_ms(0.50), "p90": self.pct_ms(0.90), "p99": self.pct_ms(0.99),
+                "p999": self.pct_ms(0.999), "max": self.latency_us.max() as f64 / 1000.0,
+            },
+            "errors": self.errors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_rate() {
+        let mut h = Histogram::new_with_bounds(1, 60_000_000, 3).unwrap();
+        for us in 1..=1000u64 {
+            h.record(us).unwrap();
+        }
+        let r = RunResult {
+            ok: 1000,
+            errors: BTreeMap::new(),
+            elapsed: Duration::from_secs(2),
+            latency_us: h,
+            connections: 4,
+        };
+        assert_eq!(r.rate(), 500.0);
+        assert!((r.pct_ms(0.5) - 0.5).abs() < 0.01);
+        let j = r.to_json("http", "x");
+        assert_eq!(j["ok"], 1000);
+        assert!(r.table("http", "x").contains("req/s"));
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it: formatting, lints, then every
+# test of the workspace against real PostgreSQL clusters and real sockets.
+# Nothing is skipped: a missing prerequisite fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/ensure-postgres.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --no-fail-fast
+# The HTTP suite once more on the epoll fallback driver, so both drivers are covered.
+HEARTH_TEST_LEGACY_DRIVER=1 cargo test --test http_server

@@ -1,0 +1,430 @@
+//! One HTTP/1.1 connection: read → parse → dispatch → write, in order.
+//!
+//! Pipelined requests already in the read buffer are answered one after the
+//! other and their responses batched into a single write; the buffer is
+//! flushed before the connection waits on the socket or on a slow handler.
+//! Every wait on the client is bounded by a timeout, so a slow or silent
+//! client only ever costs its own connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use monoio::buf::{IoBufMut, SliceMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio::time::{timeout, timeout_at, Instant};
+use tracing::Instrument;
+
+use super::access::{self, AccessInfo};
+use super::cors;
+use super::error::MatrixError;
+use super::parser::{parse_head, BodyFraming, ChunkedDecoder, ParseError, RequestHead};
+use super::request::{Method, Request};
+use super::response::{status_has_body, write_head, ConnHeader, Response};
+use super::router::{Lookup, Router};
+use super::shutdown::Shutdown;
+use super::HttpConfig;
+
+/// Initial read buffer; grows for large heads/bodies, shrinks back when idle.
+const READ_BUF: usize = 8 * 1024;
+/// Buffers larger than this are dropped when idle, so thousands of idle
+/// keep-alive connections do not pin large allocations.
+const MAX_IDLE_BUF: usize = 64 * 1024;
+/// Bodies up to this size are copied into the write buffer (batched);
+/// larger ones are written from their own `Bytes`.
+const INLINE_BODY: usize = 16 * 1024;
+/// Flush once this much response data is pending, even mid-pipeline.
+const FLUSH_AT: usize = 64 * 1024;
+/// How long / how much we drain after an error before closing, so the peer
+/// reads our error response instead of a TCP reset.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Everything a connection needs from its server, shared by all of a
+/// shard's connections.
+pub(crate) struct ServerCtx<S> {
+    pub router: Rc<Router<S>>,
+    pub state: Rc<S>,
+    pub cfg: Rc<HttpConfig>,
+    pub shutdown: Shutdown,
+}
+
+/// Why reading a request stopped.
+enum ReadError {
+    /// Peer closed, socket error, idle timeout or shutdown while idle:
+    /// close silently.
+    Gone,
+    /// The client was too slow: answer 408 and close.
+    Timeout,
+    /// Bad or oversized input: answer with this error and close.
+    Parse(ParseError),
+}
+
+pub(crate) struct Conn<S> {
+    stream: TcpStream,
+    peer: SocketAddr,
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+    ctx: Rc<ServerCtx<S>>,
+}
+
+impl<S: 'static> Conn<S> {
+    pub(crate) fn new(stream: TcpStream, peer: SocketAddr, ctx: Rc<ServerCtx<S>>) -> Self {
+        Conn {
+            stream,
+            peer,
+            rbuf: BytesMut::with_capacity(READ_BUF),
+            wbuf: Vec::new(),
+            ctx,
+        }
+    }
+
+    /// Serves requests until the client leaves, errs, times out, asks to
+    /// close, or the server shuts down.
+    pub(crate) async fn run(mut self) {
+        loop {
+            let head = match self.next_head().await {
+                Ok(h) => h,
+                Err(e) => return self.fail(e).await,
+            };
+            let started = std::time::Instant::now();
+            let body = match self.read_body(&head).await {
+                Ok(b) => b,
+                Err(e) => return self.fail(e).await,
+            };
+            match self.respond(head, body, started).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if self.flush().await.is_ok() && !self.rbuf.is_empty() {
+                        // Closing with unread pipelined data: linger so the
+                        // peer is not reset before it reads our responses.
+                        self.linger().await;
+                    }
+                    return;
+                }
+                Err(_) => return,
+            }
+            if self.wbuf.len() >= FLUSH_AT && self.flush().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Answers a read failure (if it deserves an answer) and closes.
+    async fn fail(mut self, e: ReadError) {
+        match e {
+            ReadError::Gone => {
+                let _ = self.flush().await;
+            }
+            ReadError::Timeout => {
+                let err = MatrixError::new(408, "M_UNKNOWN", "Request timed out");
+                self.queue_error(err);
+                let _ = self.flush().await;
+            }
+            ReadError::Parse(pe) => {
+                tracing::debug!(peer = %self.peer, error = %pe, "bad request");
+                self.queue_error(pe.to_matrix());
+                if self.flush().await.is_ok() {
+                    self.linger().await;
+                }
+            }
+        }
+    }
+
+    fn queue_error(&mut self, err: MatrixError) {
+        let resp = err.into_response();
+        write_head(&mut self.wbuf, &resp, ConnHeader::Close);
+        self.wbuf.extend_from_slice(&resp.body);
+    }
+
+    /// Half-closes and drains input for a short while before the socket is
+    /// dropped (a "lingering close").
+    async fn linger(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let deadline = Instant::now() + LINGER;
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            self.rbuf.clear();
+            match timeout_at(
+                deadline,
+                read_into(&mut self.stream, &mut self.rbuf, READ_BUF),
+            )
+            .await
+            {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+    }
+
+    /// Reads until one request head is parsed.
+    async fn next_head(&mut self) -> Result<RequestHead, ReadError> {
+        let limits = self.ctx.cfg.limits();
+        let mut deadline = None;
+        loop {
+            if !self.rbuf.is_empty() {
+                if let Some(head) = parse_head(&mut self.rbuf, limits).map_err(ReadError::Parse)? {
+                    return Ok(head);
+                }
+                // The header clock runs from the request's first byte.
+                deadline.get_or_insert_with(|| Instant::now() + self.ctx.cfg.header_timeout);
+            }
+            // Never wait on the client with responses still unsent.
+            self.flush().await.map_err(|_| ReadError::Gone)?;
+            let n = match deadline {
+                None => self.read_idle().await?,
+                Some(d) => {
+                    match timeout_at(d, read_into(&mut self.stream, &mut self.rbuf, READ_BUF)).await
+                    {
+                        Ok(Ok(n)) => n,
+                        Ok(Err(_)) => return Err(ReadError::Gone),
+                        Err(_) => return Err(ReadError::Timeout),
+                    }
+                }
+            };
+            if n == 0 {
+                return Err(ReadError::Gone);
+            }
+        }
+    }
+
+    /// Waits for the first byte of the next request: bounded by the
+    /// keep-alive timeout, and abandoned at once on shutdown.
+    async fn read_idle(&mut self) -> Result<usize, ReadError> {
+        let shutdown = self.ctx.shutdown.clone();
+        if shutdown.is_triggered() {
+            return Err(ReadError::Gone);
+        }
+        if self.rbuf.capacity() > MAX_IDLE_BUF {
+            self.rbuf = BytesMut::with_capacity(READ_BUF);
+        }
+        if self.wbuf.capacity() > MAX_IDLE_BUF {
+            self.wbuf = Vec::new();
+        }
+        let ka = self.ctx.cfg.keepalive_timeout;
+        monoio::select! {
+            r = timeout(ka, read_into(&mut self.stream, &mut self.rbuf, READ_BUF)) => match r {
+                Ok(Ok(n)) => Ok(n),
+                _ => Err(ReadError::Gone),
+            },
+            _ = shutdown.wait() => Err(ReadError::Gone),
+        }
+    }
+
+    /// Reads the body the head announced.
+    async fn read_body(&mut self, head: &RequestHead) -> Result<Bytes, ReadError> {
+        let deadline = Instant::now() + self.ctx.cfg.body_timeout;
+        match head.framing {
+            BodyFraming::Length(0) => Ok(Bytes::new()),
+            BodyFraming::Length(n) => {
+                // The parser already rejected lengths over the limit.
+                let n = n as usize;
+                if head.expect_continue && self.rbuf.len() < n {
+                    self.wbuf
+                        .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                while self.rbuf.len() < n {
+                    self.flush().await.map_err(|_| ReadError::Gone)?;
+                    let want = n - self.rbuf.len();
+                    self.read_before(deadline, want).await?;
+                }
+                Ok(self.rbuf.split_to(n).freeze())
+            }
+            BodyFraming::Chunked => {
+                let mut dec = ChunkedDecoder::new(self.ctx.cfg.limits());
+                if head.expect_continue && self.rbuf.is_empty() {
+                    self.wbuf
+                        .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                while !dec.decode(&mut self.rbuf).map_err(ReadError::Parse)? {
+                    self.flush().await.map_err(|_| ReadError::Gone)?;
+                    self.read_before(deadline, READ_BUF).await?;
+                }
+                Ok(dec.into_body())
+            }
+        }
+    }
+
+    async fn read_before(&mut self, deadline: Instant, want: usize) -> Result<(), ReadError> {
+        match timeout_at(deadline, read_into(&mut self.stream, &mut self.rbuf, want)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => Err(ReadError::Gone),
+            Ok(Ok(_)) => Ok(()),
+            Err(_) => Err(ReadError::Timeout),
+        }
+    }
+
+    /// Dispatches one request and queues its response. Returns whether the
+    /// connection stays open.
+    async fn respond(
+        &mut self,
+        head: RequestHead,
+        body: Bytes,
+        started: std::time::Instant,
+    ) -> io::Result<bool> {
+        let request_id = access::next_request_id();
+        let span = tracing::info_span!(
+            "request",
+            request_id,
+            method = %head.method,
+            path = %head.path,
+        );
+        let info = access::access_enabled().then(|| AccessInfo {
+            method: head.method.clone(),
+            path: head.path.clone(),
+            query: head.query.clone(),
+        });
+        let head_only = head.method == Method::Head;
+        let keep_alive = head.keep_alive;
+        let http10 = head.minor_version == 0;
+
+        let resp = self
+            .dispatch(head, body, request_id)
+            .instrument(span.clone())
+            .await;
+
+        // Checked after the handler: a shutdown during it closes afterwards.
+        let keep = keep_alive && !self.ctx.shutdown.is_triggered();
+        let conn = match (keep, http10) {
+            (false, _) => ConnHeader::Close,
+            (true, true) => ConnHeader::KeepAlive,
+            (true, false) => ConnHeader::None,
+        };
+        let bytes_out = self.send(&resp, head_only, conn).await?;
+        if let Some(info) = &info {
+            access::log_access(&span, info, resp.status, bytes_out, started);
+        }
+        Ok(keep)
+    }
+
+    /// Routes the request and runs its handler, turning errors and panics
+    /// into Matrix error responses.
+    async fn dispatch(&mut self, head: RequestHead, body: Bytes, request_id: u64) -> Response {
+        if head.method == Method::Options {
+            return cors::preflight_response();
+        }
+        let router = Rc::clone(&self.ctx.router);
+        let (handler, params) = match router.lookup(&head.method, &head.path) {
+            Lookup::Found(h, p) => (h, p),
+            Lookup::NotFound => return MatrixError::unrecognized().into_response(),
+            Lookup::MethodNotAllowed(allow) => {
+                return MatrixError::method_not_allowed()
+                    .into_response()
+                    .with_header("Allow", allow)
+            }
+        };
+        let req = Request {
+            method: head.method,
+            path: head.path,
+            query: head.query,
+            headers: head.headers,
+            body,
+            request_id,
+            remote_addr: Some(self.peer),
+            params,
+        };
+        let state = Rc::clone(&self.ctx.state);
+        // The handler call itself is inside the future so a panic while
+        // building it is caught too.
+        let fut = AssertUnwindSafe(async move { handler(state, req).await }).catch_unwind();
+        let mut fut = pin!(fut);
+        // Fast handlers finish on the first poll and their responses batch
+        // with the pipeline; slow ones get earlier responses sent meanwhile.
+        let out = match futures_util::poll!(fut.as_mut()) {
+            Poll::Ready(out) => out,
+            Poll::Pending if self.wbuf.is_empty() => fut.await,
+            Poll::Pending => {
+                let (flushed, out) = futures_util::join!(self.flush(), fut);
+                if let Err(e) = flushed {
+                    tracing::debug!(error = %e, "flush failed while handler ran");
+                }
+                out
+            }
+        };
+        match out {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(err)) => {
+                if err.status >= 500 {
+                    tracing::warn!(error = %err, "request failed");
+                }
+                err.into_response()
+            }
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %msg, "handler panicked");
+                MatrixError::unknown("Internal server error").into_response()
+            }
+        }
+    }
+
+    /// Queues (and for large bodies, writes) a response; returns the bytes
+    /// put on the wire.
+    async fn send(
+        &mut self,
+        resp: &Response,
+        head_only: bool,
+        conn: ConnHeader,
+    ) -> io::Result<usize> {
+        let start = self.wbuf.len();
+        write_head(&mut self.wbuf, resp, conn);
+        let mut n = self.wbuf.len() - start;
+        if head_only || !status_has_body(resp.status) {
+            return Ok(n);
+        }
+        n += resp.body.len();
+        if resp.body.len() <= INLINE_BODY {
+            self.wbuf.extend_from_slice(&resp.body);
+        } else {
+            self.flush().await?;
+            self.write_bytes(resp.body.clone()).await?;
+        }
+        Ok(n)
+    }
+
+    /// Writes out everything queued, reusing the buffer.
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.wbuf);
+        let (res, mut buf) = timeout(self.ctx.cfg.write_timeout, self.stream.write_all(buf))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?;
+        res?;
+        buf.clear();
+        self.wbuf = buf;
+        Ok(())
+    }
+
+    async fn write_bytes(&mut self, body: Bytes) -> io::Result<()> {
+        let (res, _) = timeout(self.ctx.cfg.write_timeout, self.stream.write_all(body))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?;
+        res.map(|_| ())
+    }
+}
+
+/// Reads into the spare capacity of `rbuf` (growing it towards `want`
+/// bytes, within reason). If the future is dropped mid-read the buffer is
+/// lost; callers only drop reads when they are closing the connection.
+async fn read_into(stream: &mut TcpStream, rbuf: &mut BytesMut, want: usize) -> io::Result<usize> {
+    let spare = rbuf.capacity() - rbuf.len();
+    if spare < want.min(READ_BUF) {
+        rbuf.reserve(want.clamp(READ_BUF, 1024 * 1024));
+    }
+    let buf = std::mem::take(rbuf);
+    let (len, cap) = (buf.len(), buf.capacity());
+    let slice: SliceMut<BytesMut> = buf.slice_mut(len..cap);
+    let (res, slice) = stream.read(slice).await;
+    *rbuf = slice.into_inner();
+    res
+}

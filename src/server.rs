@@ -1,0 +1,177 @@
+//! Process orchestration: listeners, shards, signals, graceful shutdown.
+//!
+//! The main thread binds every listener once per shard (`SO_REUSEPORT`), starts
+//! the shards, then only waits for SIGINT/SIGTERM. It never serves requests.
+
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::config::{Config, ListenerKind};
+use crate::http::{self, HttpConfig};
+use crate::shard::{self, ShardInfo, ShardOptions, ShardStart};
+
+/// Everything one shard owns, moved to its thread at start.
+pub struct ShardPayload {
+    listeners: Vec<(ListenerKind, TcpListener)>,
+}
+
+/// Per-shard application state handed to every request handler. Lives on one
+/// shard only (`Rc`), so handlers read it without locks.
+pub struct ShardState {
+    pub info: ShardInfo,
+    pub config: Arc<Config>,
+}
+
+impl From<&crate::config::HttpSection> for HttpConfig {
+    fn from(h: &crate::config::HttpSection) -> Self {
+        HttpConfig {
+            max_header_bytes: h.max_header_bytes,
+            max_body_bytes: h.max_body_bytes,
+            header_timeout: Duration::from_millis(h.header_timeout_ms),
+            body_timeout: Duration::from_millis(h.body_timeout_ms),
+            keepalive_timeout: Duration::from_millis(h.keepalive_timeout_ms),
+            write_timeout: Duration::from_millis(h.write_timeout_ms),
+            max_connections: h.max_connections_per_shard,
+            shutdown_grace: Duration::from_millis(h.shutdown_grace_ms),
+        }
+    }
+}
+
+/// Run hearth until SIGINT/SIGTERM; returns after a graceful shutdown.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let n = config.shard_count();
+
+    // Signals first, so a SIGTERM during start-up is not lost.
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+
+    let mut per_shard: Vec<ShardPayload> = (0..n)
+        .map(|_| ShardPayload {
+            listeners: Vec::new(),
+        })
+        .collect();
+    let mut bound: Vec<(ListenerKind, SocketAddr)> = Vec::new();
+    for l in &config.listeners {
+        let addr = SocketAddr::new(l.address, l.port);
+        let socks = shard::listener::bind_reuseport(addr, n)
+            .with_context(|| format!("binding {addr} ({:?} listener)", l.kind))?;
+        bound.push((l.kind, socks[0].local_addr()?));
+        for (payload, sock) in per_shard.iter_mut().zip(socks) {
+            payload.listeners.push((l.kind, sock));
+        }
+    }
+
+    let opts = ShardOptions {
+        io_driver: config.io_driver,
+        pin_cores: config.pin_cores,
+    };
+    let cfg = config.clone();
+    let shards = shard::start(per_shard, &opts, move |start| {
+        shard_main(start, cfg.clone())
+    })
+    .context("starting shards")?;
+
+    log_driver_summary(&shards.infos);
+    for (kind, addr) in &bound {
+        tracing::info!(kind = ?kind, "listening on http://{addr}");
+    }
+
+    let mut forever = signals.forever();
+    let sig = forever.next();
+    tracing::info!(signal = ?sig, "shutting down: no new connections, finishing requests in flight");
+    shards.stop_all();
+    // A second signal aborts at once, as operators expect.
+    std::thread::spawn(move || {
+        if signals_again().is_some() {
+            std::process::exit(1);
+        }
+    });
+    let grace = Duration::from_millis(config.http.shutdown_grace_ms) + Duration::from_secs(2);
+    if !shards.join(grace) {
+        tracing::warn!("some shards did not finish within the shutdown deadline");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn signals_again() -> Option<i32> {
+    Signals::new([SIGINT, SIGTERM]).ok()?.forever().next()
+}
+
+/// Say once, at start, which IO driver the shards run on.
+fn log_driver_summary(infos: &[ShardInfo]) {
+    let uring = infos
+        .iter()
+        .filter(|i| i.driver == shard::DriverKind::IoUring)
+        .count();
+    let cores: Vec<String> = infos
+        .iter()
+        .map(|i| i.core.map_or("-".into(), |c| c.to_string()))
+        .collect();
+    if uring == infos.len() {
+        tracing::info!(shards = infos.len(), cores = %cores.join(","), "io driver: io_uring");
+    } else {
+        let reason = infos
+            .iter()
+            .find_map(|i| i.fallback_reason.clone())
+            .unwrap_or_else(|| "configured io_driver = \"epoll\"".into());
+        tracing::info!(
+            shards = infos.len(),
+            epoll = infos.len() - uring,
+            cores = %cores.join(","),
+            %reason,
+            "io driver: epoll"
+        );
+    }
+}
+
+async fn shard_main(start: ShardStart<ShardPayload>, config: Arc<Config>) {
+    let ShardStart {
+        info,
+        stop,
+        payload,
+    } = start;
+    let id = info.id;
+    let http_cfg = Rc::new(HttpConfig::from(&config.http));
+    let state = Rc::new(ShardState { info, config });
+    let shutdown = http::Shutdown::new();
+    {
+        let shutdown = shutdown.clone();
+        monoio::spawn(async move {
+            stop.wait().await;
+            shutdown.trigger();
+        });
+    }
+    let client_router = Rc::new(crate::api::client_router());
+    let federation_router = Rc::new(crate::api::federation_router());
+    let mut serving = Vec::new();
+    for (kind, std_listener) in payload.listeners {
+        let listener = match monoio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(shard = id, error = %e, "cannot register listener with the runtime");
+                continue;
+            }
+        };
+        let router = match kind {
+            ListenerKind::Client => client_router.clone(),
+            ListenerKind::Federation => federation_router.clone(),
+        };
+        serving.push(monoio::spawn(http::serve(
+            listener,
+            router,
+            state.clone(),
+            http_cfg.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for s in serving {
+        s.await;
+    }
+}
