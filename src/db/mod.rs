@@ -1,1 +1,30 @@
-//! PostgreSQL: our own pipelined wire client, pool, group commit, embedded cluster.
+//! PostgreSQL: our own pipelined wire client, pool, group commit, migrations.
+//!
+//! Everything here runs on a shard's single-threaded monoio runtime (`Rc`,
+//! `RefCell`, never blocking), speaking the protocol through the
+//! `postgres-protocol` crate's message codecs.
+
+mod auth;
+pub mod codec;
+pub mod config;
+pub mod conn;
+pub mod copy;
+pub mod error;
+pub mod group_commit;
+mod local;
+pub mod migrate;
+pub mod pool;
+mod statement;
+pub mod transaction;
+pub mod types;
+mod wire;
+
+pub use config::{ConnectConfig, Host};
+pub use conn::{Connection, QueryResult};
+pub use copy::CopyText;
+pub use error::DbError;
+pub use group_commit::{GroupCommit, GroupCommitConfig, GroupCommitStats, Write};
+pub use pool::{Pool, PoolConfig};
+
+pub use transaction::Transaction;
+pub use types::{Column, FromSql, Row, SimpleRow, SqlType, SqlValue, ToSql};

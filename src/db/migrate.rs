@@ -1,0 +1,112 @@
+//! Schema migrations, embedded in the binary and applied at start.
+//!
+//! All pending migrations run in ONE transaction holding a transaction-level
+//! advisory lock, so two hearth processes starting at once serialize: the
+//! second waits, then finds the schema current. Each applied version is
+//! recorded in `schema_version`. A database whose schema is newer than the
+//! newest migration this binary has is refused (an old binary must not
+//! write to a schema it does not understand).
+
+use super::conn::Connection;
+use super::error::DbError;
+
+/// One embedded migration, `migrations/NNNN_name.sql`.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration this binary knows, in order. Append only.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../migrations/0001_init.sql"),
+}];
+
+/// Key of the advisory lock serializing migrators (arbitrary, fixed:
+/// "hearth" in ASCII).
+pub const MIGRATION_LOCK_KEY: i64 = 0x6865_6172_7468;
+
+/// What `migrate` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrateReport {
+    /// Schema version found.
+    pub from: i64,
+    /// Schema version now.
+    pub to: i64,
+}
+
+/// Newest version this binary knows.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// Bring the database up to date with [`MIGRATIONS`].
+pub async fn migrate(conn: &Connection) -> Result<MigrateReport, DbError> {
+    migrate_with(conn, MIGRATIONS).await
+}
+
+/// Current schema version (0 for an empty database).
+pub async fn schema_version(conn: &Connection) -> Result<i64, DbError> {
+    let exists: bool = conn
+        .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
+        .await?
+        .get(0)?;
+    if !exists {
+        return Ok(0);
+    }
+    conn.query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+        .await?
+        .get(0)
+}
+
+/// Apply `migrations` (sorted by version) as [`migrate`] does.
+pub async fn migrate_with(
+    conn: &Connection,
+    migrations: &[Migration],
+) -> Result<MigrateReport, DbError> {
+    debug_assert!(migrations.windows(2).all(|w| w[0].version < w[1].version));
+    let known = migrations.last().map_or(0, |m| m.version);
+    let tx = conn.begin().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    // Read after taking the lock: under READ COMMITTED each statement sees
+    // what a migrator that held the lock before us committed.
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
+        .await?
+        .get(0)?;
+    let from: i64 = if exists {
+        tx.query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+            .await?
+            .get(0)?
+    } else {
+        0
+    };
+    if from > known {
+        tx.rollback().await?;
+        return Err(DbError::SchemaTooNew { found: from, known });
+    }
+    for m in migrations.iter().filter(|m| m.version > from) {
+        let wrap = |e: DbError| DbError::Migration {
+            version: m.version,
+            name: m.name,
+            source: Box::new(e),
+        };
+        tracing::info!(target: "hearth::db", version = m.version, name = m.name, "applying migration");
+        tx.batch_execute(m.sql).await.map_err(wrap)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await
+        .map_err(wrap)?;
+    }
+    tx.commit().await?;
+    Ok(MigrateReport {
+        from,
+        to: known.max(from),
+    })
+}

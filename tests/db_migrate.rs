@@ -1,0 +1,108 @@
+//! Migrations against a real PostgreSQL.
+
+mod db_support;
+
+use db_support::{connect_fresh, fresh_db, run};
+use hearth::db::migrate::{
+    self, latest_version, migrate, migrate_with, schema_version, Migration, MIGRATIONS,
+};
+use hearth::db::{Connection, DbError};
+
+#[test]
+fn applies_in_order_once() {
+    run(async {
+        let c = connect_fresh().await;
+        assert_eq!(schema_version(&c).await.unwrap(), 0);
+        let r = migrate(&c).await.unwrap();
+        assert_eq!((r.from, r.to), (0, latest_version()));
+        let r = migrate(&c).await.unwrap();
+        assert_eq!((r.from, r.to), (latest_version(), latest_version()));
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM schema_version", &[])
+            .await
+            .unwrap()
+            .get(0)
+            .unwrap();
+        assert_eq!(n as usize, MIGRATIONS.len());
+        c.execute(
+            "INSERT INTO events VALUES (1, '!r:h', '$e', '@u:h', 'm.room.message', $1)",
+            &[&serde_json::json!({"body": "hi"})],
+        )
+        .await
+        .unwrap();
+    })
+}
+
+#[test]
+fn concurrent_migrators_apply_once() {
+    run(async {
+        let cfg = fresh_db().await;
+        let a = Connection::connect(&cfg).await.unwrap();
+        let b = Connection::connect(&cfg).await.unwrap();
+        // A slow migration makes the two attempts overlap for sure.
+        let ms = [
+            MIGRATIONS[0],
+            Migration {
+                version: 2,
+                name: "slow",
+                sql: "CREATE TABLE slow (x int); SELECT pg_sleep(0.3);",
+            },
+        ];
+        let (ra, rb) =
+            futures_util::future::join(migrate_with(&a, &ms), migrate_with(&b, &ms)).await;
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        let mut froms = [ra.from, rb.from];
+        froms.sort();
+        assert_eq!(froms, [0, 2], "one migrated, the other found it done");
+        let n: i64 = a
+            .query_one("SELECT count(*) FROM schema_version", &[])
+            .await
+            .unwrap()
+            .get(0)
+            .unwrap();
+        assert_eq!(n, 2);
+    })
+}
+
+#[test]
+fn refuses_newer_schema() {
+    run(async {
+        let c = connect_fresh().await;
+        migrate(&c).await.unwrap();
+        let future = latest_version() + 1;
+        c.execute(
+            "INSERT INTO schema_version (version, name) VALUES ($1, 'future')",
+            &[&future],
+        )
+        .await
+        .unwrap();
+        match migrate(&c).await {
+            Err(DbError::SchemaTooNew { found, known }) => {
+                assert_eq!((found, known), (future, latest_version()))
+            }
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+        // The connection is usable afterwards (transaction rolled back).
+        assert_eq!(schema_version(&c).await.unwrap(), future);
+    })
+}
+
+#[test]
+fn failed_migration_rolls_back_everything() {
+    run(async {
+        let c = connect_fresh().await;
+        let ms = [
+            MIGRATIONS[0],
+            Migration {
+                version: 2,
+                name: "broken",
+                sql: "CREATE TABLE ok (x int); SELEC nonsense;",
+            },
+        ];
+        match migrate_with(&c, &ms).await {
+            Err(e @ DbError::Migration { version: 2, .. }) => assert_eq!(e.code(), Some("42601")),
+            other => panic!("expected a migration error, got {other:?}"),
+        }
+        assert_eq!(migrate::schema_version(&c).await.unwrap(), 0);
+    })
+}
