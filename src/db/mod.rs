@@ -1,10 +1,12 @@
-//! PostgreSQL: our own pipelined wire client, pool, group commit, migrations.
+//! PostgreSQL: our own pipelined wire client, pool, group commit, migrations,
+//! and the embedded cluster hearth runs when no `database.url` is set.
 //!
 //! Everything here runs on a shard's single-threaded monoio runtime (`Rc`,
 //! `RefCell`, never blocking), speaking the protocol through the
 //! `postgres-protocol` crate's message codecs.
 
 mod auth;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod conn;
@@ -14,7 +16,10 @@ pub mod group_commit;
 mod local;
 pub mod migrate;
 pub mod pool;
+pub mod setup;
 mod statement;
+#[doc(hidden)]
+pub mod testing;
 pub mod transaction;
 pub mod types;
 mod wire;
