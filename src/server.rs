@@ -13,6 +13,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::{Config, ListenerKind};
+use crate::db::setup as db_setup;
+use crate::db::{ConnectConfig, Pool, PoolConfig};
 use crate::http::{self, HttpConfig};
 use crate::mesh::{Mesh, MeshEndpoint};
 use crate::shard::{self, ShardInfo, ShardOptions, ShardStart};
@@ -33,6 +35,8 @@ pub struct ShardState {
     pub config: Arc<Config>,
     /// This shard's end of the mesh: `submit_to` other shards, broadcast.
     pub mesh: MeshEndpoint,
+    /// This shard's own small pool of PostgreSQL connections.
+    pub db: Pool,
 }
 
 impl From<&crate::config::HttpSection> for HttpConfig {
@@ -76,13 +80,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    // Listeners are bound first so a taken port fails fast; connections
+    // wait in the backlog until shards accept. Then the database: shards
+    // start only once it is up and migrated. The embedded cluster lives as
+    // long as `database`.
+    let database = db_setup::prepare(&config).context("preparing the database")?;
+    let db = (database.connect.clone(), database.pool.clone());
+
     let opts = ShardOptions {
         io_driver: config.io_driver,
         pin_cores: config.pin_cores,
     };
     let cfg = config.clone();
     let shards = shard::start(per_shard, &opts, move |start| {
-        shard_main(start, cfg.clone())
+        shard_main(start, cfg.clone(), db.clone())
     })
     .context("starting shards")?;
 
@@ -105,6 +116,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if !shards.join(grace) {
         tracing::warn!("some shards did not finish within the shutdown deadline");
     }
+    database.shutdown();
     tracing::info!("stopped");
     Ok(())
 }
@@ -140,7 +152,11 @@ fn log_driver_summary(infos: &[ShardInfo]) {
     }
 }
 
-async fn shard_main(start: ShardStart<ShardPayload>, config: Arc<Config>) {
+async fn shard_main(
+    start: ShardStart<ShardPayload>,
+    config: Arc<Config>,
+    (connect, pool_cfg): (ConnectConfig, PoolConfig),
+) {
     let ShardStart {
         info,
         stop,
@@ -150,7 +166,22 @@ async fn shard_main(start: ShardStart<ShardPayload>, config: Arc<Config>) {
     let http_cfg = Rc::new(HttpConfig::from(&config.http));
     let ShardPayload { listeners, mesh } = payload;
     mesh.spawn_receiver();
-    let state = Rc::new(ShardState { info, config, mesh });
+    let db = match Pool::connect(connect, pool_cfg).await {
+        Ok(p) => p,
+        Err(e) => {
+            // Migrations just connected from the main thread, so this is rare
+            // (e.g. max_connections reached); a shard without a database
+            // cannot serve, and a half-up server is worse than none.
+            tracing::error!(shard = id, error = %e, "cannot connect to PostgreSQL");
+            std::process::exit(1);
+        }
+    };
+    let state = Rc::new(ShardState {
+        info,
+        config,
+        mesh,
+        db,
+    });
     let shutdown = http::Shutdown::new();
     {
         let shutdown = shutdown.clone();

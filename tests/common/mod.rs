@@ -41,7 +41,18 @@ impl Opts {
 
 impl Hearth {
     pub fn start(opts: Opts) -> Hearth {
-        let data_dir = tempfile::tempdir().expect("tempdir");
+        Hearth::start_in(opts, tempfile::tempdir().expect("tempdir"))
+    }
+
+    /// Start on an existing data dir (e.g. to test a restart).
+    pub fn start_in(opts: Opts, data_dir: tempfile::TempDir) -> Hearth {
+        // As root the embedded PostgreSQL runs as `postgres`, which must be
+        // able to traverse into the data dir (tempdir makes it 0700).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data_dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod data dir");
+        }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
         cmd.arg("serve")
             .env_clear()
