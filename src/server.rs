@@ -37,6 +37,20 @@ pub struct ShardState {
     pub mesh: MeshEndpoint,
     /// This shard's own small pool of PostgreSQL connections.
     pub db: Pool,
+    /// Access-token cache; invalidated on every shard over the mesh.
+    pub auth: crate::auth::AuthState,
+}
+
+thread_local! {
+    /// This thread's shard state, so mesh jobs (closures sent from other
+    /// shards, which cannot carry an `Rc`) reach the shard they run on.
+    static CURRENT_SHARD: std::cell::RefCell<Option<Rc<ShardState>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The state of the shard running on this thread (`None` off the shards).
+pub fn current_shard() -> Option<Rc<ShardState>> {
+    CURRENT_SHARD.with(|c| c.borrow().clone())
 }
 
 impl From<&crate::config::HttpSection> for HttpConfig {
@@ -181,7 +195,9 @@ async fn shard_main(
         config,
         mesh,
         db,
+        auth: crate::auth::AuthState::default(),
     });
+    CURRENT_SHARD.with(|c| *c.borrow_mut() = Some(state.clone()));
     let shutdown = http::Shutdown::new();
     {
         let shutdown = shutdown.clone();
@@ -218,4 +234,5 @@ async fn shard_main(
     }
     // Peers' pending submits to this shard now fail fast instead of hanging.
     state.mesh.close();
+    CURRENT_SHARD.with(|c| c.borrow_mut().take());
 }

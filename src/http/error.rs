@@ -269,6 +269,30 @@ impl From<serde_json::Error> for MatrixError {
     }
 }
 
+/// Account and authentication errors at the HTTP edge (statuses and codes as
+/// the spec and Synapse give them).
+impl From<crate::auth::AuthError> for MatrixError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError as A;
+        let msg = e.to_string();
+        match e {
+            A::MissingToken => MatrixError::missing_token(msg),
+            A::UnknownToken => MatrixError::unknown_token(false).with_field("soft_logout", false),
+            A::InvalidUsername(_) => MatrixError::invalid_username(msg),
+            A::UserInUse => MatrixError::user_in_use(msg),
+            A::BadCredentials | A::Forbidden(_) => MatrixError::forbidden(msg),
+            A::Deactivated => MatrixError::user_deactivated(msg),
+            A::NotFound(_) => MatrixError::not_found(msg),
+            A::BadRequest(_) => MatrixError::bad_request(msg),
+            A::Busy => MatrixError::limit_exceeded(Some(1000)),
+            A::Db(_) | A::Internal(_) => {
+                tracing::error!(error = %msg, "account operation failed");
+                MatrixError::unknown("Internal server error")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
