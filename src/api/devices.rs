@@ -3,7 +3,7 @@
 use std::rc::Rc;
 
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::auth::store;
 use crate::auth::uia::{self, Outcome, Uia};
@@ -33,18 +33,24 @@ pub async fn get(state: Rc<ShardState>, req: Request) -> HandlerResult {
     }
 }
 
-#[derive(Deserialize)]
-struct UpdateBody {
-    display_name: Option<String>,
-}
-
 /// `PUT /devices/{deviceId}`: rename.
 pub async fn update(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let me = auth::require_user(&state, &req).await?;
     let id = req.param_str("deviceId")?.into_owned();
-    let body: UpdateBody = json_body(&req)?;
-    if body
-        .display_name
+    let body: Map<String, Value> = json_body(&req)?;
+    // Absent: nothing to change (as Synapse); null: clear the name.
+    let name = match body.get("display_name") {
+        None => {
+            return match store::get_device(&state.db, &me.user_id, &id).await? {
+                Some(_) => Ok(Response::json(200, &json!({}))),
+                None => Err(MatrixError::not_found("Device not found")),
+            }
+        }
+        Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(MatrixError::bad_json("'display_name' must be a string")),
+    };
+    if name
         .as_ref()
         .is_some_and(|n| n.chars().count() > MAX_DEVICE_NAME_LEN)
     {
@@ -55,7 +61,7 @@ pub async fn update(state: Rc<ShardState>, req: Request) -> HandlerResult {
     }
     let user = me.user_id.clone();
     let found = auth::on_user_shard(&state, &me.user_id, move |st| async move {
-        store::set_device_name(&st.db, &user, &id, body.display_name.as_deref()).await
+        store::set_device_name(&st.db, &user, &id, name.as_deref()).await
     })
     .await?;
     if !found {

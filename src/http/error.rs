@@ -327,6 +327,31 @@ mod tests {
     }
 
     #[test]
+    fn auth_errors_map_to_matrix_codes() {
+        use crate::auth::AuthError as A;
+        let m = |e: A| {
+            let e = MatrixError::from(e);
+            (e.status, e.errcode)
+        };
+        assert_eq!(m(A::MissingToken), (401, "M_MISSING_TOKEN"));
+        assert_eq!(m(A::UnknownToken), (401, "M_UNKNOWN_TOKEN"));
+        assert_eq!(m(A::UserInUse), (400, "M_USER_IN_USE"));
+        assert_eq!(
+            m(A::InvalidUsername("x".into())),
+            (400, "M_INVALID_USERNAME")
+        );
+        assert_eq!(m(A::BadCredentials), (403, "M_FORBIDDEN"));
+        assert_eq!(m(A::Deactivated), (403, "M_USER_DEACTIVATED"));
+        assert_eq!(m(A::Busy), (429, "M_LIMIT_EXCEEDED"));
+        assert_eq!(m(A::Internal("secret detail".into())), (500, "M_UNKNOWN"));
+        let e = MatrixError::from(A::Internal("secret detail".into()));
+        assert!(!e.error.contains("secret"), "internals stay in the log");
+        let v: Value =
+            serde_json::from_slice(&MatrixError::from(A::UnknownToken).to_json_bytes()).unwrap();
+        assert_eq!(v["soft_logout"], false);
+    }
+
+    #[test]
     fn json_error_classification() {
         let e: MatrixError = serde_json::from_str::<Value>("{nope").unwrap_err().into();
         assert_eq!(e.errcode, "M_NOT_JSON");
