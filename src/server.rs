@@ -14,7 +14,7 @@ use signal_hook::iterator::Signals;
 
 use crate::config::{Config, ListenerKind};
 use crate::db::setup as db_setup;
-use crate::db::{ConnectConfig, Pool, PoolConfig};
+use crate::db::{ConnectConfig, GroupCommit, GroupCommitConfig, Pool, PoolConfig};
 use crate::http::{self, HttpConfig};
 use crate::mesh::{Mesh, MeshEndpoint};
 use crate::shard::{self, ShardInfo, ShardOptions, ShardStart};
@@ -37,6 +37,9 @@ pub struct ShardState {
     pub mesh: MeshEndpoint,
     /// This shard's own small pool of PostgreSQL connections.
     pub db: Pool,
+    /// This shard's group-commit writer: persistence of many concurrent
+    /// requests in one transaction per flush, each answered after COMMIT.
+    pub writer: GroupCommit,
 }
 
 impl From<&crate::config::HttpSection> for HttpConfig {
@@ -176,11 +179,13 @@ async fn shard_main(
             std::process::exit(1);
         }
     };
+    let writer = GroupCommit::new(db.clone(), GroupCommitConfig::default());
     let state = Rc::new(ShardState {
         info,
         config,
         mesh,
         db,
+        writer,
     });
     let shutdown = http::Shutdown::new();
     {
