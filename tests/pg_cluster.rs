@@ -151,6 +151,31 @@ fn embedded_first_start_restart_and_clean_stop() {
 }
 
 #[test]
+fn tuning_file_starts_unchanged() {
+    // The shipped tuning must start as is (CI: 2 cores) and be in effect.
+    let tmp = tmp();
+    let cluster = Cluster::ensure(ClusterConfig::new(tmp.path().join("data"))).expect("start");
+    for (name, want) in [
+        ("shared_buffers", "256MB"),
+        ("max_connections", "200"),
+        ("commit_delay", "20"),
+        ("random_page_cost", "1.1"),
+        ("huge_pages", "try"),
+        ("jit", "off"),
+        ("autovacuum_vacuum_insert_scale_factor", "0.05"),
+        ("lc_collate", "C"),
+        ("server_encoding", "UTF8"),
+        ("data_checksums", "on"),
+    ] {
+        assert_eq!(
+            cluster.psql("hearth", &format!("SHOW {name}")).unwrap(),
+            want,
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn stale_pid_files_are_handled() {
     let tmp = tmp();
     let data = tmp.path().join("data");
