@@ -212,6 +212,41 @@ fn stale_pid_files_are_handled() {
 }
 
 #[test]
+fn orphaned_postmaster_of_ours_is_replaced() {
+    // A postmaster left running by a killed hearth is not our child, so it
+    // cannot be supervised: ensure() shuts it down and starts its own.
+    let tmp = tmp();
+    let data = tmp.path().join("data");
+    let cluster = Cluster::ensure(embedded_cfg(&data)).expect("first start");
+    let pgdata = cluster.pgdata().to_path_buf();
+    let postgres = cluster.bin_dir().join("postgres");
+    cluster.stop().unwrap();
+    drop(cluster);
+
+    let mut cmd = Command::new(postgres);
+    cmd.arg("-D").arg(&pgdata).current_dir("/");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if is_root() {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::process::CommandExt;
+        let meta = std::fs::metadata(&pgdata).unwrap();
+        cmd.uid(meta.uid()).gid(meta.gid());
+    }
+    let mut orphan = cmd.spawn().expect("spawn orphan postmaster");
+    let pid_file = pgdata.join("postmaster.pid");
+    assert!(wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.contains("ready"))
+    }));
+
+    let cluster = Cluster::ensure(embedded_cfg(&data)).expect("start over an orphan");
+    assert_ne!(cluster.postmaster_pid(), Some(orphan.id()));
+    assert!(orphan.try_wait().unwrap().is_some(), "orphan was shut down");
+    assert_eq!(cluster.psql("hearth", "SELECT 1").unwrap(), "1");
+}
+
+#[test]
 fn supervisor_restarts_a_killed_postmaster() {
     let tmp = tmp();
     let cluster = Cluster::ensure(embedded_cfg(&tmp.path().join("data"))).expect("start");
