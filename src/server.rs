@@ -62,6 +62,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let n = config.shard_count();
 
+    // Every connection is a descriptor: make room before accepting any.
+    shard::limits::raise_nofile((n * config.http.max_connections_per_shard) as u64 + 1024);
+    shard::limits::check_somaxconn(4096);
+
     // Signals first, so a SIGTERM during start-up is not lost.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
 
