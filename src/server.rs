@@ -14,7 +14,7 @@ use signal_hook::iterator::Signals;
 
 use crate::config::{Config, ListenerKind};
 use crate::db::setup as db_setup;
-use crate::db::{ConnectConfig, Pool, PoolConfig};
+use crate::db::{ConnectConfig, GroupCommit, GroupCommitConfig, Pool, PoolConfig};
 use crate::http::{self, HttpConfig};
 use crate::mesh::{Mesh, MeshEndpoint};
 use crate::shard::{self, ShardInfo, ShardOptions, ShardStart};
@@ -37,6 +37,9 @@ pub struct ShardState {
     pub mesh: MeshEndpoint,
     /// This shard's own small pool of PostgreSQL connections.
     pub db: Pool,
+    /// This shard's group-commit writer: persistence of many concurrent
+    /// requests in one transaction per flush, each answered after COMMIT.
+    pub writer: GroupCommit,
     /// Access-token cache; invalidated on every shard over the mesh.
     pub auth: crate::auth::AuthState,
 }
@@ -72,6 +75,10 @@ impl From<&crate::config::HttpSection> for HttpConfig {
 pub fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let n = config.shard_count();
+
+    // Every connection is a descriptor: make room before accepting any.
+    shard::limits::raise_nofile((n * config.http.max_connections_per_shard) as u64 + 1024);
+    shard::limits::check_somaxconn(4096);
 
     // Signals first, so a SIGTERM during start-up is not lost.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
@@ -190,11 +197,13 @@ async fn shard_main(
             std::process::exit(1);
         }
     };
+    let writer = GroupCommit::new(db.clone(), GroupCommitConfig::default());
     let state = Rc::new(ShardState {
         info,
         config,
         mesh,
         db,
+        writer,
         auth: crate::auth::AuthState::default(),
     });
     CURRENT_SHARD.with(|c| *c.borrow_mut() = Some(state.clone()));

@@ -239,6 +239,9 @@ impl Cluster {
         let run_as = if is_root() {
             Some(lookup_user(cfg.run_as.as_deref().unwrap_or("postgres"))?)
         } else {
+            if let Some(u) = &cfg.run_as {
+                tracing::warn!(run_as = %u, "not root: PostgreSQL runs as the current user instead");
+            }
             None
         };
         sys::create_dirs_traversable(&cfg.data_dir)?;

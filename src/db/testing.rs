@@ -318,7 +318,11 @@ if [ -f "$pf" ]; then
     */postgres)
       kill -QUIT "$pid" 2>/dev/null
       i=0
-      while [ "$i" -lt 100 ] && kill -0 "$pid" 2>/dev/null; do sleep 0.1; i=$((i+1)); done ;;
+      # Until it is gone or a zombie (state Z) that a slow init has yet to reap.
+      while [ "$i" -lt 100 ] && [ -r "/proc/$pid/stat" ] \
+        && ! sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | grep -q '^Z'; do
+        sleep 0.1; i=$((i+1))
+      done ;;
   esac
 fi
 rm -rf "$1"

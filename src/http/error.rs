@@ -359,3 +359,40 @@ mod tests {
         assert_eq!(e.errcode, "M_BAD_JSON");
     }
 }
+
+/// Database failures at the HTTP edge. A full pool is back-pressure, not a
+/// fault: 503 `M_LIMIT_EXCEEDED` with a short retry hint (Synapse answers an
+/// overloaded worker the same way). Everything else is a 500 whose details
+/// stay in the server log, never in the response.
+impl From<crate::db::DbError> for MatrixError {
+    fn from(e: crate::db::DbError) -> Self {
+        match e {
+            crate::db::DbError::Busy => MatrixError::limit_exceeded(Some(100)).with_status(503),
+            other => {
+                tracing::error!(error = %other, "database error");
+                MatrixError::new(500, "M_UNKNOWN", "Internal server error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod db_error_tests {
+    use super::*;
+
+    #[test]
+    fn busy_pool_is_503_limit_exceeded_with_retry() {
+        let e = MatrixError::from(crate::db::DbError::Busy);
+        assert_eq!(e.status, 503);
+        assert_eq!(e.errcode, "M_LIMIT_EXCEEDED");
+        let resp = e.into_response();
+        assert_eq!(resp.header("Retry-After"), Some("1"));
+    }
+
+    #[test]
+    fn other_db_errors_are_500_without_details() {
+        let e = MatrixError::from(crate::db::DbError::Protocol("secret detail".into()));
+        assert_eq!(e.status, 500);
+        assert!(!e.error.contains("secret"));
+    }
+}

@@ -8,6 +8,7 @@
 //! feature), so a parked shard needs no polling loop to notice.
 
 pub mod driver;
+pub mod limits;
 pub mod listener;
 pub mod pin;
 

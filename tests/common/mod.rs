@@ -97,9 +97,14 @@ impl Hearth {
         let addr = line
             .split("listening on http://")
             .nth(1)
-            .and_then(|s| s.split_whitespace().next())
+            .map(|s| {
+                s.chars()
+                    .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+                    .collect::<String>()
+            })
             .expect("address in listening line");
         h.addr = addr.parse().expect("socket address");
+        h.lines_seen_until_now();
         h
     }
 
@@ -123,6 +128,13 @@ impl Hearth {
                     self.log
                 ),
             }
+        }
+    }
+
+    /// Drain log lines that have arrived so far into `self.log`.
+    pub fn lines_seen_until_now(&mut self) {
+        while let Ok(l) = self.lines.try_recv() {
+            self.log.push(l);
         }
     }
 

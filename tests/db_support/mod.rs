@@ -1,16 +1,30 @@
 //! Shared helpers for the `db_*` tests: a monoio runtime and a fresh
 //! database per test on a real PostgreSQL.
 //!
-//! The cluster is `HEARTH_TEST_PG_URL` (an admin URL) if set, else a
-//! throwaway cluster started for this test binary (see `cluster.rs`).
+//! The cluster is `HEARTH_TEST_PG_URL` (an admin URL) if set, else the
+//! throwaway cluster of this test binary from `hearth::db::testing`.
 #![allow(dead_code)]
-
-pub mod cluster;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use hearth::db::{ConnectConfig, Connection};
+use std::sync::OnceLock;
+
+use hearth::db::cluster::AuthMethod;
+use hearth::db::testing::{TestCluster, TestDb, SUPERUSER};
+use hearth::db::{ConnectConfig, Connection, Host};
+
+/// A wire-client config for a harness database, over TCP.
+fn config_for(db: &TestDb) -> ConnectConfig {
+    ConnectConfig {
+        host: Host::Tcp(db.host.to_string()),
+        port: db.port,
+        user: db.user.clone(),
+        password: db.password.clone(),
+        dbname: db.dbname.clone(),
+        ..ConnectConfig::default()
+    }
+}
 
 /// Run `f` on a fresh single-threaded monoio runtime with timers.
 pub fn run<F: Future>(f: F) -> F::Output {
@@ -24,7 +38,13 @@ pub fn run<F: Future>(f: F) -> F::Output {
 pub fn admin_config() -> ConnectConfig {
     match std::env::var("HEARTH_TEST_PG_URL") {
         Ok(url) => ConnectConfig::from_url(&url).expect("HEARTH_TEST_PG_URL"),
-        Err(_) => cluster::TestCluster::shared().admin_config(),
+        Err(_) => ConnectConfig {
+            host: Host::Tcp("127.0.0.1".into()),
+            port: TestCluster::shared().port(),
+            user: SUPERUSER.into(),
+            dbname: "postgres".into(),
+            ..ConnectConfig::default()
+        },
     }
 }
 
@@ -32,7 +52,7 @@ pub fn admin_config() -> ConnectConfig {
 pub fn socket_dir() -> std::path::PathBuf {
     match std::env::var_os("HEARTH_TEST_PG_SOCKET_DIR") {
         Some(d) => d.into(),
-        None => cluster::TestCluster::shared().socket_dir().to_owned(),
+        None => TestCluster::shared().cluster().info().socket_dir.clone(),
     }
 }
 
@@ -64,53 +84,23 @@ pub async fn connect_fresh() -> Connection {
     Connection::connect(&cfg).await.expect("connect")
 }
 
-/// A config for a password user authenticated with `method` (`password`,
-/// `md5` or `scram-sha-256`) on a fresh database. The role is created with
-/// its password stored the way the method needs.
+/// A config for a password role authenticated with `method` (`password`,
+/// `md5` or `scram-sha-256`) on a fresh database of a cluster whose
+/// `pg_hba.conf` requires that method over TCP (one cluster per method).
 pub async fn auth_config(method: &str) -> ConnectConfig {
-    let cfg = fresh_db().await;
-    let admin = Connection::connect(&cfg).await.expect("connect admin");
-    let user = match method {
-        "password" => "hearth_password",
-        "md5" => "hearth_md5",
-        "scram-sha-256" => "hearth_scram",
+    static CLUSTERS: [OnceLock<TestCluster>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let (slot, m) = match method {
+        "password" => (0, AuthMethod::Password),
+        "md5" => (1, AuthMethod::Md5),
+        "scram-sha-256" => (2, AuthMethod::ScramSha256),
         other => panic!("unknown auth method {other}"),
     };
-    let encryption = if method == "md5" {
-        "md5"
-    } else {
-        "scram-sha-256"
-    };
-    admin
-        .batch_execute(&format!(
-            "SET password_encryption = '{encryption}';
-             DO $$ BEGIN
-               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{user}') THEN
-                 CREATE ROLE {user} LOGIN;
-               END IF;
-             END $$;
-             ALTER ROLE {user} PASSWORD 's3cr3t pa$$';"
-        ))
-        .await
-        .expect("create role");
-    let mut cfg = cfg;
-    cfg.host = hearth::db::Host::Tcp("127.0.0.1".into());
-    cfg.user = user.to_owned();
-    cfg.password = Some("s3cr3t pa$$".to_owned());
-    cfg
+    let cluster = CLUSTERS[slot].get_or_init(|| {
+        TestCluster::start_with_auth(m).unwrap_or_else(|e| panic!("{method} cluster: {e}"))
+    });
+    config_for(&cluster.fresh_database())
 }
 
-/// Yield once to the runtime so spawned tasks get polled.
-pub async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
-}
+#[allow(unused_imports)]
+pub use hearth::primitives::yield_now;

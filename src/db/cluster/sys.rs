@@ -256,14 +256,29 @@ pub fn pg_command(bin_dir: &Path, tool: &str, run_as: Option<&RunAs>) -> Command
     cmd
 }
 
-/// Whether a process with this pid exists (EPERM means it exists, not ours).
+/// Whether a process with this pid runs (EPERM means it exists, not ours).
+///
+/// A zombie counts as dead: it has released everything, and an orphan's
+/// zombie may linger when PID 1 (e.g. a container's init) reaps slowly.
 pub fn pid_alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }
     // SAFETY: signal 0 only performs the existence/permission check.
     let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    exists && !is_zombie(pid)
+}
+
+/// State field of `/proc/<pid>/stat` (after the parenthesised command) is `Z`.
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 /// Sends `sig` to `pid`, ignoring "no such process".
