@@ -93,16 +93,19 @@ echo "== hearth-bench db --duration $DURATION --warmup $WARMUP --concurrency $CO
 
 # The same row as hearth-bench's insert: unique event id, one of 16 rooms,
 # the event JSON; prepared statements like hearth's extended protocol.
+# (pgbench reads any `:name` as a variable, even inside string literals,
+# hence chr(58) for the ':' of server names.)
 cat >"$BASE/insert.sql" <<'SQL'
 \set ts random(1, 2000000000)
 INSERT INTO bench_events (room_id, event_id, sender, type, json)
-SELECT r, e, '@bench:localhost', 'm.room.message',
-       jsonb_build_object('event_id', e, 'room_id', r, 'sender', '@bench:localhost',
-           'type', 'm.room.message', 'origin_server_ts', :ts,
+SELECT r, e, s, 'm.room.message',
+       jsonb_build_object('event_id', e, 'room_id', r, 'sender', s,
+           'type', 'm.room.message', 'origin_server_ts', :ts::bigint,
            'content', jsonb_build_object('msgtype', 'm.text',
                'body', 'The quick brown fox jumps over the lazy dog, a message of typical size.'))
-FROM (SELECT '!room' || (:client_id % 16) || ':localhost' AS r,
-             '$' || gen_random_uuid() || ':localhost' AS e) AS v;
+FROM (SELECT '!room' || (:client_id::int % 16) || chr(58) || 'localhost' AS r,
+             '$' || gen_random_uuid() || chr(58) || 'localhost' AS e,
+             '@bench' || chr(58) || 'localhost' AS s) AS v;
 SQL
 chmod 0644 "$BASE/insert.sql"
 
@@ -115,7 +118,7 @@ run_pgbench() {
     # Warm-up pass, not measured.
     if [ "$WARMUP" -gt 0 ]; then
         "$PGBIN/pgbench" -n -M prepared -f "$BASE/insert.sql" -c "$clients" -j "$jobs" \
-            -T "$WARMUP" -h "$SOCK" -p "$PORT" -U postgres postgres >/dev/null 2>&1
+            -T "$WARMUP" -h "$SOCK" -p "$PORT" -U postgres postgres >/dev/null
     fi
     (cd "$logdir" && "$PGBIN/pgbench" -n -M prepared -f "$BASE/insert.sql" -c "$clients" \
         -j "$jobs" -T "$DURATION" -l --log-prefix=tx -h "$SOCK" -p "$PORT" -U postgres \

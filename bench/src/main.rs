@@ -2,6 +2,7 @@
 //! Matrix homeserver. Scenarios are subcommands; figures go to bench/RESULTS.md.
 
 mod db;
+mod db_report;
 mod http_load;
 mod raw_responder;
 mod report;
