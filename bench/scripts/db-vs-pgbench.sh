@@ -7,6 +7,7 @@
 # Env:   DURATION=10 WARMUP=2 CONCURRENCY=64 PGBIN=/usr/lib/postgresql/15/bin
 #        EXTRA_ARGS="--gc-max-in-flight 2 ..."  (passed to hearth-bench db)
 #        FSYNC_TEST=1  also run pg_test_fsync (about 15 s) on the data disk
+#        PGBENCH=0     skip pgbench (e.g. for a GroupCommitConfig sweep)
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -139,6 +140,7 @@ run_pgbench() {
         }'
 }
 
+if [ "${PGBENCH:-1}" = 0 ]; then exit 0; fi
 echo "== pgbench, same INSERT (-M prepared, -T $DURATION after ${WARMUP} s warm-up)"
 printf "%-20s %7s %10s %8s %8s %8s %8s\n" "run" "clients" "tps" "p50 ms" "p99 ms" "p999 ms" "max ms"
 run_pgbench 1 1 "pgbench-c1"
