@@ -1,6 +1,8 @@
 //! `hearth-bench`: load generator and benchmark rig for hearth and any other
 //! Matrix homeserver. Scenarios are subcommands; figures go to bench/RESULTS.md.
 
+mod db;
+mod db_report;
 mod http_load;
 mod raw_responder;
 mod report;
@@ -40,6 +42,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// hearth's PostgreSQL client on an event table: single inserts,
+    /// pipelined inserts, group commit, point selects.
+    Db(db::DbArgs),
     /// A minimal HTTP responder on raw monoio, the runtime's own ceiling, to
     /// compare hearth's HTTP layer against.
     RawResponder {
@@ -77,6 +82,15 @@ fn main() -> anyhow::Result<()> {
                 );
             } else {
                 println!("{}", result.table("http", &url));
+            }
+            Ok(())
+        }
+        Cmd::Db(args) => {
+            let report = db::run(&args)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.table());
             }
             Ok(())
         }
