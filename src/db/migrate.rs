@@ -19,11 +19,18 @@ pub struct Migration {
 }
 
 /// Every migration this binary knows, in order. Append only.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "rooms",
+        sql: include_str!("../../migrations/0003_rooms.sql"),
+    },
+];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:
 /// "hearth" in ASCII).
