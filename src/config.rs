@@ -64,6 +64,8 @@ pub struct Config {
     pub database: DatabaseSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub registration: RegistrationSection,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -163,6 +165,28 @@ impl Default for LogSection {
             format: LogFormat::Text,
             level: "info".into(),
             access_log: true,
+        }
+    }
+}
+
+/// Who may create accounts through `POST /register`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationSection {
+    /// `false`: `/register` answers 403 (admins use `hearth register-user`).
+    pub enabled: bool,
+    /// A shared secret: when set, registering needs the
+    /// `m.login.registration_token` stage with this token (client-server
+    /// API, "Token-authenticated registration").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl Default for RegistrationSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            token: None,
         }
     }
 }
@@ -302,6 +326,17 @@ impl Config {
                 return Err(key_err(
                     "database.url",
                     "must start with postgres:// or postgresql://",
+                ));
+            }
+        }
+        if let Some(token) = &self.registration.token {
+            // The spec's grammar for registration tokens: opaque identifier,
+            // at most 64 characters.
+            let opaque = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
+            if token.is_empty() || token.len() > 64 || !token.chars().all(opaque) {
+                return Err(key_err(
+                    "registration.token",
+                    "must be 1 to 64 characters of A-Z a-z 0-9 - . _ ~",
                 ));
             }
         }
@@ -484,6 +519,33 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("database.url"), "{e}");
+    }
+
+    #[test]
+    fn registration_section() {
+        let c = load("server_name = \"a.org\"", &[]).unwrap();
+        assert!(c.registration.enabled);
+        assert!(c.registration.token.is_none());
+        let c = load(
+            "server_name = \"a.org\"\n[registration]\nenabled = false\n",
+            &[("HEARTH_REGISTRATION__TOKEN", "s3cret_token")],
+        )
+        .unwrap();
+        assert!(!c.registration.enabled);
+        assert_eq!(c.registration.token.as_deref(), Some("s3cret_token"));
+        let again = load(&c.to_toml(), &[]).unwrap();
+        assert_eq!(again.registration.token.as_deref(), Some("s3cret_token"));
+        for bad in ["", "has space", &"x".repeat(65)] {
+            let text = format!("server_name = \"a.org\"\n[registration]\ntoken = \"{bad}\"\n");
+            let e = load(&text, &[]).unwrap_err();
+            assert!(e.to_string().contains("registration.token"), "{e}");
+        }
+        let e = load(
+            "server_name = \"a.org\"\n[registration]\nenable = true\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("enable"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! the mesh, caches and the database.
 
 pub mod api;
+pub mod auth;
+pub mod blocking;
 pub mod config;
 pub mod db;
 pub mod events;

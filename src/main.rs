@@ -34,6 +34,11 @@ HEARTH_LISTENERS__0__PORT=8448; unknown keys and bad values stop hearth at start
   max_queued = 4096               # queued queries per shard before 'busy'
   run_as = \"postgres\"             # user for the embedded cluster when run as root
 
+  [registration]
+  enabled = true                  # false: POST /register answers 403 M_FORBIDDEN
+  token = \"s3cret\"                # optional: registering needs this token
+                                  # (m.login.registration_token; 1-64 of A-Za-z0-9-._~)
+
   [log]
   format = \"text\"                 # text | json
   level = \"info\"                  # tracing filter, e.g. \"hearth=debug,info\"
@@ -54,6 +59,25 @@ enum Command {
         /// Config file (TOML). Without one, defaults plus HEARTH_* variables.
         #[arg(long, short, env = "HEARTH_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Create a user account directly in the database (works with
+    /// registration disabled). Starts the embedded PostgreSQL if hearth is
+    /// not running; with database.url it talks to that server.
+    RegisterUser {
+        #[arg(long, short, env = "HEARTH_CONFIG")]
+        config: Option<PathBuf>,
+        /// Localpart (`alice`) or full user id (`@alice:example.org`).
+        #[arg(long)]
+        user: String,
+        /// The password (visible in the process list: prefer --password-file).
+        #[arg(long, conflicts_with = "password_file")]
+        password: Option<String>,
+        /// Read the password from this file (first line).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Make the user a server admin.
+        #[arg(long)]
+        admin: bool,
     },
     /// Load and validate the configuration, print the effective values.
     CheckConfig {
@@ -76,6 +100,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::RegisterUser {
+            config,
+            user,
+            password,
+            password_file,
+            admin,
+        } => register_user(config, &user, password, password_file, admin),
         Command::Serve { config } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -93,6 +124,52 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn register_user(
+    config: Option<PathBuf>,
+    user: &str,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    admin: bool,
+) -> ExitCode {
+    let cfg = match Config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hearth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let password = match (password, password_file) {
+        (Some(p), None) => p,
+        (None, Some(f)) => match std::fs::read_to_string(&f) {
+            Ok(text) => text.lines().next().unwrap_or("").to_owned(),
+            Err(e) => {
+                eprintln!("hearth: cannot read {}: {e}", f.display());
+                return ExitCode::from(2);
+            }
+        },
+        _ => {
+            eprintln!("hearth: give --password or --password-file");
+            return ExitCode::from(2);
+        }
+    };
+    // Quiet unless asked: starting the embedded cluster logs at info.
+    let mut log = cfg.log.clone();
+    if std::env::var_os("HEARTH_LOG__LEVEL").is_none() {
+        log.level = "warn".into();
+    }
+    hearth::observability::init(&log);
+    match hearth::auth::cli::register_user(&cfg, user, &password, admin) {
+        Ok(id) => {
+            println!("created user {id}{}", if admin { " (admin)" } else { "" });
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hearth: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -47,6 +47,20 @@ pub struct ShardState {
     /// This shard's room service (also reachable as `rooms::local()` from
     /// mesh jobs).
     pub rooms: Rc<Rooms>,
+    /// Access-token cache; invalidated on every shard over the mesh.
+    pub auth: crate::auth::AuthState,
+}
+
+thread_local! {
+    /// This thread's shard state, so mesh jobs (closures sent from other
+    /// shards, which cannot carry an `Rc`) reach the shard they run on.
+    static CURRENT_SHARD: std::cell::RefCell<Option<Rc<ShardState>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The state of the shard running on this thread (`None` off the shards).
+pub fn current_shard() -> Option<Rc<ShardState>> {
+    CURRENT_SHARD.with(|c| c.borrow().clone())
 }
 
 impl From<&crate::config::HttpSection> for HttpConfig {
@@ -212,7 +226,9 @@ async fn shard_main(
         writer,
         key,
         rooms,
+        auth: crate::auth::AuthState::default(),
     });
+    CURRENT_SHARD.with(|c| *c.borrow_mut() = Some(state.clone()));
     let shutdown = http::Shutdown::new();
     {
         let shutdown = shutdown.clone();
@@ -249,4 +265,5 @@ async fn shard_main(
     }
     // Peers' pending submits to this shard now fail fast instead of hanging.
     state.mesh.close();
+    CURRENT_SHARD.with(|c| c.borrow_mut().take());
 }

@@ -198,3 +198,38 @@ fn busy_port_fails_start_with_a_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&port.to_string()), "{err}");
 }
+
+#[test]
+fn json_logs_with_access_lines_and_request_spans() {
+    let mut h = Hearth::start(Opts::shards(1).env("HEARTH_LOG__FORMAT", "json"));
+    assert_eq!(
+        get(&h, "/_matrix/client/versions?access_token=s3cret").status,
+        200
+    );
+    let line = h.wait_for_log("hearth::access", Duration::from_secs(5));
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(v["status"], 200, "{line}");
+    assert!(
+        v["span"]["request_id"].is_number() || v["span"]["request_id"].is_string(),
+        "{line}"
+    );
+    assert_eq!(v["span"]["method"], "GET", "{line}");
+    assert!(
+        !line.contains("s3cret"),
+        "access tokens never reach the log: {line}"
+    );
+    // Every line so far is JSON.
+    for l in &h.log {
+        assert!(serde_json::from_str::<serde_json::Value>(l).is_ok(), "{l}");
+    }
+}
+
+#[test]
+fn access_log_can_be_turned_off() {
+    let mut h = Hearth::start(Opts::shards(1).env("HEARTH_LOG__ACCESS_LOG", "false"));
+    assert_eq!(get(&h, "/health").status, 200);
+    assert_eq!(get(&h, "/health").status, 200);
+    h.signal(libc::SIGTERM);
+    h.wait_for_log("stopped", Duration::from_secs(30));
+    assert!(!h.log.iter().any(|l| l.contains("hearth::access")));
+}

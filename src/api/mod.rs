@@ -1,15 +1,79 @@
 //! Client-server and federation endpoints, registered on the HTTP router.
 
+mod account;
+mod devices;
+mod login;
+mod profile;
+mod util;
 mod versions;
 
-use crate::http::{Method, Router};
+use std::future::Future;
+use std::rc::Rc;
+
+use crate::http::{HandlerResult, Method, Request, Router};
 use crate::server::ShardState;
+
+/// Registers `path` (starting with `/`) under both `/_matrix/client/v3`
+/// and its legacy alias `/_matrix/client/r0`.
+fn client<F, Fut>(r: Router<ShardState>, m: Method, path: &str, h: F) -> Router<ShardState>
+where
+    F: Fn(Rc<ShardState>, Request) -> Fut + Clone + 'static,
+    Fut: Future<Output = HandlerResult> + 'static,
+{
+    r.route(m.clone(), &format!("/_matrix/client/v3{path}"), h.clone())
+        .route(m, &format!("/_matrix/client/r0{path}"), h)
+}
 
 /// Routes served on `kind = "client"` listeners.
 pub fn client_router() -> Router<ShardState> {
-    Router::new()
-        .route(Method::Get, "/_matrix/client/versions", versions::versions)
-        .route(Method::Get, "/health", versions::health)
+    use Method::{Delete, Get, Post, Put};
+    let r = Router::new()
+        .route(Get, "/_matrix/client/versions", versions::versions)
+        .route(Get, "/health", versions::health)
+        .route(
+            Get,
+            "/_matrix/client/v1/register/m.login.registration_token/validity",
+            account::token_validity,
+        );
+    let r = client(r, Post, "/register", account::register);
+    let r = client(r, Get, "/register/available", account::available);
+    let r = client(r, Get, "/account/whoami", account::whoami);
+    let r = client(r, Post, "/account/password", account::change_password);
+    let r = client(r, Post, "/account/deactivate", account::deactivate);
+    let r = client(r, Get, "/login", login::flows);
+    let r = client(r, Post, "/login", login::login);
+    let r = client(r, Post, "/logout", login::logout);
+    let r = client(r, Post, "/logout/all", login::logout_all);
+    let r = client(r, Get, "/devices", devices::list);
+    let r = client(r, Get, "/devices/{deviceId}", devices::get);
+    let r = client(r, Put, "/devices/{deviceId}", devices::update);
+    let r = client(r, Delete, "/devices/{deviceId}", devices::delete);
+    let r = client(r, Post, "/delete_devices", devices::delete_many);
+    let r = client(r, Get, "/profile/{userId}", profile::get_all);
+    let r = client(
+        r,
+        Get,
+        "/profile/{userId}/displayname",
+        profile::get_displayname,
+    );
+    let r = client(
+        r,
+        Put,
+        "/profile/{userId}/displayname",
+        profile::set_displayname,
+    );
+    let r = client(
+        r,
+        Get,
+        "/profile/{userId}/avatar_url",
+        profile::get_avatar_url,
+    );
+    client(
+        r,
+        Put,
+        "/profile/{userId}/avatar_url",
+        profile::set_avatar_url,
+    )
 }
 
 /// Routes served on `kind = "federation"` listeners.

@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0001_init.sql"),
     },
     Migration {
+        version: 2,
+        name: "accounts",
+        sql: include_str!("../../migrations/0002_accounts.sql"),
+    },
+    Migration {
         version: 3,
         name: "rooms",
         sql: include_str!("../../migrations/0003_rooms.sql"),

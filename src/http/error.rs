@@ -269,6 +269,30 @@ impl From<serde_json::Error> for MatrixError {
     }
 }
 
+/// Account and authentication errors at the HTTP edge (statuses and codes as
+/// the spec and Synapse give them).
+impl From<crate::auth::AuthError> for MatrixError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError as A;
+        let msg = e.to_string();
+        match e {
+            A::MissingToken => MatrixError::missing_token(msg),
+            A::UnknownToken => MatrixError::unknown_token(false).with_field("soft_logout", false),
+            A::InvalidUsername(_) => MatrixError::invalid_username(msg),
+            A::UserInUse => MatrixError::user_in_use(msg),
+            A::BadCredentials | A::Forbidden(_) => MatrixError::forbidden(msg),
+            A::Deactivated => MatrixError::user_deactivated(msg),
+            A::NotFound(_) => MatrixError::not_found(msg),
+            A::BadRequest(_) => MatrixError::bad_request(msg),
+            A::Busy => MatrixError::limit_exceeded(Some(1000)),
+            A::Db(_) | A::Internal(_) => {
+                tracing::error!(error = %msg, "account operation failed");
+                MatrixError::unknown("Internal server error")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +324,31 @@ mod tests {
         let e = MatrixError::forbidden("x").with_field("errcode", "M_HACK");
         let v: Value = serde_json::from_slice(&e.to_json_bytes()).unwrap();
         assert_eq!(v["errcode"], "M_FORBIDDEN");
+    }
+
+    #[test]
+    fn auth_errors_map_to_matrix_codes() {
+        use crate::auth::AuthError as A;
+        let m = |e: A| {
+            let e = MatrixError::from(e);
+            (e.status, e.errcode)
+        };
+        assert_eq!(m(A::MissingToken), (401, "M_MISSING_TOKEN"));
+        assert_eq!(m(A::UnknownToken), (401, "M_UNKNOWN_TOKEN"));
+        assert_eq!(m(A::UserInUse), (400, "M_USER_IN_USE"));
+        assert_eq!(
+            m(A::InvalidUsername("x".into())),
+            (400, "M_INVALID_USERNAME")
+        );
+        assert_eq!(m(A::BadCredentials), (403, "M_FORBIDDEN"));
+        assert_eq!(m(A::Deactivated), (403, "M_USER_DEACTIVATED"));
+        assert_eq!(m(A::Busy), (429, "M_LIMIT_EXCEEDED"));
+        assert_eq!(m(A::Internal("secret detail".into())), (500, "M_UNKNOWN"));
+        let e = MatrixError::from(A::Internal("secret detail".into()));
+        assert!(!e.error.contains("secret"), "internals stay in the log");
+        let v: Value =
+            serde_json::from_slice(&MatrixError::from(A::UnknownToken).to_json_bytes()).unwrap();
+        assert_eq!(v["soft_logout"], false);
     }
 
     #[test]

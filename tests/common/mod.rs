@@ -97,9 +97,14 @@ impl Hearth {
         let addr = line
             .split("listening on http://")
             .nth(1)
-            .and_then(|s| s.split_whitespace().next())
+            .map(|s| {
+                s.chars()
+                    .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+                    .collect::<String>()
+            })
             .expect("address in listening line");
         h.addr = addr.parse().expect("socket address");
+        h.lines_seen_until_now();
         h
     }
 
@@ -123,6 +128,13 @@ impl Hearth {
                     self.log
                 ),
             }
+        }
+    }
+
+    /// Drain log lines that have arrived so far into `self.log`.
+    pub fn lines_seen_until_now(&mut self) {
+        while let Ok(l) = self.lines.try_recv() {
+            self.log.push(l);
         }
     }
 
@@ -301,4 +313,34 @@ pub mod seccomp {
         }
         Ok(())
     }
+}
+
+/// One request with optional bearer token and raw body, on a fresh
+/// connection (so the kernel may pick any shard).
+pub fn request(h: &Hearth, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Resp {
+    let mut s = h.connect();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    read_response(&mut s, false)
+}
+
+/// A JSON request (`body: None` sends no body).
+pub fn json_request(
+    h: &Hearth,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Resp {
+    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    request(h, method, path, token, &bytes)
 }
