@@ -52,7 +52,7 @@ pub struct CreatePlan {
     pub is_public: bool,
 }
 
-pub(crate) fn to_canonical(v: Map<String, Value>) -> Result<CanonicalJsonObject, RoomError> {
+pub fn to_canonical_json(v: Map<String, Value>) -> Result<CanonicalJsonObject, RoomError> {
     canonical_json::try_from_json_map(v).map_err(|e| RoomError::BadJson(e.to_string()))
 }
 
@@ -102,7 +102,7 @@ pub fn plan(
         .collect::<Result<Vec<_>, _>>()?;
 
     // 1. m.room.create: creation_content plus our fields.
-    let mut content = to_canonical(req.creation_content.clone().unwrap_or_default())?;
+    let mut content = to_canonical_json(req.creation_content.clone().unwrap_or_default())?;
     let extra: Vec<OwnedUserId> = match content.get("additional_creators") {
         Some(CanonicalJsonValue::Array(a)) => a
             .iter()
@@ -145,7 +145,7 @@ pub fn plan(
         let Value::Object(m) = c else {
             return Err(RoomError::BadJson(format!("{t} content is not an object")));
         };
-        events.push((t.to_owned(), k.to_owned(), to_canonical(m)?));
+        events.push((t.to_owned(), k.to_owned(), to_canonical_json(m)?));
         Ok(())
     };
     // 2. The creator joins.
