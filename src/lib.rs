@@ -13,5 +13,6 @@ pub mod http;
 pub mod mesh;
 pub mod observability;
 pub mod primitives;
+pub mod rooms;
 pub mod server;
 pub mod shard;

@@ -15,8 +15,10 @@ use signal_hook::iterator::Signals;
 use crate::config::{Config, ListenerKind};
 use crate::db::setup as db_setup;
 use crate::db::{ConnectConfig, GroupCommit, GroupCommitConfig, Pool, PoolConfig};
+use crate::events::ServerKey;
 use crate::http::{self, HttpConfig};
 use crate::mesh::{Mesh, MeshEndpoint};
+use crate::rooms::{self, Rooms};
 use crate::shard::{self, ShardInfo, ShardOptions, ShardStart};
 
 /// Jobs in flight per ordered shard pair before senders wait (backpressure).
@@ -40,6 +42,11 @@ pub struct ShardState {
     /// This shard's group-commit writer: persistence of many concurrent
     /// requests in one transaction per flush, each answered after COMMIT.
     pub writer: GroupCommit,
+    /// The server's signing key, loaded once at start, shared by shards.
+    pub key: Arc<ServerKey>,
+    /// This shard's room service (also reachable as `rooms::local()` from
+    /// mesh jobs).
+    pub rooms: Rc<Rooms>,
     /// Access-token cache; invalidated on every shard over the mesh.
     pub auth: crate::auth::AuthState,
 }
@@ -106,7 +113,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // start only once it is up and migrated. The embedded cluster lives as
     // long as `database`.
     let database = db_setup::prepare(&config).context("preparing the database")?;
-    let db = (database.connect.clone(), database.pool.clone());
+    let key = Arc::new(
+        ServerKey::load_or_create(&config.data_dir, &config.server_name)
+            .context("loading the server signing key")?,
+    );
+    let db = (database.connect.clone(), database.pool.clone(), key);
 
     let opts = ShardOptions {
         io_driver: config.io_driver,
@@ -176,7 +187,7 @@ fn log_driver_summary(infos: &[ShardInfo]) {
 async fn shard_main(
     start: ShardStart<ShardPayload>,
     config: Arc<Config>,
-    (connect, pool_cfg): (ConnectConfig, PoolConfig),
+    (connect, pool_cfg, key): (ConnectConfig, PoolConfig, Arc<ServerKey>),
 ) {
     let ShardStart {
         info,
@@ -198,12 +209,23 @@ async fn shard_main(
         }
     };
     let writer = GroupCommit::new(db.clone(), GroupCommitConfig::default());
+    let n = config.shard_count();
+    let rooms = match Rooms::open(id, n, db.clone(), writer.clone(), key.clone()).await {
+        Ok(r) => Rc::new(r),
+        Err(e) => {
+            tracing::error!(shard = id, error = %e, "cannot open the room service");
+            std::process::exit(1);
+        }
+    };
+    rooms::install(rooms.clone());
     let state = Rc::new(ShardState {
         info,
         config,
         mesh,
         db,
         writer,
+        key,
+        rooms,
         auth: crate::auth::AuthState::default(),
     });
     CURRENT_SHARD.with(|c| *c.borrow_mut() = Some(state.clone()));

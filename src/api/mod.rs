@@ -4,6 +4,7 @@ mod account;
 mod devices;
 mod login;
 mod profile;
+mod rooms;
 mod util;
 mod versions;
 
@@ -68,12 +69,50 @@ pub fn client_router() -> Router<ShardState> {
         "/profile/{userId}/avatar_url",
         profile::get_avatar_url,
     );
-    client(
+    let r = client(
         r,
         Put,
         "/profile/{userId}/avatar_url",
         profile::set_avatar_url,
-    )
+    );
+    let r = client(r, Post, "/createRoom", rooms::create_room);
+    let r = client(
+        r,
+        Put,
+        "/rooms/{roomId}/send/{eventType}/{txnId}",
+        rooms::send,
+    );
+    let r = client(
+        r,
+        Put,
+        "/rooms/{roomId}/state/{eventType}",
+        rooms::put_state,
+    );
+    let r = client(
+        r,
+        Put,
+        "/rooms/{roomId}/state/{eventType}/{stateKey}",
+        rooms::put_state,
+    );
+    let r = client(
+        r,
+        Get,
+        "/rooms/{roomId}/state/{eventType}",
+        rooms::get_state_event,
+    );
+    let r = client(
+        r,
+        Get,
+        "/rooms/{roomId}/state/{eventType}/{stateKey}",
+        rooms::get_state_event,
+    );
+    let r = client(r, Get, "/rooms/{roomId}/state", rooms::get_state);
+    let r = client(r, Get, "/rooms/{roomId}/event/{eventId}", rooms::get_event);
+    let r = client(r, Post, "/rooms/{roomId}/join", rooms::join);
+    let r = client(r, Post, "/join/{roomIdOrAlias}", rooms::join);
+    let r = client(r, Post, "/rooms/{roomId}/leave", rooms::leave);
+    let r = client(r, Post, "/rooms/{roomId}/invite", rooms::invite);
+    client(r, Get, "/joined_rooms", rooms::joined_rooms)
 }
 
 /// Routes served on `kind = "federation"` listeners.

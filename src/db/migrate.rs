@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "accounts",
         sql: include_str!("../../migrations/0002_accounts.sql"),
     },
+    Migration {
+        version: 3,
+        name: "rooms",
+        sql: include_str!("../../migrations/0003_rooms.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

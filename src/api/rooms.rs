@@ -1,0 +1,189 @@
+//! Room endpoints (client-server API "Rooms", "Sending events to a room",
+//! "Getting events for a room", "Joining rooms"): thin handlers over
+//! `rooms::client`, which runs each operation on the room's owner shard.
+
+use std::rc::Rc;
+
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::auth::{self, Requester};
+use crate::http::{HandlerResult, MatrixError, Request, Response};
+use crate::rooms::client;
+use crate::rooms::create::{to_canonical_json, CreateRoomRequest};
+use crate::rooms::EventRequest;
+use crate::server::ShardState;
+
+use super::util::json_body;
+
+/// Spec "Size limits": 64 KiB per event; a bigger body can never fit.
+const MAX_EVENT_BODY: usize = 65_536;
+
+async fn user(state: &ShardState, req: &Request) -> Result<Requester, MatrixError> {
+    auth::require_user(state, req).await
+}
+
+fn room_param(req: &Request) -> Result<OwnedRoomId, MatrixError> {
+    let raw = req.param_str("roomId")?;
+    OwnedRoomId::try_from(raw.as_ref()).map_err(|_| MatrixError::invalid_param("Invalid room id"))
+}
+
+fn content_body(req: &Request) -> Result<ruma::CanonicalJsonObject, MatrixError> {
+    if req.body.len() > MAX_EVENT_BODY {
+        return Err(MatrixError::too_large("event content is too large"));
+    }
+    let v: Map<String, Value> = json_body(req)?;
+    Ok(to_canonical_json(v)?)
+}
+
+/// `POST /createRoom`.
+pub async fn create_room(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let who = user(&state, &req).await?;
+    let body: CreateRoomRequest = json_body(&req)?;
+    let room_id = client::create_room(&state.mesh, who.user_id, body).await?;
+    Ok(Response::json(200, &json!({ "room_id": room_id })))
+}
+
+/// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
+pub async fn send(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let who = user(&state, &req).await?;
+    let room_id = room_param(&req)?;
+    let event_type = req.param_str("eventType")?.into_owned();
+    let txn = req.param_str("txnId")?.into_owned();
+    let content = content_body(&req)?;
+    let id = client::send_event(
+        &state.mesh,
+        EventRequest {
+            room_id,
+            sender: who.user_id,
+            event_type,
+            state_key: None,
+            content,
+            txn: Some((who.device_id, txn)),
+        },
+    )
+    .await?;
+    Ok(Response::json(200, &json!({ "event_id": id })))
+}
+
+fn state_key_param(req: &Request) -> Result<String, MatrixError> {
+    Ok(req
+        .raw_param("stateKey")
+        .map(|_| req.param_str("stateKey").map(|s| s.into_owned()))
+        .transpose()?
+        .unwrap_or_default())
+}
+
+/// `PUT /rooms/{roomId}/state/{eventType}[/{stateKey}]`.
+pub async fn put_state(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let who = user(&state, &req).await?;
+    let room_id = room_param(&req)?;
+    let event_type = req.param_str("eventType")?.into_owned();
+    let state_key = state_key_param(&req)?;
+    let content = content_body(&req)?;
+    let id = client::send_event(
+        &state.mesh,
+        EventRequest {
+            room_id,
+            sender: who.user_id,
+            event_type,
+            state_key: Some(state_key),
+            content,
+            txn: None,
+        },
+    )
+    .await?;
+    Ok(Response::json(200, &json!({ "event_id": id })))
+}
+
+/// `GET /rooms/{roomId}/state/{eventType}[/{stateKey}]`.
+pub async fn get_state_event(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let who = user(&state, &req).await?;
+    let room_id = room_param(&req)?;
+    let event_type = req.param_str("eventType")?.into_owned();
+    let state_key = state_key_param(&req)?;
+    let content =
+        client::get_state_event(&state.mesh, who.user_id, room_id, event_type, state_key).await?;
+    Ok(Response::json(200, &content))
+}
+
+/// `GET /rooms/{roomId}/state`.
+pub async fn get_state(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let who = user(&state, &req).await?;
+    let room_id = room_param(&req)?;
+    let events = client::get_state(&state.mesh, who.user_id, room_id).await?;
+    Ok(Response::json(200, &events))
+}
+
+/// `GET /rooms/{roomId}/event/{eventId}`.
+pub async fn get_event(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let who = user(&state, &req).await?;
+    let room_id = room_param(&req)?;
+    let raw = req.param_str("eventId")?;
+    let event_id = OwnedEventId::try_from(raw.as_ref())
+        .map_err(|_| MatrixError::not_found("event not found"))?;
+    let ev = client::get_event(&state.mesh, who.user_id, room_id, event_id).await?;
+    Ok(Response::json(200, &ev))
+}
+
+async fn membership(
+    state: &ShardState,
+    room_id: OwnedRoomId,
+    sender: OwnedUserId,
+    target: &str,
+    membership: &str,
+) -> Result<(), MatrixError> {
+    client::set_membership(&state.mesh, room_id, sender, target, membership).await?;
+    Ok(())
+}
+
+/// `POST /rooms/{roomId}/join` and `POST /join/{roomIdOrAlias}` (local
+/// room ids only: aliases and federation joins are not there yet).
+pub async fn join(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let who = user(&state, &req).await?;
+    let raw = req
+        .raw_param("roomId")
+        .map(|_| req.param_str("roomId"))
+        .unwrap_or_else(|| req.param_str("roomIdOrAlias"))?;
+    if raw.starts_with('#') {
+        return Err(MatrixError::not_found("room aliases are not supported yet"));
+    }
+    let room_id = OwnedRoomId::try_from(raw.as_ref())
+        .map_err(|_| MatrixError::invalid_param("Invalid room id"))?;
+    let target = who.user_id.to_string();
+    membership(&state, room_id.clone(), who.user_id, &target, "join").await?;
+    Ok(Response::json(200, &json!({ "room_id": room_id })))
+}
+
+/// `POST /rooms/{roomId}/leave`.
+pub async fn leave(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let who = user(&state, &req).await?;
+    let room_id = room_param(&req)?;
+    let target = who.user_id.to_string();
+    membership(&state, room_id, who.user_id, &target, "leave").await?;
+    Ok(Response::json(200, &json!({})))
+}
+
+#[derive(Deserialize)]
+struct InviteBody {
+    user_id: String,
+}
+
+/// `POST /rooms/{roomId}/invite`.
+pub async fn invite(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let who = user(&state, &req).await?;
+    let room_id = room_param(&req)?;
+    let body: InviteBody = json_body(&req)?;
+    let target = OwnedUserId::try_from(body.user_id.as_str())
+        .map_err(|_| MatrixError::invalid_param("Invalid user id"))?;
+    membership(&state, room_id, who.user_id, target.as_str(), "invite").await?;
+    Ok(Response::json(200, &json!({})))
+}
+
+/// `GET /joined_rooms`.
+pub async fn joined_rooms(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let who = user(&state, &req).await?;
+    let rooms = client::joined_rooms(&state.db, who.user_id.as_str()).await?;
+    Ok(Response::json(200, &json!({ "joined_rooms": rooms })))
+}

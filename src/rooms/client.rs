@@ -1,0 +1,194 @@
+//! Room operations as the client API needs them, callable from any shard:
+//! each forwards to the room's owner shard over the mesh and runs there
+//! against that shard's [`Rooms`](super::Rooms).
+
+use ruma::canonical_json::CanonicalJsonObject;
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use serde_json::Value;
+
+use crate::db::Pool;
+use crate::mesh::{shard_for_room, MeshEndpoint};
+
+use super::create::{self, CreatePlan, CreateRoomRequest};
+use super::service::{local, EventRequest, Rooms};
+use super::RoomError;
+
+async fn on_owner<F, Fut, T>(mesh: &MeshEndpoint, room: &OwnedRoomId, f: F) -> Result<T, RoomError>
+where
+    F: FnOnce(std::rc::Rc<Rooms>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, RoomError>> + 'static,
+    T: Send + 'static,
+{
+    let owner = shard_for_room(room, mesh.n_shards());
+    mesh.submit_to(owner, move || async move { f(local()?).await })
+        .await?
+}
+
+/// `POST /createRoom`. Returns the new room's id once every initial event
+/// is committed.
+pub async fn create_room(
+    mesh: &MeshEndpoint,
+    creator: OwnedUserId,
+    req: CreateRoomRequest,
+) -> Result<OwnedRoomId, RoomError> {
+    let plan = create::plan(req, &creator, &local()?.key)?;
+    let room_id = plan.room_id.clone();
+    on_owner(mesh, &room_id.clone(), move |rooms| async move {
+        run_create(&rooms, plan, creator).await
+    })
+    .await?;
+    Ok(room_id)
+}
+
+async fn run_create(
+    rooms: &Rooms,
+    plan: CreatePlan,
+    creator: OwnedUserId,
+) -> Result<(), RoomError> {
+    let room_id = plan.room_id.clone();
+    rooms
+        .persist_create(plan.create, plan.version, plan.is_public)
+        .await?;
+    for (event_type, state_key, content) in plan.events {
+        rooms
+            .send(EventRequest {
+                room_id: room_id.clone(),
+                sender: creator.clone(),
+                event_type,
+                state_key: Some(state_key),
+                content,
+                txn: None,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Sends a message or state event; returns its event id after COMMIT.
+pub async fn send_event(mesh: &MeshEndpoint, req: EventRequest) -> Result<OwnedEventId, RoomError> {
+    let room = req.room_id.clone();
+    on_owner(mesh, &room, move |rooms| async move {
+        Ok(rooms.send(req).await?.event_id.clone())
+    })
+    .await
+}
+
+/// Changes `target`'s membership (join, leave, invite, ban…) as `sender`.
+pub async fn set_membership(
+    mesh: &MeshEndpoint,
+    room_id: OwnedRoomId,
+    sender: OwnedUserId,
+    target: &str,
+    membership: &str,
+) -> Result<OwnedEventId, RoomError> {
+    let mut content = CanonicalJsonObject::new();
+    content.insert("membership".into(), membership.to_owned().into());
+    send_event(
+        mesh,
+        EventRequest {
+            room_id,
+            sender,
+            event_type: "m.room.member".into(),
+            state_key: Some(target.to_owned()),
+            content,
+            txn: None,
+        },
+    )
+    .await
+}
+
+async fn require_joined(rooms: &Rooms, room: &OwnedRoomId, user: &str) -> Result<(), RoomError> {
+    match rooms.membership(room, user).await?.as_deref() {
+        Some("join") => Ok(()),
+        _ => Err(RoomError::Forbidden(format!(
+            "{user} is not in room {room}"
+        ))),
+    }
+}
+
+/// `GET /rooms/{roomId}/state`: current state in client format (joined
+/// users only).
+pub async fn get_state(
+    mesh: &MeshEndpoint,
+    user: OwnedUserId,
+    room_id: OwnedRoomId,
+) -> Result<Vec<Value>, RoomError> {
+    on_owner(mesh, &room_id.clone(), move |rooms| async move {
+        require_joined(&rooms, &room_id, user.as_str()).await?;
+        let head = rooms.head(&room_id).await?;
+        let mut out = Vec::with_capacity(head.state.len());
+        for id in head.state.values() {
+            let id = OwnedEventId::try_from(id.as_str())
+                .map_err(|e| RoomError::Internal(e.to_string()))?;
+            if let Some(p) = rooms.event(&id).await? {
+                out.push(p.client_format());
+            }
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// `GET /rooms/{roomId}/state/{type}/{stateKey}`: the content.
+pub async fn get_state_event(
+    mesh: &MeshEndpoint,
+    user: OwnedUserId,
+    room_id: OwnedRoomId,
+    event_type: String,
+    state_key: String,
+) -> Result<Value, RoomError> {
+    on_owner(mesh, &room_id.clone(), move |rooms| async move {
+        require_joined(&rooms, &room_id, user.as_str()).await?;
+        let head = rooms.head(&room_id).await?;
+        let id = head
+            .state
+            .get(&(event_type.clone(), state_key.clone()))
+            .ok_or_else(|| {
+                RoomError::NotFound(format!("no {event_type} state for '{state_key}'"))
+            })?;
+        let id =
+            OwnedEventId::try_from(id.as_str()).map_err(|e| RoomError::Internal(e.to_string()))?;
+        let p = rooms
+            .event(&id)
+            .await?
+            .ok_or_else(|| RoomError::NotFound("event not found".into()))?;
+        Ok(p.client_format()["content"].clone())
+    })
+    .await
+}
+
+/// `GET /rooms/{roomId}/event/{eventId}` (joined users only; anything else
+/// is 404 as Synapse answers for events one may not see).
+pub async fn get_event(
+    mesh: &MeshEndpoint,
+    user: OwnedUserId,
+    room_id: OwnedRoomId,
+    event_id: OwnedEventId,
+) -> Result<Value, RoomError> {
+    on_owner(mesh, &room_id.clone(), move |rooms| async move {
+        let not_found = || RoomError::NotFound("event not found".into());
+        require_joined(&rooms, &room_id, user.as_str())
+            .await
+            .map_err(|_| not_found())?;
+        let p = rooms.event(&event_id).await?.ok_or_else(not_found)?;
+        if p.room_id != room_id {
+            return Err(not_found());
+        }
+        Ok(p.client_format())
+    })
+    .await
+}
+
+/// `GET /joined_rooms`: readable on any shard from `current_state`.
+pub async fn joined_rooms(db: &Pool, user: &str) -> Result<Vec<String>, RoomError> {
+    let rows = db
+        .query(
+            "SELECT room_id FROM current_state WHERE type = 'm.room.member' \
+             AND state_key = $1 AND membership = 'join' ORDER BY room_id",
+            &[&user],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| r.get::<String>(0).map_err(RoomError::from))
+        .collect()
+}

@@ -1,0 +1,61 @@
+//! Rooms: persisting and serving room events on the room's owner shard.
+//!
+//! Every write to a room runs on `shard_for_room(room_id, n)`, serialised
+//! per room by that shard's `Linearizer`; the event is built and signed
+//! (`events::build_pdu`), checked against the room version's authorization
+//! rules (ruma state-res), and committed through the shard's `GroupCommit`
+//! (event row, state snapshot delta, current state, forward extremities,
+//! txn id) before its id is returned. Each shard keeps its own caches of
+//! room heads (current state + extremities) and events, touched only by
+//! that shard. State storage: see [`state`] and docs/ARCHITECTURE.md.
+
+pub mod client;
+pub mod create;
+pub mod pdu;
+pub mod service;
+pub mod state;
+
+use crate::db::DbError;
+use crate::http::MatrixError;
+use crate::mesh::MeshError;
+
+pub use pdu::Pdu;
+pub use service::{install, local, EventRequest, Rooms};
+
+/// Errors of room operations, mapped to Matrix errors at the HTTP edge.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("event too large: {0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    BadJson(String),
+    #[error(transparent)]
+    UnsupportedVersion(#[from] crate::events::UnsupportedRoomVersion),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<RoomError> for MatrixError {
+    fn from(e: RoomError) -> MatrixError {
+        match e {
+            RoomError::NotFound(m) => MatrixError::not_found(m),
+            RoomError::Forbidden(m) => MatrixError::forbidden(m),
+            RoomError::TooLarge(m) => MatrixError::too_large(m),
+            RoomError::BadJson(m) => MatrixError::bad_json(m),
+            RoomError::UnsupportedVersion(v) => {
+                MatrixError::unsupported_room_version(v.to_string())
+            }
+            RoomError::Db(e) => MatrixError::from(e),
+            RoomError::Mesh(e) => MatrixError::unknown(e.to_string()),
+            RoomError::Internal(m) => MatrixError::unknown(m),
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! End-to-end: rooms over HTTP against the real binary (2 shards) and real
+//! PostgreSQL: create, send, read state and events, join, forbidden sends,
+//! txn idempotency, and a restart keeping the room.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{json_request, request, Hearth, Opts, Resp};
+use hearth::db::testing::TestCluster;
+use serde_json::{json, Value};
+
+const V3: &str = "/_matrix/client/v3";
+
+fn call(h: &Hearth, m: &str, path: &str, token: &str, body: Option<Value>) -> Resp {
+    json_request(h, m, &format!("{V3}{path}"), Some(token), body.as_ref())
+}
+
+fn ok(r: Resp) -> Value {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+fn assert_err(r: &Resp, status: u16, errcode: &str) {
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, status, "{body}");
+    assert_eq!(r.json()["errcode"], errcode, "{body}");
+}
+
+fn register(h: &Hearth, user: &str) -> String {
+    let body = json!({"username": user, "password": "pw", "auth": {"type": "m.login.dummy"}});
+    let r = json_request(h, "POST", &format!("{V3}/register"), None, Some(&body));
+    let r = if r.status == 401 {
+        let mut body = body;
+        body["auth"]["session"] = r.json()["session"].clone();
+        json_request(h, "POST", &format!("{V3}/register"), None, Some(&body))
+    } else {
+        r
+    };
+    ok(r)["access_token"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn rooms_end_to_end_and_restart() {
+    let db = TestCluster::shared().fresh_database();
+    let opts = Opts::shards(2).env("HEARTH_DATABASE__URL", &db.url());
+    let mut h = Hearth::start(opts.clone());
+    let alice = register(&h, "alice");
+    let bob = register(&h, "bob");
+
+    let room = ok(call(
+        &h,
+        "POST",
+        "/createRoom",
+        &alice,
+        Some(json!({"preset": "public_chat", "name": "Lobby", "topic": "hello"})),
+    ))["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Send (idempotent per txn id) and read back.
+    let send = |txn: &str, body: &str| {
+        call(
+            &h,
+            "PUT",
+            &format!("/rooms/{room}/send/m.room.message/{txn}"),
+            &alice,
+            Some(json!({"msgtype": "m.text", "body": body})),
+        )
+    };
+    let e1 = ok(send("t1", "first"))["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ok(send("t1", "first"))["event_id"], e1);
+    let ev = ok(call(
+        &h,
+        "GET",
+        &format!("/rooms/{room}/event/{e1}"),
+        &alice,
+        None,
+    ));
+    assert_eq!(ev["content"]["body"], "first");
+    assert_eq!(ev["room_id"], room);
+    assert_eq!(ev["sender"], "@alice:localhost");
+    assert_eq!(ev["type"], "m.room.message");
+
+    let name = ok(call(
+        &h,
+        "GET",
+        &format!("/rooms/{room}/state/m.room.name/"),
+        &alice,
+        None,
+    ));
+    assert_eq!(name["name"], "Lobby");
+    let topic = ok(call(
+        &h,
+        "GET",
+        &format!("/rooms/{room}/state/m.room.topic"),
+        &alice,
+        None,
+    ));
+    assert_eq!(topic["topic"], "hello");
+    let state = ok(call(
+        &h,
+        "GET",
+        &format!("/rooms/{room}/state"),
+        &alice,
+        None,
+    ));
+    let types: Vec<&str> = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    for t in [
+        "m.room.create",
+        "m.room.member",
+        "m.room.power_levels",
+        "m.room.join_rules",
+    ] {
+        assert!(types.contains(&t), "{types:?}");
+    }
+
+    // Bob is not a member: forbidden to send, to read state.
+    let r = call(
+        &h,
+        "PUT",
+        &format!("/rooms/{room}/send/m.room.message/b1"),
+        &bob,
+        Some(json!({"msgtype": "m.text", "body": "hi"})),
+    );
+    assert_err(&r, 403, "M_FORBIDDEN");
+    assert_err(
+        &call(&h, "GET", &format!("/rooms/{room}/state"), &bob, None),
+        403,
+        "M_FORBIDDEN",
+    );
+    // Bob joins the public room and talks.
+    ok(call(
+        &h,
+        "POST",
+        &format!("/join/{room}"),
+        &bob,
+        Some(json!({})),
+    ));
+    let r = call(
+        &h,
+        "PUT",
+        &format!("/rooms/{room}/send/m.room.message/b1"),
+        &bob,
+        Some(json!({"msgtype": "m.text", "body": "hi"})),
+    );
+    ok(r);
+    let joined = ok(call(&h, "GET", "/joined_rooms", &bob, None));
+    assert_eq!(joined["joined_rooms"], json!([room]));
+    // Bob may not change the name (power level 50 needed).
+    let r = call(
+        &h,
+        "PUT",
+        &format!("/rooms/{room}/state/m.room.name"),
+        &bob,
+        Some(json!({"name": "mine"})),
+    );
+    assert_err(&r, 403, "M_FORBIDDEN");
+
+    // Unknown room, oversize event.
+    let r = call(
+        &h,
+        "PUT",
+        "/rooms/!nope:localhost/send/m.room.message/x",
+        &alice,
+        Some(json!({"body": "x"})),
+    );
+    assert_err(&r, 404, "M_NOT_FOUND");
+    let big = json!({"body": "x".repeat(70_000)}).to_string();
+    let r = request(
+        &h,
+        "PUT",
+        &format!("{V3}/rooms/{room}/send/m.room.message/big"),
+        Some(&alice),
+        big.as_bytes(),
+    );
+    assert_err(&r, 413, "M_TOO_LARGE");
+
+    // Restart: the room, its events and the txn id survive.
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.wait_exit(Duration::from_secs(60)), Some(0));
+    let data_dir = std::mem::replace(&mut h.data_dir, tempfile::tempdir().unwrap());
+    drop(h);
+    let h = Hearth::start_in(opts, data_dir);
+    let ev = ok(call(
+        &h,
+        "GET",
+        &format!("/rooms/{room}/event/{e1}"),
+        &alice,
+        None,
+    ));
+    assert_eq!(ev["content"]["body"], "first");
+    let again = call(
+        &h,
+        "PUT",
+        &format!("/rooms/{room}/send/m.room.message/t1"),
+        &alice,
+        Some(json!({"msgtype": "m.text", "body": "first"})),
+    );
+    assert_eq!(ok(again)["event_id"], e1);
+    let e2 = ok(call(
+        &h,
+        "PUT",
+        &format!("/rooms/{room}/send/m.room.message/t2"),
+        &alice,
+        Some(json!({"msgtype": "m.text", "body": "second"})),
+    ))["event_id"]
+        .clone();
+    assert_ne!(e2, json!(e1));
+    ok(call(
+        &h,
+        "POST",
+        &format!("/rooms/{room}/leave"),
+        &bob,
+        Some(json!({})),
+    ));
+    let joined = ok(call(&h, "GET", "/joined_rooms", &bob, None));
+    assert_eq!(joined["joined_rooms"], json!([]));
+}

@@ -1,0 +1,389 @@
+//! The room core on real PostgreSQL, without HTTP: two shards wired by a
+//! real mesh, each with its own pool, group-commit writer and room service.
+
+mod db_support;
+
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth::db::{
+    migrate, ConnectConfig, Connection, GroupCommit, GroupCommitConfig, Pool, PoolConfig,
+};
+use hearth::events::ServerKey;
+use hearth::mesh::{shard_for_room, Mesh, MeshEndpoint};
+use hearth::rooms::client::{self, create_room, send_event, set_membership};
+use hearth::rooms::create::CreateRoomRequest;
+use hearth::rooms::{self, state, EventRequest, RoomError, Rooms};
+use ruma::canonical_json::CanonicalJsonObject;
+use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId};
+
+fn key() -> Arc<ServerKey> {
+    let name = OwnedServerName::try_from("localhost").unwrap();
+    Arc::new(ServerKey::from_seed(name, "test", &[7; 32]).unwrap())
+}
+
+async fn open_rooms(cfg: ConnectConfig, shard: usize, n: usize) -> Rc<Rooms> {
+    let pool = Pool::connect(cfg, PoolConfig::default()).await.unwrap();
+    let writer = GroupCommit::new(pool.clone(), GroupCommitConfig::default());
+    let rooms = Rc::new(Rooms::open(shard, n, pool, writer, key()).await.unwrap());
+    rooms::install(rooms.clone());
+    rooms
+}
+
+/// Runs `body` on shard 0 of a 2-shard mesh over a fresh migrated database.
+fn with_shards<F, Fut>(body: F)
+where
+    F: FnOnce(ConnectConfig, Rc<MeshEndpoint>, Rc<Rooms>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let cfg = db_support::run(async {
+        let cfg = db_support::fresh_db().await;
+        let c = Connection::connect(&cfg).await.unwrap();
+        migrate::migrate(&c).await.unwrap();
+        cfg
+    });
+    let mut eps = Mesh::new(2, 64);
+    let ep1 = eps.pop().unwrap();
+    let ep0 = eps.pop().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let peer = {
+        let (cfg, stop) = (cfg.clone(), stop.clone());
+        std::thread::spawn(move || {
+            db_support::run(async move {
+                ep1.spawn_receiver();
+                let _rooms = open_rooms(cfg, 1, 2).await;
+                ready_tx.send(()).unwrap();
+                while !stop.load(Ordering::Acquire) {
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
+                ep1.close();
+            })
+        })
+    };
+    ready_rx.recv().unwrap();
+    db_support::run(async {
+        let ep0 = Rc::new(ep0);
+        ep0.spawn_receiver();
+        let rooms = open_rooms(cfg.clone(), 0, 2).await;
+        body(cfg, ep0.clone(), rooms).await;
+        stop.store(true, Ordering::Release);
+        ep0.close();
+    });
+    peer.join().unwrap();
+}
+
+fn user(s: &str) -> OwnedUserId {
+    OwnedUserId::try_from(s).unwrap()
+}
+
+fn text(body: &str) -> CanonicalJsonObject {
+    let mut c = CanonicalJsonObject::new();
+    c.insert("msgtype".into(), "m.text".to_owned().into());
+    c.insert("body".into(), body.to_owned().into());
+    c
+}
+
+fn msg(room: &OwnedRoomId, sender: &OwnedUserId, body: &str) -> EventRequest {
+    EventRequest {
+        room_id: room.clone(),
+        sender: sender.clone(),
+        event_type: "m.room.message".into(),
+        state_key: None,
+        content: text(body),
+        txn: None,
+    }
+}
+
+fn topic(room: &OwnedRoomId, sender: &OwnedUserId, t: &str) -> EventRequest {
+    let mut c = CanonicalJsonObject::new();
+    c.insert("topic".into(), t.to_owned().into());
+    EventRequest {
+        room_id: room.clone(),
+        sender: sender.clone(),
+        event_type: "m.room.topic".into(),
+        state_key: Some(String::new()),
+        content: c,
+        txn: None,
+    }
+}
+
+async fn count(pool: &Pool, sql: &str) -> i64 {
+    pool.query_one(sql, &[]).await.unwrap().get(0).unwrap()
+}
+
+#[test]
+fn state_storage_grows_with_changes_only_and_reconstructs_old_state() {
+    with_shards(|_cfg, mesh, rooms| async move {
+        let alice = user("@alice:localhost");
+        let room = create_room(&mesh, alice.clone(), CreateRoomRequest::default())
+            .await
+            .unwrap();
+        let db = rooms.db.clone();
+        let snaps = count(&db, "SELECT count(*) FROM state_snapshots").await;
+        let events = count(&db, "SELECT count(*) FROM events").await;
+        for i in 0..500 {
+            send_event(&mesh, msg(&room, &alice, &format!("m{i}")))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM state_snapshots").await,
+            snaps
+        );
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM events").await,
+            events + 500
+        );
+
+        // 120 topic changes: each adds one snapshot with a one-entry delta,
+        // except every MAX_CHAIN-th which is full.
+        let mut history = Vec::new();
+        for i in 0..120 {
+            let id = send_event(&mesh, topic(&room, &alice, &format!("t{i}")))
+                .await
+                .unwrap();
+            let full = client::get_state(&mesh, alice.clone(), room.clone())
+                .await
+                .unwrap();
+            history.push((id, full));
+        }
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM state_snapshots").await,
+            snaps + 120
+        );
+        let max_chain = count(&db, "SELECT max(chain_len)::int8 FROM state_snapshots").await;
+        assert!(max_chain < state::MAX_CHAIN as i64, "chain {max_chain}");
+        let entries = count(&db, "SELECT count(*) FROM state_snapshot_entries").await;
+        assert!(
+            entries < 120 * 3,
+            "entries {entries} should be ~deltas, not full copies"
+        );
+
+        // The state after each old event, reconstructed from the database,
+        // equals what the room's state was at the time.
+        for (id, at_the_time) in history.iter().step_by(7) {
+            let got = state::state_after_event(&db, id.as_str())
+                .await
+                .unwrap()
+                .unwrap();
+            let mut want: Vec<String> = at_the_time
+                .iter()
+                .map(|e| e["event_id"].as_str().unwrap().to_owned())
+                .collect();
+            let mut got: Vec<String> = got.into_values().collect();
+            want.sort();
+            got.sort();
+            assert_eq!(got, want);
+        }
+        // A message's snapshot is the one of the state before it.
+        let m = send_event(&mesh, msg(&room, &alice, "after"))
+            .await
+            .unwrap();
+        let last_topic = &history.last().unwrap().0;
+        assert_eq!(
+            state::state_after_event(&db, m.as_str()).await.unwrap(),
+            state::state_after_event(&db, last_topic.as_str())
+                .await
+                .unwrap()
+        );
+    });
+}
+
+#[test]
+fn rooms_are_written_on_their_owner_shard() {
+    with_shards(|_cfg, mesh, rooms| async move {
+        let alice = user("@alice:localhost");
+        let mut owners = [0usize; 2];
+        for i in 0..8 {
+            let room = create_room(&mesh, alice.clone(), CreateRoomRequest::default())
+                .await
+                .unwrap();
+            let owner = shard_for_room(&room, 2);
+            owners[owner] += 1;
+            let id = send_event(&mesh, msg(&room, &alice, &format!("hi {i}")))
+                .await
+                .unwrap();
+            let row = rooms
+                .db
+                .query_one(
+                    "SELECT stream_shard, room_id FROM events WHERE event_id = $1",
+                    &[&id.as_str()],
+                )
+                .await
+                .unwrap();
+            assert_eq!(row.get::<i32>(0).unwrap() as usize, owner);
+            assert_eq!(row.get::<String>(1).unwrap(), room.as_str());
+            let ev = client::get_event(&mesh, alice.clone(), room.clone(), id.clone())
+                .await
+                .unwrap();
+            assert_eq!(ev["content"]["body"], format!("hi {i}"));
+            assert_eq!(ev["sender"], "@alice:localhost");
+        }
+        assert!(
+            owners[0] > 0 && owners[1] > 0,
+            "both shards own rooms: {owners:?}"
+        );
+        // Per-shard stream positions are unique and increasing per shard.
+        let dup = count(
+            &rooms.db,
+            "SELECT count(*) FROM (SELECT stream_shard, stream_ordering FROM events \
+             GROUP BY 1, 2 HAVING count(*) > 1) d",
+        )
+        .await;
+        assert_eq!(dup, 0);
+    });
+}
+
+#[test]
+fn auth_rules_reject_non_members_and_uninvited_joins() {
+    with_shards(|_cfg, mesh, _rooms| async move {
+        let alice = user("@alice:localhost");
+        let bob = user("@bob:localhost");
+        let private = create_room(&mesh, alice.clone(), CreateRoomRequest::default())
+            .await
+            .unwrap();
+        let err = send_event(&mesh, msg(&private, &bob, "let me in"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RoomError::Forbidden(_)), "{err:?}");
+        let err = set_membership(&mesh, private.clone(), bob.clone(), bob.as_str(), "join")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RoomError::Forbidden(_)), "{err:?}");
+        assert!(matches!(
+            client::get_state(&mesh, bob.clone(), private.clone()).await,
+            Err(RoomError::Forbidden(_))
+        ));
+        // Invited, bob may join and talk.
+        set_membership(
+            &mesh,
+            private.clone(),
+            alice.clone(),
+            bob.as_str(),
+            "invite",
+        )
+        .await
+        .unwrap();
+        set_membership(&mesh, private.clone(), bob.clone(), bob.as_str(), "join")
+            .await
+            .unwrap();
+        send_event(&mesh, msg(&private, &bob, "hello"))
+            .await
+            .unwrap();
+        // A public room needs no invite; bob cannot change its power levels.
+        let public = create_room(
+            &mesh,
+            alice.clone(),
+            CreateRoomRequest {
+                preset: Some("public_chat".into()),
+                name: Some("Lobby".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        set_membership(&mesh, public.clone(), bob.clone(), bob.as_str(), "join")
+            .await
+            .unwrap();
+        let name = client::get_state_event(
+            &mesh,
+            bob.clone(),
+            public.clone(),
+            "m.room.name".into(),
+            String::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(name["name"], "Lobby");
+        let err = send_event(&mesh, topic(&public, &bob, "mine now"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RoomError::Forbidden(_)), "{err:?}");
+        let mut joined = client::joined_rooms(&_rooms.db, bob.as_str())
+            .await
+            .unwrap();
+        joined.sort();
+        let mut want = vec![private.to_string(), public.to_string()];
+        want.sort();
+        assert_eq!(joined, want);
+        set_membership(&mesh, public.clone(), bob.clone(), bob.as_str(), "leave")
+            .await
+            .unwrap();
+        assert_eq!(
+            client::joined_rooms(&_rooms.db, bob.as_str())
+                .await
+                .unwrap(),
+            vec![private.to_string()]
+        );
+        // Unknown room.
+        let nowhere = OwnedRoomId::try_from("!nowhere:localhost").unwrap();
+        let err = send_event(&mesh, msg(&nowhere, &alice, "x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RoomError::NotFound(_)), "{err:?}");
+    });
+}
+
+#[test]
+fn txn_ids_are_idempotent_across_restarts_and_oversize_is_refused() {
+    with_shards(|cfg, mesh, _rooms| async move {
+        let alice = user("@alice:localhost");
+        let room = create_room(&mesh, alice.clone(), CreateRoomRequest::default())
+            .await
+            .unwrap();
+        let with_txn = |txn: &str| EventRequest {
+            txn: Some(("DEV".into(), txn.into())),
+            ..msg(&room, &alice, "once")
+        };
+        let a = send_event(&mesh, with_txn("t1")).await.unwrap();
+        let b = send_event(&mesh, with_txn("t1")).await.unwrap();
+        assert_eq!(a, b);
+        let c = send_event(&mesh, with_txn("t2")).await.unwrap();
+        assert_ne!(a, c);
+
+        // A fresh service (cold caches, as after a restart) on the owner
+        // shard sees the txn, the room, and resumes the stream position.
+        let owner = shard_for_room(&room, 2);
+        let (room2, alice2, cfg2) = (room.clone(), alice.clone(), cfg.clone());
+        let again = mesh
+            .submit_to(owner, move || async move {
+                let fresh = open_rooms(cfg2, owner, 2).await;
+                let id = fresh
+                    .send(EventRequest {
+                        txn: Some(("DEV".into(), "t1".into())),
+                        ..msg(&room2, &alice2, "once")
+                    })
+                    .await
+                    .map(|p| p.event_id.clone());
+                let next = fresh
+                    .send(msg(&room2, &alice2, "later"))
+                    .await
+                    .map(|p| p.depth);
+                (
+                    id.map_err(|e| e.to_string()),
+                    next.map_err(|e| e.to_string()),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(again.0.unwrap(), a);
+        assert!(again.1.unwrap() > 3);
+
+        let mut big = CanonicalJsonObject::new();
+        big.insert("body".into(), "x".repeat(70_000).into());
+        let err = send_event(
+            &mesh,
+            EventRequest {
+                content: big,
+                ..msg(&room, &alice, "")
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, RoomError::TooLarge(_)), "{err:?}");
+    });
+}
