@@ -197,7 +197,6 @@ async fn shard_main(
     let id = info.id;
     let http_cfg = Rc::new(HttpConfig::from(&config.http));
     let ShardPayload { listeners, mesh } = payload;
-    mesh.spawn_receiver();
     let db = match Pool::connect(connect, pool_cfg).await {
         Ok(p) => p,
         Err(e) => {
@@ -229,6 +228,10 @@ async fn shard_main(
         auth: crate::auth::AuthState::default(),
     });
     CURRENT_SHARD.with(|c| *c.borrow_mut() = Some(state.clone()));
+    // Only now may jobs from other shards run here: they reach this shard's
+    // state (rooms, auth caches) through the thread-locals set just above.
+    // Until then peers' jobs wait in their rings (backpressure, not errors).
+    state.mesh.spawn_receiver();
     let shutdown = http::Shutdown::new();
     {
         let shutdown = shutdown.clone();
