@@ -26,8 +26,20 @@ const DEBIAN_PG_ROOT: &str = "/usr/lib/postgresql";
 /// are resolved so that sibling tools like `psql`/`pg_isready` of the same
 /// version are found next to it), else the newest `/usr/lib/postgresql/*/bin`.
 pub fn pg_bin_dir() -> Result<PathBuf, ClusterError> {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
+    find_bin_dir(
+        std::env::var_os("PATH").as_deref(),
+        Path::new(DEBIAN_PG_ROOT),
+    )
+}
+
+/// [`pg_bin_dir`] with the search places given, so the "not installed"
+/// answer can be tested on a machine that has PostgreSQL.
+fn find_bin_dir(
+    path: Option<&std::ffi::OsStr>,
+    debian_root: &Path,
+) -> Result<PathBuf, ClusterError> {
+    if let Some(path) = path {
+        for dir in std::env::split_paths(path) {
             let initdb = dir.join("initdb");
             let Ok(real) = fs::canonicalize(&initdb) else {
                 continue;
@@ -39,7 +51,7 @@ pub fn pg_bin_dir() -> Result<PathBuf, ClusterError> {
             }
         }
     }
-    newest_debian_bin_dir().ok_or(ClusterError::BinariesNotFound)
+    newest_debian_bin_dir(debian_root).ok_or(ClusterError::BinariesNotFound)
 }
 
 fn has_server_bins(dir: &Path) -> bool {
@@ -53,8 +65,8 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// `/usr/lib/postgresql/<major>/bin` with the highest numeric major version.
-fn newest_debian_bin_dir() -> Option<PathBuf> {
-    let entries = fs::read_dir(DEBIAN_PG_ROOT).ok()?;
+fn newest_debian_bin_dir(root: &Path) -> Option<PathBuf> {
+    let entries = fs::read_dir(root).ok()?;
     entries
         .filter_map(Result::ok)
         .filter_map(|e| {
@@ -345,6 +357,16 @@ mod tests {
         assert_eq!(pf.status, None);
         assert!(parse_pid_file("").is_none());
         assert!(parse_pid_file("garbage\n").is_none());
+    }
+
+    #[test]
+    fn missing_binaries_say_which_package_to_install() {
+        let empty = std::env::temp_dir().join(format!("hearth-nopg-{}", std::process::id()));
+        let _ = fs::create_dir_all(&empty);
+        let err = find_bin_dir(Some(empty.as_os_str()), &empty).unwrap_err();
+        let _ = fs::remove_dir_all(&empty);
+        let msg = err.to_string();
+        assert!(msg.contains("apt-get install postgresql"), "{msg}");
     }
 
     #[test]
