@@ -213,7 +213,11 @@ pub fn read_response(s: &mut impl Read, head_only: bool) -> Resp {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
-        let n = s.read(&mut byte).expect("read head");
+        // A signal (SIGCHLD from a child process) can interrupt the read.
+        let n = match s.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.expect("read head"),
+        };
         assert!(
             n > 0,
             "connection closed mid-head: {:?}",
