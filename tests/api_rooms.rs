@@ -226,3 +226,83 @@ fn rooms_end_to_end_and_restart() {
     let joined = ok(call(&h, "GET", "/joined_rooms", &bob, None));
     assert_eq!(joined["joined_rooms"], json!([]));
 }
+
+#[test]
+fn kick_ban_unban_follow_power_levels() {
+    let db = TestCluster::shared().fresh_database();
+    let h = Hearth::start(Opts::shards(2).env("HEARTH_DATABASE__URL", &db.url()));
+    let alice = register(&h, "alice");
+    let bob = register(&h, "bob");
+    let room = ok(call(
+        &h,
+        "POST",
+        "/createRoom",
+        &alice,
+        Some(json!({"preset": "public_chat"})),
+    ))["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bob_id = "@bob:localhost";
+    let alice_id = "@alice:localhost";
+    let join = |token: &str| call(&h, "POST", &format!("/rooms/{room}/join"), token, None);
+    let act = |what: &str, token: &str, target: &str| {
+        call(
+            &h,
+            "POST",
+            &format!("/rooms/{room}/{what}"),
+            token,
+            Some(json!({"user_id": target, "reason": "testing"})),
+        )
+    };
+    let bob_membership = || {
+        ok(call(
+            &h,
+            "GET",
+            &format!("/rooms/{room}/state/m.room.member/{bob_id}"),
+            &alice,
+            None,
+        ))
+    };
+
+    ok(join(&bob));
+    // Bob (power 0) may neither kick nor ban the creator.
+    assert_err(&act("kick", &bob, alice_id), 403, "M_FORBIDDEN");
+    assert_err(&act("ban", &bob, alice_id), 403, "M_FORBIDDEN");
+
+    ok(act("kick", &alice, bob_id));
+    let m = bob_membership();
+    assert_eq!(m["membership"], "leave");
+    assert_eq!(m["reason"], "testing");
+    ok(join(&bob)); // a kick is not a ban: the public room takes him back
+
+    ok(act("ban", &alice, bob_id));
+    assert_eq!(bob_membership()["membership"], "ban");
+    assert_err(&join(&bob), 403, "M_FORBIDDEN");
+
+    ok(act("unban", &alice, bob_id));
+    assert_eq!(bob_membership()["membership"], "leave");
+    ok(join(&bob));
+
+    // Bad input: not JSON, missing user_id, invalid id.
+    let r = common::request(
+        &h,
+        "POST",
+        &format!("{V3}/rooms/{room}/kick"),
+        Some(&alice),
+        b"{nope",
+    );
+    assert_err(&r, 400, "M_NOT_JSON");
+    assert_err(
+        &call(
+            &h,
+            "POST",
+            &format!("/rooms/{room}/kick"),
+            &alice,
+            Some(json!({})),
+        ),
+        400,
+        "M_BAD_JSON",
+    );
+    assert_err(&act("ban", &alice, "not-a-user"), 400, "M_INVALID_PARAM");
+}

@@ -112,6 +112,9 @@ pub fn client_router() -> Router<ShardState> {
     let r = client(r, Post, "/join/{roomIdOrAlias}", rooms::join);
     let r = client(r, Post, "/rooms/{roomId}/leave", rooms::leave);
     let r = client(r, Post, "/rooms/{roomId}/invite", rooms::invite);
+    let r = client(r, Post, "/rooms/{roomId}/kick", rooms::kick);
+    let r = client(r, Post, "/rooms/{roomId}/ban", rooms::ban);
+    let r = client(r, Post, "/rooms/{roomId}/unban", rooms::unban);
     client(r, Get, "/joined_rooms", rooms::joined_rooms)
 }
 

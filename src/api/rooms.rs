@@ -134,7 +134,7 @@ async fn membership(
     target: &str,
     membership: &str,
 ) -> Result<(), MatrixError> {
-    client::set_membership(&state.mesh, room_id, sender, target, membership).await?;
+    client::set_membership(&state.mesh, room_id, sender, target, membership, None).await?;
     Ok(())
 }
 
@@ -186,4 +186,47 @@ pub async fn joined_rooms(state: Rc<ShardState>, req: Request) -> HandlerResult 
     let who = user(&state, &req).await?;
     let rooms = client::joined_rooms(&state.db, who.user_id.as_str()).await?;
     Ok(Response::json(200, &json!({ "joined_rooms": rooms })))
+}
+
+#[derive(Deserialize)]
+struct TargetBody {
+    user_id: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Shared by kick, ban and unban: the target's new membership, decided by
+/// the room's auth rules (power levels `kick`/`ban`, the target's current
+/// membership), so a forbidden change is a 403 from the owner shard.
+async fn change_other(state: &ShardState, req: &Request, membership: &str) -> HandlerResult {
+    let who = user(state, req).await?;
+    let room_id = room_param(req)?;
+    let body: TargetBody = json_body(req)?;
+    let target = OwnedUserId::try_from(body.user_id.as_str())
+        .map_err(|_| MatrixError::invalid_param("Invalid user id"))?;
+    client::set_membership(
+        &state.mesh,
+        room_id,
+        who.user_id,
+        target.as_str(),
+        membership,
+        body.reason,
+    )
+    .await?;
+    Ok(Response::json(200, &json!({})))
+}
+
+/// `POST /rooms/{roomId}/kick`: the target's membership becomes `leave`.
+pub async fn kick(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    change_other(&state, &req, "leave").await
+}
+
+/// `POST /rooms/{roomId}/ban`.
+pub async fn ban(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    change_other(&state, &req, "ban").await
+}
+
+/// `POST /rooms/{roomId}/unban`: a banned target goes back to `leave`.
+pub async fn unban(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    change_other(&state, &req, "leave").await
 }

@@ -73,16 +73,22 @@ pub async fn send_event(mesh: &MeshEndpoint, req: EventRequest) -> Result<OwnedE
     .await
 }
 
-/// Changes `target`'s membership (join, leave, invite, ban…) as `sender`.
+/// Changes `target`'s membership (join, leave, invite, ban…) as `sender`,
+/// with an optional human-readable `reason` (spec: `m.room.member` content).
+/// Whether `sender` may do it is decided by the room version's auth rules.
 pub async fn set_membership(
     mesh: &MeshEndpoint,
     room_id: OwnedRoomId,
     sender: OwnedUserId,
     target: &str,
     membership: &str,
+    reason: Option<String>,
 ) -> Result<OwnedEventId, RoomError> {
     let mut content = CanonicalJsonObject::new();
     content.insert("membership".into(), membership.to_owned().into());
+    if let Some(r) = reason {
+        content.insert("reason".into(), r.into());
+    }
     send_event(
         mesh,
         EventRequest {
