@@ -250,9 +250,16 @@ fn auth_rules_reject_non_members_and_uninvited_joins() {
             .await
             .unwrap_err();
         assert!(matches!(err, RoomError::Forbidden(_)), "{err:?}");
-        let err = set_membership(&mesh, private.clone(), bob.clone(), bob.as_str(), "join")
-            .await
-            .unwrap_err();
+        let err = set_membership(
+            &mesh,
+            private.clone(),
+            bob.clone(),
+            bob.as_str(),
+            "join",
+            None,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, RoomError::Forbidden(_)), "{err:?}");
         assert!(matches!(
             client::get_state(&mesh, bob.clone(), private.clone()).await,
@@ -265,12 +272,20 @@ fn auth_rules_reject_non_members_and_uninvited_joins() {
             alice.clone(),
             bob.as_str(),
             "invite",
+            None,
         )
         .await
         .unwrap();
-        set_membership(&mesh, private.clone(), bob.clone(), bob.as_str(), "join")
-            .await
-            .unwrap();
+        set_membership(
+            &mesh,
+            private.clone(),
+            bob.clone(),
+            bob.as_str(),
+            "join",
+            None,
+        )
+        .await
+        .unwrap();
         send_event(&mesh, msg(&private, &bob, "hello"))
             .await
             .unwrap();
@@ -286,9 +301,16 @@ fn auth_rules_reject_non_members_and_uninvited_joins() {
         )
         .await
         .unwrap();
-        set_membership(&mesh, public.clone(), bob.clone(), bob.as_str(), "join")
-            .await
-            .unwrap();
+        set_membership(
+            &mesh,
+            public.clone(),
+            bob.clone(),
+            bob.as_str(),
+            "join",
+            None,
+        )
+        .await
+        .unwrap();
         let name = client::get_state_event(
             &mesh,
             bob.clone(),
@@ -310,9 +332,16 @@ fn auth_rules_reject_non_members_and_uninvited_joins() {
         let mut want = vec![private.to_string(), public.to_string()];
         want.sort();
         assert_eq!(joined, want);
-        set_membership(&mesh, public.clone(), bob.clone(), bob.as_str(), "leave")
-            .await
-            .unwrap();
+        set_membership(
+            &mesh,
+            public.clone(),
+            bob.clone(),
+            bob.as_str(),
+            "leave",
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             client::joined_rooms(&_rooms.db, bob.as_str())
                 .await
