@@ -306,3 +306,95 @@ fn kick_ban_unban_follow_power_levels() {
     );
     assert_err(&act("ban", &alice, "not-a-user"), 400, "M_INVALID_PARAM");
 }
+
+#[test]
+fn members_and_joined_members_with_filters() {
+    let db = TestCluster::shared().fresh_database();
+    let h = Hearth::start(Opts::shards(2).env("HEARTH_DATABASE__URL", &db.url()));
+    let alice = register(&h, "alice");
+    let bob = register(&h, "bob");
+    let carol = register(&h, "carol");
+    let room = ok(call(
+        &h,
+        "POST",
+        "/createRoom",
+        &alice,
+        Some(json!({"preset": "private_chat", "invite": ["@bob:localhost"]})),
+    ))["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(call(&h, "POST", &format!("/rooms/{room}/join"), &bob, None));
+    ok(call(
+        &h,
+        "POST",
+        &format!("/rooms/{room}/invite"),
+        &alice,
+        Some(json!({"user_id": "@carol:localhost"})),
+    ));
+
+    let members = |q: &str| {
+        let v = ok(call(
+            &h,
+            "GET",
+            &format!("/rooms/{room}/members{q}"),
+            &alice,
+            None,
+        ));
+        let mut ids: Vec<String> = v["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                assert_eq!(e["type"], "m.room.member");
+                e["state_key"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        members(""),
+        ["@alice:localhost", "@bob:localhost", "@carol:localhost"]
+    );
+    assert_eq!(
+        members("?membership=join"),
+        ["@alice:localhost", "@bob:localhost"]
+    );
+    assert_eq!(members("?not_membership=join"), ["@carol:localhost"]);
+    assert_err(
+        &call(
+            &h,
+            "GET",
+            &format!("/rooms/{room}/members?membership=bogus"),
+            &alice,
+            None,
+        ),
+        400,
+        "M_INVALID_PARAM",
+    );
+
+    let joined = ok(call(
+        &h,
+        "GET",
+        &format!("/rooms/{room}/joined_members"),
+        &bob,
+        None,
+    ));
+    let joined = joined["joined"].as_object().unwrap();
+    assert_eq!(joined.len(), 2);
+    assert!(joined.contains_key("@alice:localhost") && joined.contains_key("@bob:localhost"));
+
+    // Only members may list members: carol is merely invited.
+    assert_err(
+        &call(
+            &h,
+            "GET",
+            &format!("/rooms/{room}/joined_members"),
+            &carol,
+            None,
+        ),
+        403,
+        "M_FORBIDDEN",
+    );
+}

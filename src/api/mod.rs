@@ -115,6 +115,13 @@ pub fn client_router() -> Router<ShardState> {
     let r = client(r, Post, "/rooms/{roomId}/kick", rooms::kick);
     let r = client(r, Post, "/rooms/{roomId}/ban", rooms::ban);
     let r = client(r, Post, "/rooms/{roomId}/unban", rooms::unban);
+    let r = client(r, Get, "/rooms/{roomId}/members", rooms::members);
+    let r = client(
+        r,
+        Get,
+        "/rooms/{roomId}/joined_members",
+        rooms::joined_members,
+    );
     client(r, Get, "/joined_rooms", rooms::joined_rooms)
 }
 

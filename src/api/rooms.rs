@@ -230,3 +230,36 @@ pub async fn ban(state: Rc<ShardState>, req: Request) -> HandlerResult {
 pub async fn unban(state: Rc<ShardState>, req: Request) -> HandlerResult {
     change_other(&state, &req, "leave").await
 }
+
+/// `GET /rooms/{roomId}/members?membership=&not_membership=`.
+pub async fn members(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let who = user(&state, &req).await?;
+    let room_id = room_param(&req)?;
+    const KINDS: [&str; 5] = ["join", "invite", "knock", "leave", "ban"];
+    let filter = |name: &str| -> Result<Option<String>, MatrixError> {
+        match req.query_param(name) {
+            None => Ok(None),
+            Some(v) if KINDS.contains(&v.as_ref()) => Ok(Some(v.into_owned())),
+            Some(v) => Err(MatrixError::invalid_param(format!(
+                "{name} must be one of {KINDS:?}, not {v:?}"
+            ))),
+        }
+    };
+    let chunk = client::members(
+        &state.mesh,
+        who.user_id,
+        room_id,
+        filter("membership")?,
+        filter("not_membership")?,
+    )
+    .await?;
+    Ok(Response::json(200, &json!({ "chunk": chunk })))
+}
+
+/// `GET /rooms/{roomId}/joined_members`.
+pub async fn joined_members(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let who = user(&state, &req).await?;
+    let room_id = room_param(&req)?;
+    let joined = client::joined_members(&state.mesh, who.user_id, room_id).await?;
+    Ok(Response::json(200, &json!({ "joined": joined })))
+}

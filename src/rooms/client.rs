@@ -198,3 +198,66 @@ pub async fn joined_rooms(db: &Pool, user: &str) -> Result<Vec<String>, RoomErro
         .map(|r| r.get::<String>(0).map_err(RoomError::from))
         .collect()
 }
+
+/// `GET /rooms/{roomId}/members`: the current `m.room.member` events,
+/// filtered by `membership` (only these) and `not_membership` (all but
+/// these), as the spec's query parameters say. Joined users only.
+pub async fn members(
+    mesh: &MeshEndpoint,
+    user: OwnedUserId,
+    room_id: OwnedRoomId,
+    membership: Option<String>,
+    not_membership: Option<String>,
+) -> Result<Vec<Value>, RoomError> {
+    on_owner(mesh, &room_id.clone(), move |rooms| async move {
+        require_joined(&rooms, &room_id, user.as_str()).await?;
+        let head = rooms.head(&room_id).await?;
+        let mut out = Vec::new();
+        for ((ty, _), id) in head.state.iter() {
+            if ty != "m.room.member" {
+                continue;
+            }
+            let id = OwnedEventId::try_from(id.as_str())
+                .map_err(|e| RoomError::Internal(e.to_string()))?;
+            let Some(p) = rooms.event(&id).await? else {
+                continue;
+            };
+            let ev = p.client_format();
+            let m = ev["content"]["membership"].as_str().unwrap_or_default();
+            if membership.as_deref().is_some_and(|want| want != m)
+                || not_membership.as_deref().is_some_and(|not| not == m)
+            {
+                continue;
+            }
+            out.push(ev);
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// `GET /rooms/{roomId}/joined_members`: `{user_id: {display_name,
+/// avatar_url}}` from the joined members' member events.
+pub async fn joined_members(
+    mesh: &MeshEndpoint,
+    user: OwnedUserId,
+    room_id: OwnedRoomId,
+) -> Result<serde_json::Map<String, Value>, RoomError> {
+    let joined = members(mesh, user, room_id, Some("join".into()), None).await?;
+    Ok(joined
+        .into_iter()
+        .filter_map(|ev| {
+            let uid = ev["state_key"].as_str()?.to_owned();
+            let c = &ev["content"];
+            // Both keys are optional in the spec: omit rather than send null.
+            let mut m = serde_json::Map::new();
+            if let Some(v) = c.get("displayname").filter(|v| v.is_string()) {
+                m.insert("display_name".into(), v.clone());
+            }
+            if let Some(v) = c.get("avatar_url").filter(|v| v.is_string()) {
+                m.insert("avatar_url".into(), v.clone());
+            }
+            Some((uid, Value::Object(m)))
+        })
+        .collect())
+}
