@@ -264,11 +264,7 @@ impl Connection {
 
     /// Run one statement that must return exactly one row.
     pub async fn query_one(&self, sql: &str, params: &[&dyn ToSql]) -> Result<Row, DbError> {
-        let mut rows = self.query(sql, params).await?;
-        match rows.len() {
-            1 => rows.pop().ok_or(DbError::Type("row vanished".into())),
-            n => Err(DbError::Type(format!("expected one row, got {n}"))),
-        }
+        exactly_one(self.query(sql, params).await?)
     }
 
     /// Run one statement that returns at most one row.
@@ -277,11 +273,7 @@ impl Connection {
         sql: &str,
         params: &[&dyn ToSql],
     ) -> Result<Option<Row>, DbError> {
-        let mut rows = self.query(sql, params).await?;
-        match rows.len() {
-            0 | 1 => Ok(rows.pop()),
-            n => Err(DbError::Type(format!("expected at most one row, got {n}"))),
-        }
+        at_most_one(self.query(sql, params).await?)
     }
 
     /// Run one statement and return the number of rows it affected.
@@ -483,5 +475,21 @@ fn take_first(mut results: Vec<QueryResult>) -> QueryResult {
         QueryResult::default()
     } else {
         results.swap_remove(0)
+    }
+}
+
+/// The one row of a result that must have exactly one (`query_one`).
+pub(crate) fn exactly_one(mut rows: Vec<Row>) -> Result<Row, DbError> {
+    match rows.len() {
+        1 => rows.pop().ok_or(DbError::Type("row vanished".into())),
+        n => Err(DbError::Type(format!("expected one row, got {n}"))),
+    }
+}
+
+/// The row, if any, of a result that may have at most one (`query_opt`).
+pub(crate) fn at_most_one(mut rows: Vec<Row>) -> Result<Option<Row>, DbError> {
+    match rows.len() {
+        0 | 1 => Ok(rows.pop()),
+        n => Err(DbError::Type(format!("expected at most one row, got {n}"))),
     }
 }

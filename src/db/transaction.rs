@@ -57,11 +57,7 @@ impl Transaction {
     }
 
     pub async fn query_one(&self, sql: &str, params: &[&dyn ToSql]) -> Result<Row, DbError> {
-        let mut rows = self.query(sql, params).await?;
-        match rows.len() {
-            1 => rows.pop().ok_or(DbError::Type("row vanished".into())),
-            n => Err(DbError::Type(format!("expected one row, got {n}"))),
-        }
+        super::conn::exactly_one(self.query(sql, params).await?)
     }
 
     pub async fn query_opt(
@@ -69,11 +65,7 @@ impl Transaction {
         sql: &str,
         params: &[&dyn ToSql],
     ) -> Result<Option<Row>, DbError> {
-        let mut rows = self.query(sql, params).await?;
-        match rows.len() {
-            0 | 1 => Ok(rows.pop()),
-            n => Err(DbError::Type(format!("expected at most one row, got {n}"))),
-        }
+        super::conn::at_most_one(self.query(sql, params).await?)
     }
 
     pub async fn execute(&self, sql: &str, params: &[&dyn ToSql]) -> Result<u64, DbError> {
