@@ -5,6 +5,7 @@ mod devices;
 mod login;
 mod profile;
 mod rooms;
+mod sync;
 mod util;
 mod versions;
 
@@ -122,6 +123,9 @@ pub fn client_router() -> Router<ShardState> {
         "/rooms/{roomId}/joined_members",
         rooms::joined_members,
     );
+    let r = client(r, Get, "/sync", sync::sync);
+    let r = client(r, Post, "/user/{userId}/filter", sync::create_filter);
+    let r = client(r, Get, "/user/{userId}/filter/{filterId}", sync::get_filter);
     client(r, Get, "/joined_rooms", rooms::joined_rooms)
 }
 

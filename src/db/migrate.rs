@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rooms",
         sql: include_str!("../../migrations/0003_rooms.sql"),
     },
+    Migration {
+        version: 7,
+        name: "sync",
+        sql: include_str!("../../migrations/0007_sync.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

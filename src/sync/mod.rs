@@ -13,8 +13,13 @@
 //! - [`extensions`]: the seam for ephemeral and per-user streams (typing,
 //!   receipts, account data, presence, to-device), filled by their module.
 
+pub mod cache;
 pub mod extensions;
 pub mod filter;
+pub mod filter_store;
+pub mod handler;
+pub mod response;
+pub mod timeline;
 
 use std::rc::Rc;
 
