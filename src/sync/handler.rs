@@ -181,7 +181,7 @@ async fn one_room(
         return Ok(out.map(|(s, v)| (s, room, v)));
     };
     let room_changed = notifier.room_changed_since(&room, since);
-    if !room_changed && !(ctx.full_state && membership == "join") {
+    if !(room_changed || ctx.full_state && membership == "join") {
         return Ok(None);
     }
     let changes: Vec<MemberChange> =
