@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rooms",
         sql: include_str!("../../migrations/0003_rooms.sql"),
     },
+    Migration {
+        version: 5,
+        name: "directory",
+        sql: include_str!("../../migrations/0005_directory.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:
