@@ -16,3 +16,4 @@ pub mod primitives;
 pub mod rooms;
 pub mod server;
 pub mod shard;
+pub mod stream;

@@ -2,7 +2,7 @@
 //! authorising and persisting events. Only the room's owner shard writes
 //! to it; the service lives in a thread-local so mesh jobs reach it.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::rc::Rc;
@@ -18,6 +18,7 @@ use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use crate::db::{GroupCommit, Pool, SqlValue, Write};
 use crate::events::{build_pdu, NewEvent, PduError, RoomVersion, ServerKey};
 use crate::primitives::Linearizer;
+use crate::stream::{Change, EventChange, Pos, RoomChange, StreamWriter};
 
 use super::pdu::Pdu;
 use super::state::{self, SnapshotHead, StateMap};
@@ -58,7 +59,7 @@ pub struct Rooms {
     pub db: Pool,
     writer: GroupCommit,
     pub key: Arc<ServerKey>,
-    next_stream: Cell<i64>,
+    stream: Rc<StreamWriter>,
     room_locks: Linearizer<OwnedRoomId>,
     heads: RefCell<LruCache<OwnedRoomId, Rc<RoomHead>>>,
     events: RefCell<LruCache<OwnedEventId, Rc<Pdu>>>,
@@ -95,23 +96,16 @@ fn pdu_error(e: PduError) -> RoomError {
 }
 
 impl Rooms {
-    /// Opens the service: resumes this shard's stream position from the
-    /// events it persisted before (positions survive restarts).
+    /// Opens the service on this shard's stream writer (whose positions
+    /// resume after everything persisted before: they survive restarts).
     pub async fn open(
         shard: usize,
         n_shards: usize,
         db: Pool,
         writer: GroupCommit,
         key: Arc<ServerKey>,
+        stream: Rc<StreamWriter>,
     ) -> Result<Rooms, RoomError> {
-        let shard_i32 = i32::try_from(shard).map_err(|_| RoomError::Internal("shard id".into()))?;
-        let last: i64 = db
-            .query_one(
-                "SELECT coalesce(max(stream_ordering), 0) FROM events WHERE stream_shard = $1",
-                &[&shard_i32],
-            )
-            .await?
-            .get(0)?;
         let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         Ok(Rooms {
             shard,
@@ -119,11 +113,16 @@ impl Rooms {
             db,
             writer,
             key,
-            next_stream: Cell::new(last + 1),
+            stream,
             room_locks: Linearizer::new("room-writes", 1),
             heads: RefCell::new(LruCache::new(cap(HEAD_CACHE))),
             events: RefCell::new(LruCache::new(cap(EVENT_CACHE))),
         })
+    }
+
+    /// This shard's stream writer.
+    pub fn stream(&self) -> Rc<StreamWriter> {
+        self.stream.clone()
     }
 
     /// The owner shard of a room.
@@ -400,8 +399,8 @@ impl Rooms {
         create_public: Option<bool>,
     ) -> Result<Rc<Pdu>, RoomError> {
         let room = pdu.room_id.as_str().to_owned();
-        let stream = self.next_stream.get();
-        self.next_stream.set(stream + 1);
+        let ticket = self.stream.allocate();
+        let stream = ticket.pos();
         let mut new_state = head.state.clone();
         let mut snapshot = head.snapshot;
         let mut snap_write = None;
@@ -495,10 +494,23 @@ impl Rooms {
         }
         if let Err(e) = self.writer.submit(w).await {
             // Unknown whether it committed: reload the room from the database.
+            // (Dropping the ticket leaves a gap in the stream.)
             self.heads.borrow_mut().pop(&pdu.room_id);
             return Err(e.into());
         }
         let pdu = Rc::new(pdu);
+        let change = Change::Room {
+            room_id: pdu.room_id.clone(),
+            pos: Pos::Persisted(stream),
+            what: RoomChange::Event(Arc::new(EventChange {
+                event_id: pdu.event_id.clone(),
+                sender: pdu.sender.clone(),
+                event_type: pdu.kind.to_string(),
+                state_key: pdu.state_key.clone(),
+                membership: pdu.membership(),
+                event: Arc::new(pdu.client_format()),
+            })),
+        };
         self.heads.borrow_mut().put(
             pdu.room_id.clone(),
             Rc::new(RoomHead {
@@ -512,6 +524,8 @@ impl Rooms {
         self.events
             .borrow_mut()
             .put(pdu.event_id.clone(), pdu.clone());
+        // Answer only once every shard knows (read-your-writes for /sync).
+        ticket.publish(vec![change]).await;
         Ok(pdu)
     }
 
