@@ -259,9 +259,11 @@ async fn shard_main(
     let shutdown = http::Shutdown::new();
     {
         let shutdown = shutdown.clone();
+        let notifier = state.notifier.clone();
         monoio::spawn(async move {
             stop.wait().await;
             shutdown.trigger();
+            notifier.shutdown();
         });
     }
     let client_router = Rc::new(crate::api::client_router());

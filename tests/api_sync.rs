@@ -325,7 +325,10 @@ fn sync_end_to_end() {
     // Incremental, unlimited: no state.
     let since = next_batch(&b4);
     send(&h, &alice, &room, "x1", "x1");
-    let b5 = sync(&h, &bob, Some(&since), "");
+    let r = sync_raw(&h, &bob, &format!("timeout=0&since={}", enc(&since)));
+    // Served from the shard's timeline window: no database read for it.
+    assert_eq!(r.header("X-Hearth-Sync-Window"), Some("hits=1,misses=0"));
+    let b5 = ok(r);
     assert!(state_of(&b5, "join", &room).is_empty());
     assert_eq!(bodies(timeline(&b5, "join", &room)), vec!["x1"]);
 

@@ -85,7 +85,14 @@ pub async fn sync(state: Rc<ShardState>, req: Request) -> HandlerResult {
             .await
             .map_err(|e| MatrixError::unknown(e.to_string()))??
     };
-    Ok(Response::json(200, &out.body).with_header("X-Hearth-Sync", out.path))
+    let mut resp = Response::json(200, &out.body).with_header("X-Hearth-Sync", out.path);
+    if let Some((hits, misses)) = out.window {
+        resp = resp.with_header(
+            "X-Hearth-Sync-Window",
+            format!("hits={hits},misses={misses}"),
+        );
+    }
+    Ok(resp)
 }
 
 fn own_user(req: &Request, who: &auth::Requester) -> Result<ruma::OwnedUserId, MatrixError> {

@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0003_rooms.sql"),
     },
     Migration {
+        version: 5,
+        name: "directory",
+        sql: include_str!("../../migrations/0005_directory.sql"),
+    },
+    Migration {
         version: 7,
         name: "sync",
         sql: include_str!("../../migrations/0007_sync.sql"),

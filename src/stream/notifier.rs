@@ -37,6 +37,7 @@ pub struct Notifier {
     /// Local users who are joined to or invited into each room.
     room_local: RefCell<HashMap<OwnedRoomId, HashSet<OwnedUserId>>>,
     waiters: RefCell<HashMap<OwnedUserId, Notify>>,
+    stopping: std::cell::Cell<bool>,
     /// Observers of every applied batch (e.g. `/sync`'s timeline cache).
     hooks: RefCell<Vec<BatchHook>>,
 }
@@ -108,18 +109,7 @@ impl Notifier {
                 })
                 .collect(),
         );
-        let n = Notifier {
-            shard,
-            n_shards,
-            current: RefCell::new(startup.clone()),
-            startup,
-            user_changed: RefCell::default(),
-            room_changed: RefCell::default(),
-            memberships: RefCell::default(),
-            room_local: RefCell::default(),
-            waiters: RefCell::default(),
-            hooks: RefCell::default(),
-        };
+        let n = Notifier::new(shard, n_shards, startup);
         let rows = db
             .query(
                 "SELECT room_id, state_key, membership FROM current_state \
@@ -140,8 +130,34 @@ impl Notifier {
         Ok(n)
     }
 
+    /// A notifier knowing no memberships, at `startup` (tests; `load`).
+    pub fn new(shard: usize, n_shards: usize, startup: StreamToken) -> Notifier {
+        Notifier {
+            shard,
+            n_shards,
+            current: RefCell::new(startup.clone()),
+            startup,
+            user_changed: RefCell::default(),
+            room_changed: RefCell::default(),
+            memberships: RefCell::default(),
+            room_local: RefCell::default(),
+            waiters: RefCell::default(),
+            stopping: std::cell::Cell::new(false),
+            hooks: RefCell::default(),
+        }
+    }
+
     pub fn shard(&self) -> usize {
         self.shard
+    }
+
+    /// Shutdown: parked syncs return now (with what they have) instead of
+    /// holding the drain until their timeout.
+    pub fn shutdown(&self) {
+        self.stopping.set(true);
+        for n in self.waiters.borrow().values() {
+            n.notify_all();
+        }
     }
 
     /// Whether `user`'s per-user data lives on this shard.
@@ -181,6 +197,11 @@ impl Notifier {
             .unwrap_or_default()
     }
 
+    /// Whether any local user is joined to or invited into `room`.
+    pub fn has_local_members(&self, room: &OwnedRoomId) -> bool {
+        self.room_local.borrow().contains_key(room)
+    }
+
     /// Local users joined to or invited into `room`.
     pub fn local_members(&self, room: &OwnedRoomId) -> Vec<OwnedUserId> {
         self.room_local
@@ -211,6 +232,9 @@ impl Notifier {
             loop {
                 if self.user_changed_since(user, since) {
                     return true;
+                }
+                if self.stopping.get() {
+                    return false;
                 }
                 notify.notified().await;
             }
@@ -307,5 +331,91 @@ impl Notifier {
             }
         }
         self.current.borrow_mut().advance(s, batch.upto);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::change::{EventChange, RoomChange, UserChange};
+    use std::sync::Arc;
+
+    fn uid(s: &str) -> OwnedUserId {
+        OwnedUserId::try_from(s).unwrap()
+    }
+
+    fn member_event(room: &OwnedRoomId, pos: i64, target: &str, m: &str) -> Change {
+        Change::Room {
+            room_id: room.clone(),
+            pos: Pos::Persisted(pos),
+            what: RoomChange::Event(Arc::new(EventChange {
+                event_id: ruma::OwnedEventId::try_from(format!("$e{pos}")).unwrap(),
+                sender: uid(target),
+                event_type: "m.room.member".into(),
+                state_key: Some(target.into()),
+                membership: Some(m.into()),
+                event: Arc::new(serde_json::Value::Null),
+            })),
+        }
+    }
+
+    fn batch(shard: usize, persisted: i64, changes: Vec<Change>) -> Batch {
+        Batch {
+            shard,
+            upto: ShardPos {
+                persisted,
+                ephemeral: 0,
+            },
+            changes,
+        }
+    }
+
+    #[test]
+    fn memberships_and_changes_follow_announcements() {
+        // One shard: every user is local.
+        let n = Notifier::new(0, 1, StreamToken::zero(1));
+        let room = OwnedRoomId::try_from("!r:x").unwrap();
+        let (a, b) = (uid("@a:x"), uid("@b:x"));
+        let t0 = n.current();
+        n.apply(&batch(0, 1, vec![member_event(&room, 1, "@a:x", "join")]));
+        assert!(n.user_changed_since(&a, &t0));
+        assert!(!n.user_changed_since(&b, &t0), "b is not in the room");
+        let t1 = n.current();
+        assert_eq!(t1.persisted(0), 1);
+        n.apply(&batch(0, 2, vec![member_event(&room, 2, "@b:x", "invite")]));
+        assert!(n.user_changed_since(&a, &t1) && n.user_changed_since(&b, &t1));
+        assert_eq!(n.rooms_of(&b), vec![(room.clone(), "invite".to_owned())]);
+        n.apply(&batch(0, 3, vec![member_event(&room, 3, "@b:x", "leave")]));
+        assert_eq!(n.local_members(&room), vec![a.clone()]);
+        let t3 = n.current();
+        // A gap-only batch moves the token without touching anyone.
+        n.apply(&batch(0, 5, vec![]));
+        assert!(!n.user_changed_since(&a, &t3));
+        assert_eq!(n.current().persisted(0), 5);
+        n.apply(&batch(
+            0,
+            5,
+            vec![Change::User {
+                user_id: b.clone(),
+                pos: Pos::Ephemeral(7),
+                what: UserChange::Poke,
+            }],
+        ));
+        assert!(n.user_changed_since(&b, &t3) && !n.user_changed_since(&a, &t3));
+    }
+
+    #[test]
+    fn unknown_users_count_as_changed_before_startup() {
+        let n = Notifier::new(
+            0,
+            1,
+            StreamToken::from_positions(vec![ShardPos {
+                persisted: 9,
+                ephemeral: 0,
+            }]),
+        );
+        let u = uid("@u:x");
+        assert!(n.user_changed_since(&u, &StreamToken::zero(1)));
+        assert!(!n.user_changed_since(&u, &n.current()));
     }
 }

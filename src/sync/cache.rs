@@ -30,11 +30,12 @@ use crate::stream::writer::Batch;
 use crate::stream::{Change, Notifier, Pos, RoomChange, ShardPos, StreamToken};
 
 /// Events kept per room window.
-pub const WINDOW_EVENTS: usize = 100;
-/// Rooms with a window.
-pub const WINDOW_ROOMS: usize = 5_000;
-const SNAPSHOTS: usize = 5_000;
-const EVENTS: usize = 50_000;
+pub const WINDOW_EVENTS: usize = 64;
+/// Rooms with a window (only rooms with local members get one).
+pub const WINDOW_ROOMS: usize = 2_000;
+const SNAPSHOTS: usize = 2_000;
+/// State events by id (timeline events live in the windows).
+const EVENTS: usize = 20_000;
 const MEMBER_CHANGES: usize = 200_000;
 
 /// A room event as sync serves it.
@@ -72,6 +73,23 @@ pub struct CacheStats {
     pub cheap_syncs: u64,
 }
 
+/// Which users and rooms this shard serves syncs for.
+pub trait Local {
+    fn is_local_user(&self, user: &UserId) -> bool;
+    fn has_local_members(&self, room: &OwnedRoomId) -> bool;
+}
+
+struct Interest<'a>(&'a Notifier);
+
+impl Local for Interest<'_> {
+    fn is_local_user(&self, user: &UserId) -> bool {
+        self.0.is_local(user)
+    }
+    fn has_local_members(&self, room: &OwnedRoomId) -> bool {
+        self.0.has_local_members(room)
+    }
+}
+
 /// One shard's sync caches.
 pub struct SyncCache {
     /// The notifier's token when the cache started: what happened before
@@ -102,7 +120,7 @@ pub fn local(notifier: &Rc<Notifier>) -> Rc<SyncCache> {
     let n = Rc::downgrade(notifier);
     notifier.add_batch_hook(Rc::new(move |batch, before| {
         if let (Some(c), Some(n)) = (weak.upgrade(), n.upgrade()) {
-            c.apply(batch, before, &|u| n.is_local(u));
+            c.apply(batch, before, &Interest(&n));
         }
     }));
     LOCAL.with(|l| *l.borrow_mut() = Some(cache.clone()));
@@ -135,8 +153,12 @@ impl SyncCache {
         self.bump(|s| s.cheap_syncs += 1);
     }
 
-    /// Feeds one announcement batch (`before`: its shard's position before).
-    pub fn apply(&self, batch: &Batch, before: ShardPos, is_local: &dyn Fn(&UserId) -> bool) {
+    /// Feeds one announcement batch (`before`: its shard's position
+    /// before it; `local`: the notifier's view *before* the batch).
+    pub fn apply(&self, batch: &Batch, before: ShardPos, local: &dyn Local) {
+        // Rooms of this batch with an event left out of the windows: a
+        // window created later in the batch is complete only after it.
+        let mut skipped: Vec<&OwnedRoomId> = Vec::new();
         for change in &batch.changes {
             let Change::Room {
                 room_id,
@@ -151,6 +173,22 @@ impl SyncCache {
                 RoomChange::Event(ev) => ev,
                 _ => continue,
             };
+            let mut local_member = false;
+            if let (Some(_), Some(target)) = (&ev.membership, &ev.state_key) {
+                if let Ok(user) = OwnedUserId::try_from(target.as_str()) {
+                    if local.is_local_user(&user) {
+                        local_member = true;
+                        self.member_changes
+                            .borrow_mut()
+                            .put((user, room_id.clone()), (batch.shard, *pos));
+                    }
+                }
+            }
+            let has_window = self.windows.borrow().contains(room_id);
+            if !has_window && !local_member && !local.has_local_members(room_id) {
+                skipped.push(room_id);
+                continue;
+            }
             let tl = Rc::new(TlEvent {
                 shard: batch.shard,
                 pos: *pos,
@@ -161,35 +199,37 @@ impl SyncCache {
                 membership: ev.membership.clone(),
                 event: ev.event.clone(),
             });
-            if let (Some(_), Some(target)) = (&ev.membership, &ev.state_key) {
-                if let Ok(user) = OwnedUserId::try_from(target.as_str()) {
-                    if is_local(&user) {
-                        self.member_changes
-                            .borrow_mut()
-                            .put((user, room_id.clone()), (batch.shard, *pos));
-                    }
-                }
+            if tl.state_key.is_some() {
+                self.events
+                    .borrow_mut()
+                    .put(tl.event_id.clone(), tl.event.clone());
             }
-            self.events
-                .borrow_mut()
-                .put(tl.event_id.clone(), tl.event.clone());
-            self.push_window(room_id, tl, before.persisted);
+            let horizon = if skipped.contains(&room_id) {
+                *pos - 1
+            } else {
+                before.persisted
+            };
+            self.push_window(room_id, tl, horizon);
         }
     }
 
-    fn push_window(&self, room: &OwnedRoomId, ev: Rc<TlEvent>, before: i64) {
+    fn push_window(&self, room: &OwnedRoomId, ev: Rc<TlEvent>, horizon: i64) {
         let mut windows = self.windows.borrow_mut();
         let fresh = || Window {
             shard: ev.shard,
-            // No event of this room was announced in (before, ev.pos): it
-            // would have created the window already.
-            complete_after: before.min(ev.pos - 1),
+            // Every event of this room in (horizon, ev.pos) was announced
+            // in this batch before it and would have created the window.
+            complete_after: horizon.min(ev.pos - 1),
             events: VecDeque::new(),
         };
         let w = windows.get_or_insert_mut(room.clone(), fresh);
         if w.shard != ev.shard {
             // A room written by another shard now: start over from here.
-            *w = fresh();
+            *w = Window {
+                shard: ev.shard,
+                complete_after: ev.pos - 1,
+                events: VecDeque::new(),
+            };
         }
         w.events.push_back(ev);
         while w.events.len() > WINDOW_EVENTS {
@@ -305,6 +345,25 @@ mod tests {
         }
     }
 
+    struct All;
+    impl Local for All {
+        fn is_local_user(&self, _: &UserId) -> bool {
+            true
+        }
+        fn has_local_members(&self, _: &OwnedRoomId) -> bool {
+            true
+        }
+    }
+    struct Nobody;
+    impl Local for Nobody {
+        fn is_local_user(&self, _: &UserId) -> bool {
+            false
+        }
+        fn has_local_members(&self, _: &OwnedRoomId) -> bool {
+            false
+        }
+    }
+
     fn tok(p: i64) -> StreamToken {
         StreamToken::from_positions(vec![ShardPos {
             persisted: p,
@@ -323,9 +382,9 @@ mod tests {
     fn window_serves_covered_ranges_only() {
         let c = SyncCache::new(tok(0));
         let room: OwnedRoomId = "!r:h".try_into().unwrap();
-        c.apply(&batch(0, "!r:h", 5, None), before(3), &|_| true);
-        c.apply(&batch(0, "!other:h", 6, None), before(5), &|_| true);
-        c.apply(&batch(0, "!r:h", 7, None), before(6), &|_| true);
+        c.apply(&batch(0, "!r:h", 5, None), before(3), &All);
+        c.apply(&batch(0, "!other:h", 6, None), before(5), &All);
+        c.apply(&batch(0, "!r:h", 7, None), before(6), &All);
         let got = c.range(&room, &tok(3), &tok(7)).unwrap();
         assert_eq!(got.iter().map(|e| e.pos).collect::<Vec<_>>(), vec![5, 7]);
         assert_eq!(c.range(&room, &tok(5), &tok(6)).unwrap().len(), 0);
@@ -342,11 +401,40 @@ mod tests {
         let c = SyncCache::new(tok(0));
         let room: OwnedRoomId = "!r:h".try_into().unwrap();
         for p in 1..=(WINDOW_EVENTS as i64 + 10) {
-            c.apply(&batch(0, "!r:h", p, None), before(p - 1), &|_| true);
+            c.apply(&batch(0, "!r:h", p, None), before(p - 1), &All);
         }
         assert!(c.range(&room, &tok(5), &tok(200)).is_none());
         let got = c.range(&room, &tok(10), &tok(200)).unwrap();
         assert_eq!(got.len(), WINDOW_EVENTS);
+    }
+
+    #[test]
+    fn rooms_without_local_members_get_no_window() {
+        let c = SyncCache::new(tok(0));
+        let room: OwnedRoomId = "!r:h".try_into().unwrap();
+        c.apply(&batch(0, "!r:h", 5, None), before(3), &Nobody);
+        assert!(c.range(&room, &tok(3), &tok(5)).is_none());
+        // Within one batch: skipped at 5, window from 6 on is complete
+        // only after 5.
+        let mut b = batch(0, "!r:h", 8, None);
+        let mut second = batch(0, "!r:h", 9, Some("join"));
+        b.changes.append(&mut second.changes);
+        b.upto = second.upto;
+        c.apply(&b, before(7), &MemberOnly);
+        assert!(c.range(&room, &tok(7), &tok(9)).is_none(), "8 was skipped");
+        let got = c.range(&room, &tok(8), &tok(9)).unwrap();
+        assert_eq!(got.len(), 1);
+    }
+
+    /// Only member events of local users are interesting.
+    struct MemberOnly;
+    impl Local for MemberOnly {
+        fn is_local_user(&self, _: &UserId) -> bool {
+            true
+        }
+        fn has_local_members(&self, _: &OwnedRoomId) -> bool {
+            false
+        }
     }
 
     #[test]
@@ -356,7 +444,7 @@ mod tests {
         let user: OwnedUserId = "@a:h".try_into().unwrap();
         assert!(c.membership_changed_since(&user, &room, &tok(1)), "unknown");
         assert!(!c.membership_changed_since(&user, &room, &tok(2)));
-        c.apply(&batch(0, "!r:h", 4, Some("join")), before(2), &|_| true);
+        c.apply(&batch(0, "!r:h", 4, Some("join")), before(2), &All);
         assert!(c.membership_changed_since(&user, &room, &tok(3)));
         assert!(!c.membership_changed_since(&user, &room, &tok(4)));
     }

@@ -40,6 +40,9 @@ pub struct SyncOutcome {
     pub body: Value,
     /// `cheap` (memory only) or `computed`: for metrics and tests.
     pub path: &'static str,
+    /// Timeline window use while computing (`hits,misses`; may include
+    /// concurrent syncs of the shard).
+    pub window: Option<(u64, u64)>,
 }
 
 /// Brings a client's token into this server's range: at most `current`
@@ -98,15 +101,22 @@ pub async fn sync(
                 return Ok(SyncOutcome {
                     body: response::empty(&notifier.current().max(&since)),
                     path: "cheap",
+                    window: None,
                 });
             }
         }
     }
     ctx.current = notifier.current();
+    let before = cache.stats();
     let body = compute(&ctx, &cache, &notifier).await?;
+    let after = cache.stats();
     Ok(SyncOutcome {
         body,
         path: "computed",
+        window: Some((
+            after.window_hits - before.window_hits,
+            after.window_misses - before.window_misses,
+        )),
     })
 }
 
