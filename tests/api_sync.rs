@@ -167,12 +167,13 @@ fn start() -> (Hearth, Opts, TestDb) {
 
 /// Registers `prefix0`, `prefix1`… until one lives on another shard than
 /// `room`'s owner: its syncs are then woken across shards.
-fn register_off_shard(h: &Hearth, prefix: &str, room: &str) -> (String, String) {
-    let owner = shard_for_room(&RoomId::parse(room).unwrap(), 2);
+/// (With one shard, the first.)
+fn register_off_shard(h: &Hearth, n: usize, prefix: &str, room: &str) -> (String, String) {
+    let owner = shard_for_room(&RoomId::parse(room).unwrap(), n);
     for i in 0.. {
         let name = format!("{prefix}{i}");
         let uid = UserId::parse(format!("@{name}:localhost")).unwrap();
-        if shard_for_user(&uid, 2) != owner {
+        if n == 1 || shard_for_user(&uid, n) != owner {
             return (register(h, &name), uid.to_string());
         }
     }
@@ -181,14 +182,14 @@ fn register_off_shard(h: &Hearth, prefix: &str, room: &str) -> (String, String) 
 
 #[test]
 fn sync_end_to_end() {
-    let (h, _, _db) = start();
+    let (h, opts, _db) = start();
     let alice = register(&h, "alice");
     let room = create_room(
         &h,
         &alice,
         json!({"preset": "private_chat", "name": "Lobby", "topic": "t"}),
     );
-    let (bob, bob_id) = register_off_shard(&h, "bob", &room);
+    let (bob, bob_id) = register_off_shard(&h, opts.shards, "bob", &room);
 
     // Initial sync: Alice's room with its state; Bob has nothing.
     let a0 = sync(&h, &alice, None, "");
