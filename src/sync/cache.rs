@@ -10,8 +10,8 @@
 //!   latest member event), so a sync knows without a query whether a room
 //!   must move between join/invite/leave.
 //! - **state snapshots** by id (immutable: cached without invalidation) and
-//!   **events** by id (client format, immutable except for redaction —
-//!   TODO when redactions land: evict the redacted id on its announcement).
+//!   **events** by id (client format, immutable except for redaction: a
+//!   redaction's announcement drops its room's window and the redacted id).
 //!
 //! Everything is bounded (LRU); counters say how often each is used.
 
@@ -183,6 +183,19 @@ impl SyncCache {
                             .put((user, room_id.clone()), (batch.shard, *pos));
                     }
                 }
+            }
+            if ev.event_type == "m.room.redaction" {
+                // The redacted event's cached copies are stale: forget
+                // the room's window (refilled from the database) and it.
+                self.windows.borrow_mut().pop(room_id);
+                skipped.push(room_id);
+                let target = ev.event["content"]["redacts"]
+                    .as_str()
+                    .or_else(|| ev.event["redacts"].as_str());
+                if let Some(t) = target {
+                    self.events.borrow_mut().pop(t);
+                }
+                continue;
             }
             let has_window = self.windows.borrow().contains(room_id);
             if !has_window && !local_member && !local.has_local_members(room_id) {
@@ -424,6 +437,29 @@ mod tests {
         assert!(c.range(&room, &tok(7), &tok(9)).is_none(), "8 was skipped");
         let got = c.range(&room, &tok(8), &tok(9)).unwrap();
         assert_eq!(got.len(), 1);
+    }
+
+    #[test]
+    fn redaction_drops_the_window() {
+        let c = SyncCache::new(tok(0));
+        let room: OwnedRoomId = "!r:h".try_into().unwrap();
+        c.apply(&batch(0, "!r:h", 5, None), before(4), &All);
+        assert!(c.range(&room, &tok(4), &tok(5)).is_some());
+        let mut b = batch(0, "!r:h", 6, None);
+        if let Change::Room {
+            what: RoomChange::Event(ev),
+            ..
+        } = &mut b.changes[0]
+        {
+            let ev = Arc::make_mut(ev);
+            ev.event_type = "m.room.redaction".into();
+            ev.event = Arc::new(json!({"content": {"redacts": "$e5"}}));
+        }
+        c.apply(&b, before(5), &All);
+        assert!(c.range(&room, &tok(4), &tok(6)).is_none());
+        c.apply(&batch(0, "!r:h", 7, None), before(6), &All);
+        assert!(c.range(&room, &tok(5), &tok(7)).is_none(), "6 is not in it");
+        assert_eq!(c.range(&room, &tok(6), &tok(7)).unwrap().len(), 1);
     }
 
     /// Only member events of local users are interesting.

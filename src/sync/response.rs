@@ -141,9 +141,9 @@ async fn body(
                         .is_some_and(|b| b.get(&(ty.clone(), key.clone())) != Some(id)));
             let include = if lazy && is_member {
                 // Spec "Lazy-loading room members": only the timeline's
-                // senders (and the user) — but those even without a gap.
+                // senders (and the user) — but those even without a gap
+                // (resent each time: we do not track what a device has).
                 senders.contains(key.as_str())
-                    && (in_scope || !slice.events.iter().any(|e| e.event_id == *id))
             } else {
                 in_scope
             };

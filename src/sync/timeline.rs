@@ -88,6 +88,17 @@ fn row_event(r: &Row) -> Result<TlEvent, SyncError> {
     })
 }
 
+/// Scalar bounds over every shard's position, so the planner can use the
+/// `(room_id, stream_ordering)` index as a range (the per-shard array
+/// comparison then only refines it).
+fn min(v: &[i64]) -> i64 {
+    v.iter().copied().min().unwrap_or(0)
+}
+
+fn max(v: &[i64]) -> i64 {
+    v.iter().copied().max().unwrap_or(0)
+}
+
 /// Selects the last `limit` events of `room` in `(lower, upper]` that pass
 /// `filter`.
 pub async fn select(
@@ -130,9 +141,10 @@ pub async fn select(
                     "SELECT {EVENT_COLS} FROM events WHERE room_id = $1 \
                      AND stream_ordering > ($2::bigint[])[stream_shard + 1] \
                      AND stream_ordering <= ($3::bigint[])[stream_shard + 1] \
+                     AND stream_ordering > $5 AND stream_ordering <= $6 \
                      ORDER BY stream_ordering DESC LIMIT $4"
                 ),
-                &[&room.as_str(), &lo, &hi, &page_i64],
+                &[&room.as_str(), &lo, &hi, &page_i64, &min(&lo), &max(&hi)],
             )
             .await?;
         let got = rows.len();
@@ -179,13 +191,14 @@ pub async fn state_at(
     room: &OwnedRoomId,
     upper: &StreamToken,
 ) -> Result<Rc<StateMap>, SyncError> {
-    let n = upper.len();
+    let hi = upper.persisted_vec(upper.len());
     let row = db
         .query_opt(
             "SELECT snapshot_id FROM events WHERE room_id = $1 \
              AND stream_ordering <= ($2::bigint[])[stream_shard + 1] \
+             AND stream_ordering <= $3 \
              ORDER BY stream_ordering DESC LIMIT 1",
-            &[&room.as_str(), &upper.persisted_vec(n)],
+            &[&room.as_str(), &hi, &max(&hi)],
         )
         .await?;
     let Some(id) = row.map(|r| r.get::<Option<i64>>(0)).transpose()?.flatten() else {
@@ -260,6 +273,7 @@ pub async fn member_changes(
 ) -> Result<Vec<MemberChange>, SyncError> {
     let n = upper.len().max(lower.map_or(0, StreamToken::len));
     let lo = lower.map_or_else(|| vec![0; n], |l| l.persisted_vec(n));
+    let hi = upper.persisted_vec(n);
     let rows = db
         .query(
             "SELECT stream_shard, stream_ordering, json->'content'->>'membership', event_id, \
@@ -267,8 +281,9 @@ pub async fn member_changes(
              AND state_key = $2 \
              AND stream_ordering > ($3::bigint[])[stream_shard + 1] \
              AND stream_ordering <= ($4::bigint[])[stream_shard + 1] \
+             AND stream_ordering > $5 AND stream_ordering <= $6 \
              ORDER BY stream_ordering",
-            &[&room.as_str(), &user, &lo, &upper.persisted_vec(n)],
+            &[&room.as_str(), &user, &lo, &hi, &min(&lo), &max(&hi)],
         )
         .await?;
     rows.iter()
