@@ -6,6 +6,7 @@ mod directory;
 mod login;
 mod profile;
 mod rooms;
+mod sync;
 mod util;
 mod versions;
 
@@ -146,7 +147,10 @@ pub fn client_router() -> Router<ShardState> {
         directory::put_visibility,
     );
     let r = client(r, Get, "/publicRooms", directory::public_rooms_get);
-    client(r, Post, "/publicRooms", directory::public_rooms_post)
+    let r = client(r, Post, "/publicRooms", directory::public_rooms_post);
+    let r = client(r, Get, "/sync", sync::sync);
+    let r = client(r, Post, "/user/{userId}/filter", sync::create_filter);
+    client(r, Get, "/user/{userId}/filter/{filterId}", sync::get_filter)
 }
 
 /// Routes served on `kind = "federation"` listeners.

@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "directory",
         sql: include_str!("../../migrations/0005_directory.sql"),
     },
+    Migration {
+        version: 7,
+        name: "sync",
+        sql: include_str!("../../migrations/0007_sync.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

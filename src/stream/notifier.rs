@@ -38,7 +38,13 @@ pub struct Notifier {
     room_local: RefCell<HashMap<OwnedRoomId, HashSet<OwnedUserId>>>,
     waiters: RefCell<HashMap<OwnedUserId, Notify>>,
     stopping: std::cell::Cell<bool>,
+    /// Observers of every applied batch (e.g. `/sync`'s timeline cache).
+    hooks: RefCell<Vec<BatchHook>>,
 }
+
+/// Called with each batch as it is applied, and the position its shard had
+/// reached before it (`current` is advanced right after the hooks run).
+pub type BatchHook = Rc<dyn Fn(&Batch, ShardPos)>;
 
 thread_local! {
     static LOCAL: RefCell<Option<Rc<Notifier>>> = const { RefCell::new(None) };
@@ -137,6 +143,7 @@ impl Notifier {
             room_local: RefCell::default(),
             waiters: RefCell::default(),
             stopping: std::cell::Cell::new(false),
+            hooks: RefCell::default(),
         }
     }
 
@@ -262,9 +269,22 @@ impl Notifier {
         }
     }
 
+    /// Registers a hook run synchronously for every batch applied from now
+    /// on (so it sees changes in the same order as `current`).
+    pub fn add_batch_hook(&self, hook: BatchHook) {
+        self.hooks.borrow_mut().push(hook);
+    }
+
     /// Applies one batch from `batch.shard`'s writer, in order.
     pub fn apply(&self, batch: &Batch) {
         let s = batch.shard;
+        let hooks = self.hooks.borrow().clone();
+        if !hooks.is_empty() {
+            let before = self.current.borrow().get(s);
+            for h in hooks {
+                h(batch, before);
+            }
+        }
         for change in &batch.changes {
             let pos = match change.pos() {
                 Pos::Persisted(p) => ShardPos {
