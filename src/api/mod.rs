@@ -124,9 +124,6 @@ pub fn client_router() -> Router<ShardState> {
         "/rooms/{roomId}/joined_members",
         rooms::joined_members,
     );
-    let r = client(r, Get, "/sync", sync::sync);
-    let r = client(r, Post, "/user/{userId}/filter", sync::create_filter);
-    let r = client(r, Get, "/user/{userId}/filter/{filterId}", sync::get_filter);
     let r = client(r, Get, "/joined_rooms", rooms::joined_rooms);
     let r = client(r, Put, "/directory/room/{roomAlias}", directory::put_alias);
     let r = client(r, Get, "/directory/room/{roomAlias}", directory::get_alias);
@@ -150,7 +147,10 @@ pub fn client_router() -> Router<ShardState> {
         directory::put_visibility,
     );
     let r = client(r, Get, "/publicRooms", directory::public_rooms_get);
-    client(r, Post, "/publicRooms", directory::public_rooms_post)
+    let r = client(r, Post, "/publicRooms", directory::public_rooms_post);
+    let r = client(r, Get, "/sync", sync::sync);
+    let r = client(r, Post, "/user/{userId}/filter", sync::create_filter);
+    client(r, Get, "/user/{userId}/filter/{filterId}", sync::get_filter)
 }
 
 /// Routes served on `kind = "federation"` listeners.
