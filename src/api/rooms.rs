@@ -61,6 +61,7 @@ pub async fn send(state: Rc<ShardState>, req: Request) -> HandlerResult {
             state_key: None,
             content,
             txn: Some((who.device_id, txn)),
+            redacts: None,
         },
     )
     .await?;
@@ -91,6 +92,7 @@ pub async fn put_state(state: Rc<ShardState>, req: Request) -> HandlerResult {
             state_key: Some(state_key),
             content,
             txn: None,
+            redacts: None,
         },
     )
     .await?;

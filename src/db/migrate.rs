@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rooms",
         sql: include_str!("../../migrations/0003_rooms.sql"),
     },
+    Migration {
+        version: 4,
+        name: "timeline",
+        sql: include_str!("../../migrations/0004_timeline.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

@@ -11,16 +11,26 @@
 
 pub mod client;
 pub mod create;
+pub mod event_filter;
+pub mod forget;
+pub mod history;
 pub mod pdu;
+pub mod redaction;
+pub mod serve;
 pub mod service;
 pub mod state;
+pub mod timeline;
+pub mod visibility;
 
 use crate::db::DbError;
 use crate::http::MatrixError;
 use crate::mesh::MeshError;
 
 pub use pdu::Pdu;
+pub use forget::{forgotten_rooms, is_forgotten};
+pub use serve::{client_events, Viewer};
 pub use service::{install, local, EventRequest, Rooms};
+pub use timeline::{PageToken, RoomToken};
 
 /// Errors of room operations, mapped to Matrix errors at the HTTP edge.
 #[derive(Debug, thiserror::Error)]
