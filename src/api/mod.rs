@@ -5,6 +5,7 @@ mod devices;
 mod login;
 mod profile;
 mod rooms;
+mod timeline;
 mod util;
 mod versions;
 
@@ -107,7 +108,12 @@ pub fn client_router() -> Router<ShardState> {
         rooms::get_state_event,
     );
     let r = client(r, Get, "/rooms/{roomId}/state", rooms::get_state);
-    let r = client(r, Get, "/rooms/{roomId}/event/{eventId}", rooms::get_event);
+    let r = client(
+        r,
+        Get,
+        "/rooms/{roomId}/event/{eventId}",
+        timeline::get_event,
+    );
     let r = client(r, Post, "/rooms/{roomId}/join", rooms::join);
     let r = client(r, Post, "/join/{roomIdOrAlias}", rooms::join);
     let r = client(r, Post, "/rooms/{roomId}/leave", rooms::leave);
@@ -122,7 +128,26 @@ pub fn client_router() -> Router<ShardState> {
         "/rooms/{roomId}/joined_members",
         rooms::joined_members,
     );
-    client(r, Get, "/joined_rooms", rooms::joined_rooms)
+    let r = client(r, Get, "/joined_rooms", rooms::joined_rooms);
+    let r = client(r, Get, "/rooms/{roomId}/messages", timeline::messages);
+    let r = client(
+        r,
+        Get,
+        "/rooms/{roomId}/context/{eventId}",
+        timeline::context,
+    );
+    let r = client(
+        r,
+        Put,
+        "/rooms/{roomId}/redact/{eventId}/{txnId}",
+        timeline::redact,
+    );
+    let r = client(r, Post, "/rooms/{roomId}/forget", timeline::forget);
+    r.route(
+        Get,
+        "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event",
+        timeline::timestamp_to_event,
+    )
 }
 
 /// Routes served on `kind = "federation"` listeners.

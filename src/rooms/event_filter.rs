@@ -81,9 +81,7 @@ fn wildcard_match(pattern: &str, value: &str) -> bool {
         return pattern == value;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !value.starts_with(first)
-        || !value.ends_with(last)
-        || value.len() < first.len() + last.len()
+    if !value.starts_with(first) || !value.ends_with(last) || value.len() < first.len() + last.len()
     {
         return false;
     }
@@ -124,7 +122,12 @@ mod tests {
             EventFilter::parse("{nope"),
             Err(FilterError::NotJson(_))
         ));
-        for bad in ["[]", "3", r#"{"types":"m.room.message"}"#, r#"{"limit":-1}"#] {
+        for bad in [
+            "[]",
+            "3",
+            r#"{"types":"m.room.message"}"#,
+            r#"{"limit":-1}"#,
+        ] {
             assert!(
                 matches!(EventFilter::parse(bad), Err(FilterError::BadJson(_))),
                 "{bad}"

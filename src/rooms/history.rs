@@ -79,8 +79,16 @@ async fn walk(
     let mut events = Vec::new();
     for _ in 0..MAX_ROUNDS {
         let want = spec.limit - events.len();
-        let mut rows =
-            timeline::page(db, spec.room_id, spec.dir, cursor, to, spec.filter, want + 1).await?;
+        let mut rows = timeline::page(
+            db,
+            spec.room_id,
+            spec.dir,
+            cursor,
+            to,
+            spec.filter,
+            want + 1,
+        )
+        .await?;
         let more = rows.len() > want;
         rows.truncate(want);
         if let Some(last) = rows.last() {
@@ -213,7 +221,10 @@ async fn current_membership(
             &[&room_id, &user],
         )
         .await?;
-    Ok(row.map(|r| r.get::<Option<String>>(0)).transpose()?.flatten())
+    Ok(row
+        .map(|r| r.get::<Option<String>>(0))
+        .transpose()?
+        .flatten())
 }
 
 /// An event of `room_id` the viewer may see, or 404 (unknown, other room,

@@ -26,8 +26,8 @@ use crate::db::DbError;
 use crate::http::MatrixError;
 use crate::mesh::MeshError;
 
-pub use pdu::Pdu;
 pub use forget::{forgotten_rooms, is_forgotten};
+pub use pdu::Pdu;
 pub use serve::{client_events, Viewer};
 pub use service::{install, local, EventRequest, Rooms};
 pub use timeline::{PageToken, RoomToken};

@@ -192,8 +192,7 @@ impl TimelineEvent {
         let serde_json::Value::Object(map) = row.get::<serde_json::Value>(1)? else {
             return Err(internal("not an object".into()));
         };
-        let json =
-            canonical_json::try_from_json_map(map).map_err(|e| internal(e.to_string()))?;
+        let json = canonical_json::try_from_json_map(map).map_err(|e| internal(e.to_string()))?;
         let version = RoomVersion::parse(row.get::<&str>(7)?)?;
         Ok(TimelineEvent {
             pdu: Rc::new(Pdu::from_json(event_id, json, version)?),
@@ -380,8 +379,20 @@ mod tests {
     #[test]
     fn malformed_room_tokens() {
         for bad in [
-            "", "t", "t1", "t1_2", "t1_2_", "t1_2_3_4", "t-1_2_3", "t1_2_x", "s1_2_3", "t1__3",
-            "t+1_2_3", "t 1_2_3", "t1_99999999999_3", "t99999999999999999999_0_0",
+            "",
+            "t",
+            "t1",
+            "t1_2",
+            "t1_2_",
+            "t1_2_3_4",
+            "t-1_2_3",
+            "t1_2_x",
+            "s1_2_3",
+            "t1__3",
+            "t+1_2_3",
+            "t 1_2_3",
+            "t1_99999999999_3",
+            "t99999999999999999999_0_0",
         ] {
             assert_eq!(RoomToken::parse(bad), Err(BadToken), "{bad:?}");
         }

@@ -330,11 +330,23 @@ mod tests {
         let msg = ev("m.room.message", None, serde_json::json!({"body": "x"}));
         let u = "@u:h";
         // Joined at the event: always.
-        assert!(allowed(&msg, u, false, &st(Some("joined"), Some("join")), None));
+        assert!(allowed(
+            &msg,
+            u,
+            false,
+            &st(Some("joined"), Some("join")),
+            None
+        ));
         // joined: not a member then → no.
         assert!(!allowed(&msg, u, false, &st(Some("joined"), None), None));
         // invited: only if invited then.
-        assert!(allowed(&msg, u, false, &st(Some("invited"), Some("invite")), None));
+        assert!(allowed(
+            &msg,
+            u,
+            false,
+            &st(Some("invited"), Some("invite")),
+            None
+        ));
         assert!(!allowed(&msg, u, false, &st(Some("invited"), None), None));
         // shared (also the default and for unknown values): members yes, peekers no.
         for hv in [Some("shared"), None, Some("bogus")] {
@@ -342,7 +354,13 @@ mod tests {
             assert!(!allowed(&msg, u, true, &st(hv, None), None));
         }
         // world_readable: everyone.
-        assert!(allowed(&msg, u, true, &st(Some("world_readable"), None), None));
+        assert!(allowed(
+            &msg,
+            u,
+            true,
+            &st(Some("world_readable"), None),
+            None
+        ));
     }
 
     #[test]
@@ -354,16 +372,52 @@ mod tests {
             Some(""),
             serde_json::json!({"history_visibility": "joined"}),
         );
-        assert!(allowed(&hv, u, true, &st(Some("joined"), None), Some("world_readable")));
-        assert!(!allowed(&hv, u, true, &st(Some("joined"), None), Some("shared")));
+        assert!(allowed(
+            &hv,
+            u,
+            true,
+            &st(Some("joined"), None),
+            Some("world_readable")
+        ));
+        assert!(!allowed(
+            &hv,
+            u,
+            true,
+            &st(Some("joined"), None),
+            Some("shared")
+        ));
         // One's own join is visible even in a joined-only room.
-        let join = ev("m.room.member", Some(u), serde_json::json!({"membership": "join"}));
-        assert!(allowed(&join, u, false, &st(Some("joined"), Some("join")), None));
+        let join = ev(
+            "m.room.member",
+            Some(u),
+            serde_json::json!({"membership": "join"}),
+        );
+        assert!(allowed(
+            &join,
+            u,
+            false,
+            &st(Some("joined"), Some("join")),
+            None
+        ));
         // One's own leave after join: visible although no longer joined.
-        let leave = ev("m.room.member", Some(u), serde_json::json!({"membership": "leave"}));
-        assert!(allowed(&leave, u, false, &st(Some("joined"), Some("leave")), Some("join")));
+        let leave = ev(
+            "m.room.member",
+            Some(u),
+            serde_json::json!({"membership": "leave"}),
+        );
+        assert!(allowed(
+            &leave,
+            u,
+            false,
+            &st(Some("joined"), Some("leave")),
+            Some("join")
+        ));
         // Someone else's join in a joined-only room, user not in: hidden.
-        let other = ev("m.room.member", Some("@o:h"), serde_json::json!({"membership": "join"}));
+        let other = ev(
+            "m.room.member",
+            Some("@o:h"),
+            serde_json::json!({"membership": "join"}),
+        );
         assert!(!allowed(&other, u, false, &st(Some("joined"), None), None));
     }
 
