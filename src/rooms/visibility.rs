@@ -12,9 +12,9 @@
 //! history. A departed user reads up to their leave event ([`Access::until`]).
 //!
 //! Per event we need only two state keys (the visibility and the user's
-//! member event); they are looked up per distinct snapshot with one keyed
-//! query and remembered per shard (snapshots never change), so a page of
-//! 100 messages sharing a snapshot costs one lookup.
+//! member event) at its snapshot: for all uncached snapshots of a page they
+//! are read in one keyed query over the delta chains and remembered per
+//! shard (snapshots never change), so a page costs at most one lookup.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -175,24 +175,76 @@ async fn content_fields(
     Ok(out)
 }
 
-async fn vis_state(db: &Pool, snapshot: i64, user: &str) -> Result<VisState, RoomError> {
-    let key = (snapshot, user.to_owned());
-    if let Some(v) = VIS.with(|c| c.borrow_mut().get(&key).cloned()) {
-        return Ok(v);
+/// The visibility values at each of `snapshots` for `user`: cached ones
+/// from the per-shard cache, the rest in ONE query walking every missing
+/// snapshot's delta chain at once.
+async fn vis_states(
+    db: &Pool,
+    snapshots: &[i64],
+    user: &str,
+) -> Result<HashMap<i64, VisState>, RoomError> {
+    let mut out = HashMap::new();
+    let mut missing = Vec::new();
+    VIS.with(|c| {
+        let mut c = c.borrow_mut();
+        for &s in snapshots {
+            match c.get(&(s, user.to_owned())) {
+                Some(v) => {
+                    out.insert(s, v.clone());
+                }
+                None if !missing.contains(&s) => missing.push(s),
+                None => {}
+            }
+        }
+    });
+    if missing.is_empty() {
+        return Ok(out);
     }
-    let hv_key = ("m.room.history_visibility".to_owned(), String::new());
-    let member_key = ("m.room.member".to_owned(), user.to_owned());
-    let ids = load_state_keys(db, snapshot, &[hv_key.clone(), member_key.clone()]).await?;
-    let hv_id: Vec<String> = ids.get(&hv_key).cloned().into_iter().collect();
-    let m_id: Vec<String> = ids.get(&member_key).cloned().into_iter().collect();
-    let hv = content_fields(db, &hv_id, "history_visibility").await?;
-    let m = content_fields(db, &m_id, "membership").await?;
-    let v = VisState {
-        history_visibility: hv_id.first().and_then(|i| hv.get(i).cloned()),
-        membership: m_id.first().and_then(|i| m.get(i).cloned()),
-    };
-    VIS.with(|c| c.borrow_mut().put(key, v.clone()));
-    Ok(v)
+    let rows = db
+        .query(
+            "WITH RECURSIVE chain(root, id, parent, hop) AS ( \
+                 SELECT snapshot_id, snapshot_id, parent_id, 0 FROM state_snapshots \
+                 WHERE snapshot_id = ANY($1) \
+                 UNION ALL \
+                 SELECT c.root, s.snapshot_id, s.parent_id, c.hop + 1 \
+                 FROM state_snapshots s JOIN chain c ON s.snapshot_id = c.parent) \
+             SELECT l.root, l.type, CASE l.type \
+                 WHEN 'm.room.member' THEN ev.json->'content'->>'membership' \
+                 ELSE ev.json->'content'->>'history_visibility' END \
+             FROM ( \
+                 SELECT DISTINCT ON (c.root, e.type, e.state_key) \
+                        c.root, e.type, e.state_key, e.event_id \
+                 FROM chain c JOIN state_snapshot_entries e ON e.snapshot_id = c.id \
+                 WHERE (e.type = 'm.room.member' AND e.state_key = $2) \
+                    OR (e.type = 'm.room.history_visibility' AND e.state_key = '') \
+                 ORDER BY c.root, e.type, e.state_key, c.hop) l \
+             JOIN events ev ON ev.event_id = l.event_id",
+            &[&missing, &user],
+        )
+        .await?;
+    for &s in &missing {
+        out.insert(s, VisState::default());
+    }
+    for r in rows {
+        let root: i64 = r.get(0)?;
+        let kind: &str = r.get(1)?;
+        let value: Option<String> = r.get(2)?;
+        let st = out.entry(root).or_default();
+        if kind == "m.room.member" {
+            st.membership = value;
+        } else {
+            st.history_visibility = value;
+        }
+    }
+    VIS.with(|c| {
+        let mut c = c.borrow_mut();
+        for &s in &missing {
+            if let Some(v) = out.get(&s) {
+                c.put((s, user.to_owned()), v.clone());
+            }
+        }
+    });
+    Ok(out)
 }
 
 fn rank(order: &[&str], v: Option<&str>, default: &str) -> usize {
@@ -251,12 +303,8 @@ pub async fn filter_events(
     peeking: bool,
     events: Vec<TimelineEvent>,
 ) -> Result<Vec<TimelineEvent>, RoomError> {
-    let mut states: HashMap<i64, VisState> = HashMap::new();
-    for ev in &events {
-        if let std::collections::hash_map::Entry::Vacant(slot) = states.entry(ev.snapshot_id) {
-            slot.insert(vis_state(db, ev.snapshot_id, user).await?);
-        }
-    }
+    let snapshots: Vec<i64> = events.iter().map(|e| e.snapshot_id).collect();
+    let states = vis_states(db, &snapshots, user).await?;
     // Replaced values for the boundary rules: history visibility events
     // and the user's own member events.
     let boundary = |ev: &TimelineEvent| -> Option<(&'static str, String)> {
