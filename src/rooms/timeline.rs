@@ -333,6 +333,45 @@ pub async fn page(
     rows.iter().map(TimelineEvent::from_row).collect()
 }
 
+/// For `/sync`: the newest `limit` events of `room_id` after `since` and
+/// at/before `upto` (sync tokens; `since = None`: from the start), oldest
+/// first, and whether more such events exist (`limited`). For a limited
+/// timeline, `RoomToken(events[0].pos.predecessor())` is the exact
+/// `prev_batch` (an `s…` token covering `since` would repeat nothing but
+/// cannot name a point inside the gap). Visibility is the caller's.
+pub async fn recent_events(
+    db: &Pool,
+    room_id: &str,
+    since: Option<&StreamToken>,
+    upto: &StreamToken,
+    n_shards: usize,
+    limit: usize,
+) -> Result<(Vec<TimelineEvent>, bool), RoomError> {
+    let since = since.map_or_else(|| vec![0; n_shards], |t| t.persisted_vec(n_shards));
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events e JOIN rooms r USING (room_id) \
+         WHERE e.room_id = $1 \
+         AND e.stream_ordering <= coalesce(($2::bigint[])[e.stream_shard + 1], 0) \
+         AND e.stream_ordering > coalesce(($3::bigint[])[e.stream_shard + 1], 0) \
+         ORDER BY e.depth DESC, e.stream_shard DESC, e.stream_ordering DESC LIMIT $4"
+    );
+    let want = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let rows = db
+        .query(
+            &sql,
+            &[&room_id, &upto.persisted_vec(n_shards), &since, &want],
+        )
+        .await?;
+    let mut events = rows
+        .iter()
+        .map(TimelineEvent::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let limited = events.len() > limit;
+    events.truncate(limit);
+    events.reverse();
+    Ok((events, limited))
+}
+
 /// Filter types as SQL `LIKE` patterns: `*` matches any sequence (spec
 /// "Filtering": "A '*' can be used as a wildcard"); `%`, `_`, `\` literal.
 pub fn like_patterns(types: &[String]) -> Vec<String> {
