@@ -20,6 +20,7 @@ use crate::http::{self, HttpConfig};
 use crate::mesh::{Mesh, MeshEndpoint};
 use crate::rooms::{self, Rooms};
 use crate::shard::{self, ShardInfo, ShardOptions, ShardStart};
+use crate::stream::{Notifier, StreamWriter};
 
 /// Jobs in flight per ordered shard pair before senders wait (backpressure).
 const MESH_RING_CAPACITY: usize = 1024;
@@ -36,7 +37,7 @@ pub struct ShardState {
     pub info: ShardInfo,
     pub config: Arc<Config>,
     /// This shard's end of the mesh: `submit_to` other shards, broadcast.
-    pub mesh: MeshEndpoint,
+    pub mesh: Rc<MeshEndpoint>,
     /// This shard's own small pool of PostgreSQL connections.
     pub db: Pool,
     /// This shard's group-commit writer: persistence of many concurrent
@@ -49,6 +50,10 @@ pub struct ShardState {
     pub rooms: Rc<Rooms>,
     /// Access-token cache; invalidated on every shard over the mesh.
     pub auth: crate::auth::AuthState,
+    /// This shard's stream writer (positions, announcements).
+    pub stream: Rc<StreamWriter>,
+    /// What this shard knows of every stream; wakes parked syncs.
+    pub notifier: Rc<Notifier>,
 }
 
 thread_local! {
@@ -209,7 +214,23 @@ async fn shard_main(
     };
     let writer = GroupCommit::new(db.clone(), GroupCommitConfig::default());
     let n = config.shard_count();
-    let rooms = match Rooms::open(id, n, db.clone(), writer.clone(), key.clone()).await {
+    let (stream, notifier) = match crate::stream::open(&db, id, n).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(shard = id, error = %e, "cannot load stream positions");
+            std::process::exit(1);
+        }
+    };
+    let rooms = match Rooms::open(
+        id,
+        n,
+        db.clone(),
+        writer.clone(),
+        key.clone(),
+        stream.clone(),
+    )
+    .await
+    {
         Ok(r) => Rc::new(r),
         Err(e) => {
             tracing::error!(shard = id, error = %e, "cannot open the room service");
@@ -220,24 +241,29 @@ async fn shard_main(
     let state = Rc::new(ShardState {
         info,
         config,
-        mesh,
+        mesh: Rc::new(mesh),
         db,
         writer,
         key,
         rooms,
         auth: crate::auth::AuthState::default(),
+        stream: stream.clone(),
+        notifier,
     });
     CURRENT_SHARD.with(|c| *c.borrow_mut() = Some(state.clone()));
     // Only now may jobs from other shards run here: they reach this shard's
     // state (rooms, auth caches) through the thread-locals set just above.
     // Until then peers' jobs wait in their rings (backpressure, not errors).
     state.mesh.spawn_receiver();
+    monoio::spawn(stream.clone().run_announcer(state.mesh.clone()));
     let shutdown = http::Shutdown::new();
     {
         let shutdown = shutdown.clone();
+        let notifier = state.notifier.clone();
         monoio::spawn(async move {
             stop.wait().await;
             shutdown.trigger();
+            notifier.shutdown();
         });
     }
     let client_router = Rc::new(crate::api::client_router());
@@ -268,5 +294,6 @@ async fn shard_main(
     }
     // Peers' pending submits to this shard now fail fast instead of hanging.
     state.mesh.close();
+    state.stream.release_all();
     CURRENT_SHARD.with(|c| c.borrow_mut().take());
 }

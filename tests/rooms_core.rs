@@ -25,11 +25,23 @@ fn key() -> Arc<ServerKey> {
     Arc::new(ServerKey::from_seed(name, "test", &[7; 32]).unwrap())
 }
 
-async fn open_rooms(cfg: ConnectConfig, shard: usize, n: usize) -> Rc<Rooms> {
+async fn open_rooms(
+    cfg: ConnectConfig,
+    shard: usize,
+    n: usize,
+    mesh: Rc<MeshEndpoint>,
+) -> Rc<Rooms> {
     let pool = Pool::connect(cfg, PoolConfig::default()).await.unwrap();
     let writer = GroupCommit::new(pool.clone(), GroupCommitConfig::default());
-    let rooms = Rc::new(Rooms::open(shard, n, pool, writer, key()).await.unwrap());
+    let (stream, _notifier) = hearth::stream::open(&pool, shard, n).await.unwrap();
+    let rooms = Rc::new(
+        Rooms::open(shard, n, pool, writer, key(), stream.clone())
+            .await
+            .unwrap(),
+    );
     rooms::install(rooms.clone());
+    mesh.spawn_receiver();
+    monoio::spawn(stream.run_announcer(mesh));
     rooms
 }
 
@@ -54,8 +66,8 @@ where
         let (cfg, stop) = (cfg.clone(), stop.clone());
         std::thread::spawn(move || {
             db_support::run(async move {
-                ep1.spawn_receiver();
-                let _rooms = open_rooms(cfg, 1, 2).await;
+                let ep1 = Rc::new(ep1);
+                let _rooms = open_rooms(cfg, 1, 2, ep1.clone()).await;
                 ready_tx.send(()).unwrap();
                 while !stop.load(Ordering::Acquire) {
                     monoio::time::sleep(Duration::from_millis(10)).await;
@@ -67,8 +79,7 @@ where
     ready_rx.recv().unwrap();
     db_support::run(async {
         let ep0 = Rc::new(ep0);
-        ep0.spawn_receiver();
-        let rooms = open_rooms(cfg.clone(), 0, 2).await;
+        let rooms = open_rooms(cfg.clone(), 0, 2, ep0.clone()).await;
         body(cfg, ep0.clone(), rooms).await;
         stop.store(true, Ordering::Release);
         ep0.close();
@@ -382,7 +393,13 @@ fn txn_ids_are_idempotent_across_restarts_and_oversize_is_refused() {
         let (room2, alice2, cfg2) = (room.clone(), alice.clone(), cfg.clone());
         let again = mesh
             .submit_to(owner, move || async move {
-                let fresh = open_rooms(cfg2, owner, 2).await;
+                // Same stream writer (its resume is covered by tests/api_rooms).
+                let stream = rooms::local().unwrap().stream();
+                let pool = Pool::connect(cfg2, PoolConfig::default()).await.unwrap();
+                let writer = GroupCommit::new(pool.clone(), GroupCommitConfig::default());
+                let fresh = Rooms::open(owner, 2, pool, writer, key(), stream)
+                    .await
+                    .unwrap();
                 let id = fresh
                     .send(EventRequest {
                         txn: Some(("DEV".into(), "t1".into())),

@@ -38,8 +38,14 @@ fn recent_events_between_sync_tokens() {
         let writer = GroupCommit::new(pool.clone(), GroupCommitConfig::default());
         let name = OwnedServerName::try_from("localhost").unwrap();
         let key = Arc::new(ServerKey::from_seed(name, "test", &[7; 32]).unwrap());
-        let rooms = Rc::new(Rooms::open(0, 1, pool.clone(), writer, key).await.unwrap());
+        let (stream, _notifier) = hearth::stream::open(&pool, 0, 1).await.unwrap();
+        let rooms = Rc::new(
+            Rooms::open(0, 1, pool.clone(), writer, key, stream.clone())
+                .await
+                .unwrap(),
+        );
         rooms::install(rooms.clone());
+        monoio::spawn(stream.run_announcer(mesh.clone()));
 
         let alice = OwnedUserId::try_from("@alice:localhost").unwrap();
         let room = create_room(&mesh, alice.clone(), CreateRoomRequest::default())

@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "timeline",
         sql: include_str!("../../migrations/0004_timeline.sql"),
     },
+    Migration {
+        version: 5,
+        name: "directory",
+        sql: include_str!("../../migrations/0005_directory.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

@@ -6,6 +6,7 @@
 pub mod clock;
 pub mod future_cache;
 pub mod linearizer;
+pub mod notify;
 pub mod rwlock;
 pub mod shared_future;
 pub mod task;
@@ -13,6 +14,7 @@ pub mod task;
 pub use clock::{timeout, Clock, ClockHandle, Elapsed, FakeClock, RealClock};
 pub use future_cache::FutureCache;
 pub use linearizer::{Linearizer, LinearizerGuard};
+pub use notify::{Notified, Notify};
 pub use rwlock::{ReadWriteLock, RwGuard};
 pub use shared_future::{Observer, SharedFuture};
 pub use task::yield_now;

@@ -2,7 +2,7 @@
 //! authorising and persisting events. Only the room's owner shard writes
 //! to it; the service lives in a thread-local so mesh jobs reach it.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::rc::Rc;
@@ -18,6 +18,7 @@ use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use crate::db::{GroupCommit, Pool, SqlValue, Write};
 use crate::events::{build_pdu, NewEvent, PduError, RoomVersion, ServerKey};
 use crate::primitives::Linearizer;
+use crate::stream::{Change, EventChange, Pos, RoomChange, StreamWriter};
 
 use super::pdu::Pdu;
 use super::state::{self, SnapshotHead, StateMap};
@@ -61,7 +62,7 @@ pub struct Rooms {
     pub db: Pool,
     writer: GroupCommit,
     pub key: Arc<ServerKey>,
-    next_stream: Cell<i64>,
+    stream: Rc<StreamWriter>,
     room_locks: Linearizer<OwnedRoomId>,
     heads: RefCell<LruCache<OwnedRoomId, Rc<RoomHead>>>,
     events: RefCell<LruCache<OwnedEventId, Rc<Pdu>>>,
@@ -98,23 +99,16 @@ fn pdu_error(e: PduError) -> RoomError {
 }
 
 impl Rooms {
-    /// Opens the service: resumes this shard's stream position from the
-    /// events it persisted before (positions survive restarts).
+    /// Opens the service on this shard's stream writer (whose positions
+    /// resume after everything persisted before: they survive restarts).
     pub async fn open(
         shard: usize,
         n_shards: usize,
         db: Pool,
         writer: GroupCommit,
         key: Arc<ServerKey>,
+        stream: Rc<StreamWriter>,
     ) -> Result<Rooms, RoomError> {
-        let shard_i32 = i32::try_from(shard).map_err(|_| RoomError::Internal("shard id".into()))?;
-        let last: i64 = db
-            .query_one(
-                "SELECT coalesce(max(stream_ordering), 0) FROM events WHERE stream_shard = $1",
-                &[&shard_i32],
-            )
-            .await?
-            .get(0)?;
         let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         Ok(Rooms {
             shard,
@@ -122,11 +116,16 @@ impl Rooms {
             db,
             writer,
             key,
-            next_stream: Cell::new(last + 1),
+            stream,
             room_locks: Linearizer::new("room-writes", 1),
             heads: RefCell::new(LruCache::new(cap(HEAD_CACHE))),
             events: RefCell::new(LruCache::new(cap(EVENT_CACHE))),
         })
+    }
+
+    /// This shard's stream writer.
+    pub fn stream(&self) -> Rc<StreamWriter> {
+        self.stream.clone()
     }
 
     /// The owner shard of a room.
@@ -230,6 +229,34 @@ impl Rooms {
         }
         let head = self.head(&req.room_id).await?;
         self.append(&head, req, false).await
+    }
+
+    /// Like [`Rooms::send`], but the request is built under the room's lock
+    /// from its current head, so it is based on the state it will apply
+    /// to (read-modify-write of state such as a member event's profile or
+    /// `m.room.canonical_alias`). `build` must not send to this room
+    /// itself. `Ok(None)`: `build` decided there is nothing to send.
+    pub async fn send_built<F, Fut>(
+        &self,
+        room_id: &OwnedRoomId,
+        build: F,
+    ) -> Result<Option<Rc<Pdu>>, RoomError>
+    where
+        F: FnOnce(Rc<RoomHead>) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<EventRequest>, RoomError>>,
+    {
+        self.check_owner(room_id)?;
+        let _guard = self.room_locks.queue(room_id.clone()).await;
+        let head = self.head(room_id).await?;
+        let Some(req) = build(head.clone()).await? else {
+            return Ok(None);
+        };
+        if &req.room_id != room_id {
+            return Err(RoomError::Internal(
+                "send_built: request for another room".into(),
+            ));
+        }
+        self.append(&head, req, false).await.map(Some)
     }
 
     async fn txn_event(
@@ -377,8 +404,8 @@ impl Rooms {
         create_public: Option<bool>,
     ) -> Result<Rc<Pdu>, RoomError> {
         let room = pdu.room_id.as_str().to_owned();
-        let stream = self.next_stream.get();
-        self.next_stream.set(stream + 1);
+        let ticket = self.stream.allocate();
+        let stream = ticket.pos();
         let mut new_state = head.state.clone();
         let mut snapshot = head.snapshot;
         let mut snap_write = None;
@@ -479,10 +506,23 @@ impl Rooms {
         }
         if let Err(e) = self.writer.submit(w).await {
             // Unknown whether it committed: reload the room from the database.
+            // (Dropping the ticket leaves a gap in the stream.)
             self.heads.borrow_mut().pop(&pdu.room_id);
             return Err(e.into());
         }
         let pdu = Rc::new(pdu);
+        let change = Change::Room {
+            room_id: pdu.room_id.clone(),
+            pos: Pos::Persisted(stream),
+            what: RoomChange::Event(Arc::new(EventChange {
+                event_id: pdu.event_id.clone(),
+                sender: pdu.sender.clone(),
+                event_type: pdu.kind.to_string(),
+                state_key: pdu.state_key.clone(),
+                membership: pdu.membership(),
+                event: Arc::new(pdu.client_format()),
+            })),
+        };
         self.heads.borrow_mut().put(
             pdu.room_id.clone(),
             Rc::new(RoomHead {
@@ -496,6 +536,8 @@ impl Rooms {
         self.events
             .borrow_mut()
             .put(pdu.event_id.clone(), pdu.clone());
+        // Answer only once every shard knows (read-your-writes for /sync).
+        ticket.publish(vec![change]).await;
         Ok(pdu)
     }
 
