@@ -11,7 +11,7 @@ CREATE TABLE user_filters (
 );
 
 -- `unsigned.transaction_id` of the syncing device's own events, by id.
-CREATE INDEX txn_ids_event ON txn_ids (event_id);
+CREATE INDEX IF NOT EXISTS txn_ids_event ON txn_ids (event_id);
 
 -- A user's member events in a room (membership moves between join,
 -- invite and leave; invite and knock state).
