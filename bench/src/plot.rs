@@ -111,7 +111,7 @@ fn latency_chart(scenario: &str, runs: &[&RunReport], path: &Path) -> anyhow::Re
         .margin(14)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0f64..5.2f64, (ymin * 0.8..ymax * 1.5).log_scale())
+        .build_cartesian_2d(0.2f64..5.2f64, (ymin * 0.8..ymax * 1.5).log_scale())
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -126,7 +126,10 @@ fn latency_chart(scenario: &str, runs: &[&RunReport], path: &Path) -> anyhow::Re
             50 => "max".into(),
             _ => String::new(),
         })
-        .x_labels(26)
+        .x_labels(53)
+        .y_labels(12)
+        .y_label_formatter(&|y| format!("{}", (*y * 1000.0).round() / 1000.0))
+        .light_line_style(TRANSPARENT)
         .draw()
         .map_err(err)?;
     for (i, (name, pts)) in lines.into_iter().enumerate() {
@@ -173,16 +176,22 @@ fn throughput_chart(scenario: &str, runs: &[&RunReport], path: &Path) -> anyhow:
         .margin(14)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((0..n).into_segmented(), 0.0..ymax)
+        .build_cartesian_2d(0.0..n as f64, 0.0..ymax)
         .map_err(err)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .light_line_style(TRANSPARENT)
         .y_desc(format!("{unit} / s"))
-        .x_labels(n)
-        .x_label_formatter(&|x| match x {
-            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
-            _ => String::new(),
+        .x_labels(2 * n + 1)
+        .x_label_formatter(&|x| {
+            // Labels at bar centres (i + 0.5) only.
+            let i = x.floor();
+            if (x - i - 0.5).abs() < 0.01 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         })
         .draw()
         .map_err(err)?;
@@ -190,17 +199,14 @@ fn throughput_chart(scenario: &str, runs: &[&RunReport], path: &Path) -> anyhow:
         let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(std::iter::once(Rectangle::new(
-                [
-                    (SegmentValue::Exact(i), 0.0),
-                    (SegmentValue::Exact(i + 1), *rate),
-                ],
+                [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *rate)],
                 color.filled(),
             )))
             .map_err(err)?;
         chart
             .draw_series(std::iter::once(Text::new(
                 format!("{rate:.0}"),
-                (SegmentValue::CenterOf(i), *rate),
+                (i as f64 + 0.4, *rate + ymax * 0.03),
                 ("sans-serif", 14),
             )))
             .map_err(err)?;

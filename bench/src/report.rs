@@ -248,10 +248,13 @@ impl ResultsFile {
         );
         let _ = writeln!(
             out,
-            "| scenario | metric | hearth ok/s | {p} ok/s | ratio | hearth p50/p99 ms | {p} p50/p99 ms | hearth cpu s/1k (+pg) | {p} cpu s/1k (+pg) | hearth rss MB | {p} rss MB |",
+            "| scenario | metric | hearth ok/s | {p} ok/s | ratio | hearth p50/p99 ms | {p} p50/p99 ms | hearth cpu s/1k (+pg) | {p} cpu s/1k (+pg) | hearth rss MB | {p} rss MB | errors hearth / {p} |",
             p = cmp.peer
         );
-        let _ = writeln!(out, "|---|---|---:|---:|---:|---|---|---|---|---:|---:|");
+        let _ = writeln!(
+            out,
+            "|---|---|---:|---:|---:|---|---|---|---|---:|---:|---|"
+        );
         let mut scenarios: Vec<&str> = Vec::new();
         for r in &self.runs {
             if !scenarios.contains(&r.scenario.as_str()) {
@@ -276,16 +279,18 @@ impl ResultsFile {
             };
             let agg = Agg::of(&h, &name);
             let pagg = Agg::of(&p, &name);
-            let ratio = if pagg.rate > 0.0 {
+            let ratio = if agg.rate == 0.0 && agg.errors > 0 {
+                "– (hearth failed)".to_string()
+            } else if pagg.rate > 0.0 {
                 format!("**{:.2}**", agg.rate / pagg.rate)
             } else {
                 "–".into()
             };
             let _ = writeln!(
                 out,
-                "| {s} | {name} | {:.0} | {:.0} | {ratio} | {:.2} / {:.2} | {:.2} / {:.2} | {} | {} | {:.0} | {:.0} |",
+                "| {s} | {name} | {:.0} | {:.0} | {ratio} | {:.2} / {:.2} | {:.2} / {:.2} | {} | {} | {:.0} | {:.0} | {} / {} |",
                 agg.rate, pagg.rate, agg.p50, agg.p99, pagg.p50, pagg.p99,
-                agg.cpu(), pagg.cpu(), agg.rss, pagg.rss
+                agg.cpu(), pagg.cpu(), agg.rss, pagg.rss, agg.errors, pagg.errors
             );
         }
         out
@@ -301,6 +306,8 @@ struct Agg {
     cpu: Option<f64>,
     pg: Option<f64>,
     rss: f64,
+    /// Errors of every metric, summed over the rounds.
+    errors: u64,
 }
 
 impl Agg {
@@ -308,6 +315,7 @@ impl Agg {
         let n = runs.len().max(1) as f64;
         let mut a = Agg::default();
         for r in runs {
+            a.errors += r.metrics.iter().map(MetricReport::error_count).sum::<u64>();
             if let Some(m) = r.metrics.iter().find(|m| m.name == metric) {
                 a.rate += m.rate / n;
                 a.p50 += m.latency_ms.p50 / n;
@@ -404,6 +412,7 @@ pub(crate) mod tests {
         assert_eq!(back, f);
         let t = back.ratio_table();
         assert!(t.contains("| send | send | 500 | 500 | **1.00** |"), "{t}");
+        assert!(t.contains("| 3 / 3 |"), "{t}");
     }
 
     #[test]
