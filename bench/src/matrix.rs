@@ -124,8 +124,9 @@ pub async fn register(
     })
 }
 
-pub async fn create_room(conn: &mut Conn, token: &str) -> Result<String, ApiError> {
-    let body = json!({"preset": "public_chat", "name": "hearth-bench"});
+/// A public room named `name` (one `m.room.name` event in its initial state).
+pub async fn create_room(conn: &mut Conn, token: &str, name: &str) -> Result<String, ApiError> {
+    let body = json!({"preset": "public_chat", "name": name});
     let r = call(
         conn,
         "POST",

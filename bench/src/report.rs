@@ -279,7 +279,9 @@ impl ResultsFile {
             };
             let agg = Agg::of(&h, &name);
             let pagg = Agg::of(&p, &name);
-            let ratio = if agg.rate == 0.0 && agg.errors > 0 {
+            let ratio = if h.is_empty() || p.is_empty() {
+                "– (a run failed)".to_string()
+            } else if agg.rate == 0.0 && agg.errors > 0 {
                 "– (hearth failed)".to_string()
             } else if pagg.rate > 0.0 {
                 format!("**{:.2}**", agg.rate / pagg.rate)

@@ -120,6 +120,7 @@ pub async fn build(
         .iter()
         .map(|m| users[m.first().copied().unwrap_or(0)].token.clone())
         .collect();
+    let run_owned = run.to_owned();
     let rooms = parallel(
         target,
         members.len(),
@@ -127,8 +128,9 @@ pub async fn build(
         "creating rooms",
         move |mut c, r| {
             let token = creators[r].clone();
+            let name = format!("hearth-bench {run_owned} room {r}");
             async move {
-                let res = matrix::create_room(&mut c, &token).await;
+                let res = matrix::create_room(&mut c, &token, &name).await;
                 (c, res)
             }
         },
