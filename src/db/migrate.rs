@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rooms",
         sql: include_str!("../../migrations/0003_rooms.sql"),
     },
+    Migration {
+        version: 6,
+        name: "ephemeral",
+        sql: include_str!("../../migrations/0006_ephemeral.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:
