@@ -14,10 +14,20 @@
 //! Memory first: typing and presence come from the shard's `SyncCache`;
 //! receipts, account data and to-device are read from PostgreSQL only for
 //! rooms/users whose cached "last changed" position is after `since`.
+//!
+//! The sync builder asks per room ([`room_ephemeral_of`],
+//! [`room_account_data_of`]); one query answers every room of a response
+//! and is remembered for the other rooms of the same `(user, since,
+//! current)` in a small per-shard memo (data at or before `current` does
+//! not change, so a memo entry never goes stale in a way that matters).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
+use std::num::NonZeroUsize;
+use std::rc::Rc;
 
-use ruma::{OwnedRoomId, UserId};
+use lru::LruCache;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value};
 
 use crate::server::ShardState;
@@ -66,20 +76,8 @@ pub async fn room_ephemeral(
     for (room, ev) in typing(state, rooms, since) {
         out.entry(room).or_default().push(ev);
     }
-    let cache = &state.notifier.ephemeral;
-    let changed: Vec<OwnedRoomId> = match since {
-        None => rooms.to_vec(),
-        Some(since) => rooms
-            .iter()
-            .filter(|r| cache.receipts_changed(r, since))
-            .cloned()
-            .collect(),
-    };
-    let n = state.mesh.n_shards();
-    for (room, ev) in
-        receipts::receipts_between(&state.db, user.as_str(), &changed, since, current, n).await?
-    {
-        out.entry(room).or_default().push(ev);
+    for (room, evs) in room_receipts_only(state, user, rooms, since, current).await? {
+        out.entry(room).or_default().extend(evs);
     }
     Ok(out)
 }
@@ -154,4 +152,176 @@ pub async fn set_presence(
 ) -> Result<(), EphError> {
     let p = set_presence.map(str::to_owned);
     presence_mod::set_from_sync(&state.mesh, user.to_owned(), p.as_deref()).await
+}
+
+type MemoKey = (OwnedUserId, Option<StreamToken>, StreamToken);
+
+/// Receipts (per room) and account data of one sync, computed once.
+#[derive(Default)]
+struct Memo {
+    receipts: Option<Rc<BTreeMap<OwnedRoomId, Vec<Value>>>>,
+    account_data: Option<Rc<AccountDataSync>>,
+}
+
+/// Syncs in flight on one shard at once, roughly: enough to keep each
+/// response's entry until all its rooms are built.
+const MEMO_SIZE: usize = 256;
+
+thread_local! {
+    static MEMO: RefCell<LruCache<MemoKey, Memo>> =
+        RefCell::new(LruCache::new(NonZeroUsize::new(MEMO_SIZE).unwrap_or(NonZeroUsize::MIN)));
+}
+
+fn memo_key(user: &UserId, since: Option<&StreamToken>, current: &StreamToken) -> MemoKey {
+    (user.to_owned(), since.cloned(), current.clone())
+}
+
+fn joined_rooms(state: &ShardState, user: &UserId) -> Vec<OwnedRoomId> {
+    state
+        .notifier
+        .rooms_of(user)
+        .into_iter()
+        .filter(|(_, m)| m == "join")
+        .map(|(r, _)| r)
+        .collect()
+}
+
+/// `rooms.join.{room}.ephemeral.events` of one room: its `m.typing` if it
+/// changed, and its receipts (one query for all the user's joined rooms,
+/// remembered for the rest of this sync).
+pub async fn room_ephemeral_of(
+    state: &ShardState,
+    user: &UserId,
+    room: &RoomId,
+    since: Option<&StreamToken>,
+    current: &StreamToken,
+) -> Result<Vec<Value>, EphError> {
+    let key = memo_key(user, since, current);
+    let cached = MEMO.with(|m| m.borrow_mut().get(&key).and_then(|e| e.receipts.clone()));
+    let all = match cached {
+        Some(all) => all,
+        None => {
+            let rooms = joined_rooms(state, user);
+            let all = Rc::new(room_receipts_only(state, user, &rooms, since, current).await?);
+            MEMO.with(|m| {
+                let mut m = m.borrow_mut();
+                if let Some(e) = m.get_mut(&key) {
+                    e.receipts = Some(all.clone());
+                } else {
+                    m.put(
+                        key,
+                        Memo {
+                            receipts: Some(all.clone()),
+                            account_data: None,
+                        },
+                    );
+                }
+            });
+            all
+        }
+    };
+    let room = room.to_owned();
+    let mut out: Vec<Value> = typing(state, std::slice::from_ref(&room), since)
+        .into_iter()
+        .map(|(_, ev)| ev)
+        .collect();
+    match all.get(&room) {
+        Some(evs) => out.extend(evs.iter().cloned()),
+        // A room the user joined after the memo was made: ask alone.
+        None if !joined_rooms(state, user).contains(&room) => {}
+        None => {
+            let one = room_receipts_only(state, user, std::slice::from_ref(&room), since, current)
+                .await?;
+            out.extend(one.into_values().flatten());
+        }
+    }
+    Ok(out)
+}
+
+async fn room_receipts_only(
+    state: &ShardState,
+    user: &UserId,
+    rooms: &[OwnedRoomId],
+    since: Option<&StreamToken>,
+    current: &StreamToken,
+) -> Result<BTreeMap<OwnedRoomId, Vec<Value>>, EphError> {
+    let cache = &state.notifier.ephemeral;
+    let changed: Vec<OwnedRoomId> = match since {
+        None => rooms.to_vec(),
+        Some(since) => rooms
+            .iter()
+            .filter(|r| cache.receipts_changed(r, since))
+            .cloned()
+            .collect(),
+    };
+    let n = state.mesh.n_shards();
+    let mut out: BTreeMap<OwnedRoomId, Vec<Value>> = BTreeMap::new();
+    for (room, ev) in
+        receipts::receipts_between(&state.db, user.as_str(), &changed, since, current, n).await?
+    {
+        out.entry(room).or_default().push(ev);
+    }
+    Ok(out)
+}
+
+async fn memo_account_data(
+    state: &ShardState,
+    user: &UserId,
+    since: Option<&StreamToken>,
+    current: &StreamToken,
+) -> Result<Rc<AccountDataSync>, EphError> {
+    let key = memo_key(user, since, current);
+    if let Some(a) = MEMO.with(|m| {
+        m.borrow_mut()
+            .get(&key)
+            .and_then(|e| e.account_data.clone())
+    }) {
+        return Ok(a);
+    }
+    let a = Rc::new(account_data(state, user, since, current).await?);
+    MEMO.with(|m| {
+        let mut m = m.borrow_mut();
+        if let Some(e) = m.get_mut(&key) {
+            e.account_data = Some(a.clone());
+        } else {
+            m.put(
+                key,
+                Memo {
+                    receipts: None,
+                    account_data: Some(a.clone()),
+                },
+            );
+        }
+    });
+    Ok(a)
+}
+
+/// `rooms.*.{room}.account_data.events` of one room (one query per sync).
+pub async fn room_account_data_of(
+    state: &ShardState,
+    user: &UserId,
+    room: &RoomId,
+    since: Option<&StreamToken>,
+    current: &StreamToken,
+) -> Result<Vec<Value>, EphError> {
+    let a = memo_account_data(state, user, since, current).await?;
+    Ok(a.rooms
+        .iter()
+        .find(|(r, _)| r == room)
+        .map(|(_, evs)| evs.clone())
+        .unwrap_or_default())
+}
+
+/// Top-level `account_data.events` (one query per sync, shared with the
+/// rooms' account data).
+pub async fn global_account_data(
+    state: &ShardState,
+    user: &UserId,
+    since: Option<&StreamToken>,
+    current: &StreamToken,
+) -> Result<Vec<Value>, EphError> {
+    Ok(memo_account_data(state, user, since, current)
+        .await?
+        .global
+        .clone())
 }
