@@ -2,6 +2,7 @@
 
 mod account;
 mod devices;
+mod directory;
 mod ephemeral;
 mod login;
 mod profile;
@@ -124,6 +125,29 @@ pub fn client_router() -> Router<ShardState> {
         rooms::joined_members,
     );
     let r = client(r, Get, "/joined_rooms", rooms::joined_rooms);
+    let r = client(r, Put, "/directory/room/{roomAlias}", directory::put_alias);
+    let r = client(r, Get, "/directory/room/{roomAlias}", directory::get_alias);
+    let r = client(
+        r,
+        Delete,
+        "/directory/room/{roomAlias}",
+        directory::delete_alias,
+    );
+    let r = client(r, Get, "/rooms/{roomId}/aliases", directory::room_aliases);
+    let r = client(
+        r,
+        Get,
+        "/directory/list/room/{roomId}",
+        directory::get_visibility,
+    );
+    let r = client(
+        r,
+        Put,
+        "/directory/list/room/{roomId}",
+        directory::put_visibility,
+    );
+    let r = client(r, Get, "/publicRooms", directory::public_rooms_get);
+    let r = client(r, Post, "/publicRooms", directory::public_rooms_post);
     ephemeral_routes(r)
 }
 

@@ -1,8 +1,9 @@
 //! Profiles (client-server API, "Profiles"): display name and avatar URL of
 //! local users.
 //!
-//! TODO(rooms): a change must also be reflected into the user's
-//! `m.room.member` events in every joined room once rooms exist.
+//! A change is also sent into the user's `m.room.member` event in every
+//! room they are joined to (spec "Events on change of profile
+//! information"; `rooms::member_profile`).
 
 use std::rc::Rc;
 
@@ -12,6 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::auth;
 use crate::auth::store::{self, ProfileField};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
+use crate::rooms::member_profile;
 use crate::server::ShardState;
 
 /// Synapse's limits.
@@ -107,6 +109,14 @@ async fn set_field(state: Rc<ShardState>, req: Request, field: ProfileField) -> 
         store::set_profile_field(&st.db, &uid, field, value.as_deref()).await
     })
     .await?;
+    // Rooms that refuse the new member event are logged, not fatal.
+    match member_profile::propagate(&state.mesh, &state.db, &me.user_id).await {
+        Ok(r) if r.failed > 0 => {
+            tracing::warn!(user = %me.user_id, failed = r.failed, "profile not updated in some rooms")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(user = %me.user_id, error = %e, "profile not updated in rooms"),
+    }
     Ok(Response::json(200, &json!({})))
 }
 

@@ -10,9 +10,9 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::{self, Requester};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
-use crate::rooms::client;
 use crate::rooms::create::{to_canonical_json, CreateRoomRequest};
 use crate::rooms::EventRequest;
+use crate::rooms::{alias, client};
 use crate::server::ShardState;
 
 use super::util::json_body;
@@ -82,6 +82,9 @@ pub async fn put_state(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let event_type = req.param_str("eventType")?.into_owned();
     let state_key = state_key_param(&req)?;
     let content = content_body(&req)?;
+    if event_type == "m.room.canonical_alias" && state_key.is_empty() {
+        check_canonical_alias(&state, &room_id, &content).await?;
+    }
     let id = client::send_event(
         &state.mesh,
         EventRequest {
@@ -95,6 +98,22 @@ pub async fn put_state(state: Rc<ShardState>, req: Request) -> HandlerResult {
     )
     .await?;
     Ok(Response::json(200, &json!({ "event_id": id })))
+}
+
+/// Spec `PUT /rooms/{roomId}/state/...` errors: the aliases of a canonical
+/// alias event must be valid (`M_INVALID_PARAM`) and the ones it adds must
+/// point to this room (`M_BAD_ALIAS`). Checked before the event is built,
+/// so this comes before the auth rules' 403.
+async fn check_canonical_alias(
+    state: &ShardState,
+    room_id: &OwnedRoomId,
+    content: &ruma::CanonicalJsonObject,
+) -> Result<(), MatrixError> {
+    let json = serde_json::to_value(content).map_err(|e| MatrixError::bad_json(e.to_string()))?;
+    let new = json.as_object().cloned().unwrap_or_default();
+    let previous = alias::current_canonical(&state.db, room_id).await?;
+    alias::check_canonical(&state.db, room_id, &new, previous.as_ref()).await?;
+    Ok(())
 }
 
 /// `GET /rooms/{roomId}/state/{eventType}[/{stateKey}]`.
@@ -139,18 +158,20 @@ async fn membership(
 }
 
 /// `POST /rooms/{roomId}/join` and `POST /join/{roomIdOrAlias}` (local
-/// room ids only: aliases and federation joins are not there yet).
+/// rooms only, by id or local alias: federation joins are not there yet).
 pub async fn join(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = user(&state, &req).await?;
     let raw = req
         .raw_param("roomId")
         .map(|_| req.param_str("roomId"))
         .unwrap_or_else(|| req.param_str("roomIdOrAlias"))?;
-    if raw.starts_with('#') {
-        return Err(MatrixError::not_found("room aliases are not supported yet"));
-    }
-    let room_id = OwnedRoomId::try_from(raw.as_ref())
-        .map_err(|_| MatrixError::invalid_param("Invalid room id"))?;
+    let room_id = if raw.starts_with('#') {
+        let a = alias::parse(&raw).map_err(|e| MatrixError::from(e.into_room_error()))?;
+        super::directory::resolve(&state, &a).await?
+    } else {
+        OwnedRoomId::try_from(raw.as_ref())
+            .map_err(|_| MatrixError::invalid_param("Invalid room id"))?
+    };
     let target = who.user_id.to_string();
     membership(&state, room_id.clone(), who.user_id, &target, "join").await?;
     Ok(Response::json(200, &json!({ "room_id": room_id })))

@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0003_rooms.sql"),
     },
     Migration {
+        version: 5,
+        name: "directory",
+        sql: include_str!("../../migrations/0005_directory.sql"),
+    },
+    Migration {
         version: 6,
         name: "ephemeral",
         sql: include_str!("../../migrations/0006_ephemeral.sql"),

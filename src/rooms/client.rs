@@ -12,8 +12,14 @@ use crate::mesh::{shard_for_room, MeshEndpoint};
 use super::create::{self, CreatePlan, CreateRoomRequest};
 use super::service::{local, EventRequest, Rooms};
 use super::RoomError;
+use super::{alias, member_profile};
 
-async fn on_owner<F, Fut, T>(mesh: &MeshEndpoint, room: &OwnedRoomId, f: F) -> Result<T, RoomError>
+/// Runs `f` on the room's owner shard with that shard's service.
+pub(crate) async fn on_owner<F, Fut, T>(
+    mesh: &MeshEndpoint,
+    room: &OwnedRoomId,
+    f: F,
+) -> Result<T, RoomError>
 where
     F: FnOnce(std::rc::Rc<Rooms>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, RoomError>> + 'static,
@@ -31,12 +37,42 @@ pub async fn create_room(
     creator: OwnedUserId,
     req: CreateRoomRequest,
 ) -> Result<OwnedRoomId, RoomError> {
-    let plan = create::plan(req, &creator, &local()?.key)?;
+    let here = local()?;
+    let mut plan = create::plan(req, &creator, &here.key)?;
     let room_id = plan.room_id.clone();
-    on_owner(mesh, &room_id.clone(), move |rooms| async move {
-        run_create(&rooms, plan, creator).await
-    })
-    .await?;
+    member_profile::fill_create_plan(&here.db, &mut plan.events).await?;
+    // The alias is reserved before the room exists (spec: M_ROOM_IN_USE
+    // and no room when it is taken) and released if creation fails.
+    let alias = plan.alias.clone();
+    if let Some(a) = &alias {
+        if !alias::insert(&here.db, a, &room_id, creator.as_str()).await? {
+            return Err(RoomError::RoomInUse(format!(
+                "Room alias {a} already taken"
+            )));
+        }
+    }
+    let created = async {
+        for (ty, key, content) in &plan.events {
+            if ty == "m.room.canonical_alias" && key.is_empty() {
+                let json = serde_json::to_value(content)
+                    .map_err(|e| RoomError::Internal(e.to_string()))?;
+                let map = json.as_object().cloned().unwrap_or_default();
+                alias::check_canonical(&here.db, &room_id, &map, None).await?;
+            }
+        }
+        let rid = room_id.clone();
+        on_owner(mesh, &rid, move |rooms| async move {
+            run_create(&rooms, plan, creator).await
+        })
+        .await
+    }
+    .await;
+    if let (Err(_), Some(a)) = (&created, &alias) {
+        if let Err(e) = alias::delete(&here.db, a, &room_id).await {
+            tracing::warn!(alias = %a, error = %e, "could not release the alias of a failed createRoom");
+        }
+    }
+    created?;
     Ok(room_id)
 }
 
@@ -89,6 +125,7 @@ pub async fn set_membership(
     if let Some(r) = reason {
         content.insert("reason".into(), r.into());
     }
+    member_profile::fill(&local()?.db, target, &mut content).await?;
     send_event(
         mesh,
         EventRequest {

@@ -2,7 +2,7 @@
 //! order of the client-server spec's "Room creation" section.
 
 use ruma::canonical_json::{self, CanonicalJsonObject, CanonicalJsonValue};
-use ruma::{OwnedRoomId, OwnedUserId};
+use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -37,6 +37,8 @@ pub struct CreateRoomRequest {
     pub visibility: Option<String>,
     #[serde(default)]
     pub is_direct: bool,
+    /// Local part of an alias to create for the room (`#name:our.server`).
+    pub room_alias_name: Option<String>,
 }
 
 /// A state event to send after the create event, by the creator.
@@ -50,6 +52,8 @@ pub struct CreatePlan {
     pub create: Pdu,
     pub events: Vec<PlannedEvent>,
     pub is_public: bool,
+    /// The alias `room_alias_name` asks for, to map to the room.
+    pub alias: Option<OwnedRoomAliasId>,
 }
 
 pub fn to_canonical_json(v: Map<String, Value>) -> Result<CanonicalJsonObject, RoomError> {
@@ -92,6 +96,12 @@ pub fn plan(
     ) {
         return Err(RoomError::BadJson(format!("unknown preset {preset}")));
     }
+    let alias = req
+        .room_alias_name
+        .as_deref()
+        .map(|name| super::alias::local_alias(name, key.server_name.as_str()))
+        .transpose()
+        .map_err(super::alias::AliasError::into_room_error)?;
     let invites = req
         .invite
         .iter()
@@ -189,6 +199,10 @@ pub fn plan(
         }
     }
     push("m.room.power_levels", "", pl)?;
+    // 4. The canonical alias, when room_alias_name asked for one.
+    if let Some(a) = &alias {
+        push("m.room.canonical_alias", "", json!({"alias": a}))?;
+    }
     // 5. Preset state, unless initial_state sets the same key.
     let overridden = |t: &str| {
         req.initial_state
@@ -246,5 +260,6 @@ pub fn plan(
         create,
         events,
         is_public,
+        alias,
     })
 }

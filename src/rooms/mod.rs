@@ -9,8 +9,11 @@
 //! room heads (current state + extremities) and events, touched only by
 //! that shard. State storage: see [`state`] and docs/ARCHITECTURE.md.
 
+pub mod alias;
 pub mod client;
 pub mod create;
+pub mod directory;
+pub mod member_profile;
 pub mod pdu;
 pub mod service;
 pub mod state;
@@ -41,6 +44,21 @@ pub enum RoomError {
     Mesh(#[from] MeshError),
     #[error("{0}")]
     Internal(String),
+    /// 400 `M_INVALID_PARAM` (e.g. an alias with bad syntax).
+    #[error("{0}")]
+    InvalidParam(String),
+    /// 400 `M_UNKNOWN`: invalid in a way the spec gives no code for.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 400 `M_ROOM_IN_USE`: `createRoom`'s alias is taken.
+    #[error("{0}")]
+    RoomInUse(String),
+    /// 409 `M_UNKNOWN`: `PUT /directory/room/{alias}` on a taken alias.
+    #[error("{0}")]
+    AliasTaken(String),
+    /// 400 `M_BAD_ALIAS`: a canonical alias not pointing to the room.
+    #[error("{0}")]
+    BadAlias(String),
 }
 
 impl From<RoomError> for MatrixError {
@@ -56,6 +74,11 @@ impl From<RoomError> for MatrixError {
             RoomError::Db(e) => MatrixError::from(e),
             RoomError::Mesh(e) => MatrixError::unknown(e.to_string()),
             RoomError::Internal(m) => MatrixError::unknown(m),
+            RoomError::InvalidParam(m) => MatrixError::invalid_param(m),
+            RoomError::BadRequest(m) => MatrixError::bad_request(m),
+            RoomError::RoomInUse(m) => MatrixError::room_in_use(m),
+            RoomError::AliasTaken(m) => MatrixError::new(409, "M_UNKNOWN", m),
+            RoomError::BadAlias(m) => MatrixError::new(400, "M_BAD_ALIAS", m),
         }
     }
 }

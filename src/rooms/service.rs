@@ -228,6 +228,34 @@ impl Rooms {
         self.append(&head, req, false).await
     }
 
+    /// Like [`Rooms::send`], but the request is built under the room's lock
+    /// from its current head, so it is based on the state it will apply
+    /// to (read-modify-write of state such as a member event's profile or
+    /// `m.room.canonical_alias`). `build` must not send to this room
+    /// itself. `Ok(None)`: `build` decided there is nothing to send.
+    pub async fn send_built<F, Fut>(
+        &self,
+        room_id: &OwnedRoomId,
+        build: F,
+    ) -> Result<Option<Rc<Pdu>>, RoomError>
+    where
+        F: FnOnce(Rc<RoomHead>) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<EventRequest>, RoomError>>,
+    {
+        self.check_owner(room_id)?;
+        let _guard = self.room_locks.queue(room_id.clone()).await;
+        let head = self.head(room_id).await?;
+        let Some(req) = build(head.clone()).await? else {
+            return Ok(None);
+        };
+        if &req.room_id != room_id {
+            return Err(RoomError::Internal(
+                "send_built: request for another room".into(),
+            ));
+        }
+        self.append(&head, req, false).await.map(Some)
+    }
+
     async fn txn_event(
         &self,
         req: &EventRequest,
