@@ -30,6 +30,7 @@ use lru::LruCache;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value};
 
+use crate::primitives::SharedFuture;
 use crate::server::ShardState;
 use crate::stream::StreamToken;
 
@@ -155,12 +156,14 @@ pub async fn set_presence(
 }
 
 type MemoKey = (OwnedUserId, Option<StreamToken>, StreamToken);
+type Shared<T> = SharedFuture<Result<Rc<T>, Rc<EphError>>>;
 
-/// Receipts (per room) and account data of one sync, computed once.
+/// Receipts (per room) and account data of one sync, computed once even
+/// when the builder asks for many rooms concurrently.
 #[derive(Default)]
 struct Memo {
-    receipts: Option<Rc<BTreeMap<OwnedRoomId, Vec<Value>>>>,
-    account_data: Option<Rc<AccountDataSync>>,
+    receipts: Option<Shared<BTreeMap<OwnedRoomId, Vec<Value>>>>,
+    account_data: Option<Shared<AccountDataSync>>,
 }
 
 /// Syncs in flight on one shard at once, roughly: enough to keep each
@@ -176,6 +179,26 @@ fn memo_key(user: &UserId, since: Option<&StreamToken>, current: &StreamToken) -
     (user.to_owned(), since.cloned(), current.clone())
 }
 
+/// The memo entry's computation picked by `field`, started with `start` if
+/// there is none yet.
+async fn memoized<T: 'static>(
+    key: MemoKey,
+    field: fn(&mut Memo) -> &mut Option<Shared<T>>,
+    start: impl FnOnce() -> Shared<T>,
+) -> Result<Rc<T>, EphError> {
+    let shared = MEMO.with(|m| {
+        let mut m = m.borrow_mut();
+        let entry = m.get_or_insert_mut(key.clone(), Memo::default);
+        field(entry).get_or_insert_with(start).clone()
+    });
+    let r = shared.observe().await;
+    if r.is_err() {
+        // Not remembered: a retry computes afresh.
+        MEMO.with(|m| m.borrow_mut().pop(&key));
+    }
+    r.map_err(|e| EphError::Internal(e.to_string()))
+}
+
 fn joined_rooms(state: &ShardState, user: &UserId) -> Vec<OwnedRoomId> {
     state
         .notifier
@@ -188,38 +211,30 @@ fn joined_rooms(state: &ShardState, user: &UserId) -> Vec<OwnedRoomId> {
 
 /// `rooms.join.{room}.ephemeral.events` of one room: its `m.typing` if it
 /// changed, and its receipts (one query for all the user's joined rooms,
-/// remembered for the rest of this sync).
+/// shared by the rest of this sync).
 pub async fn room_ephemeral_of(
-    state: &ShardState,
+    state: &Rc<ShardState>,
     user: &UserId,
     room: &RoomId,
     since: Option<&StreamToken>,
     current: &StreamToken,
 ) -> Result<Vec<Value>, EphError> {
-    let key = memo_key(user, since, current);
-    let cached = MEMO.with(|m| m.borrow_mut().get(&key).and_then(|e| e.receipts.clone()));
-    let all = match cached {
-        Some(all) => all,
-        None => {
-            let rooms = joined_rooms(state, user);
-            let all = Rc::new(room_receipts_only(state, user, &rooms, since, current).await?);
-            MEMO.with(|m| {
-                let mut m = m.borrow_mut();
-                if let Some(e) = m.get_mut(&key) {
-                    e.receipts = Some(all.clone());
-                } else {
-                    m.put(
-                        key,
-                        Memo {
-                            receipts: Some(all.clone()),
-                            account_data: None,
-                        },
-                    );
-                }
-            });
-            all
-        }
-    };
+    let all = memoized(
+        memo_key(user, since, current),
+        |m| &mut m.receipts,
+        || {
+            let (state, user) = (state.clone(), user.to_owned());
+            let (since, current) = (since.cloned(), current.clone());
+            SharedFuture::spawn(async move {
+                let rooms = joined_rooms(&state, &user);
+                room_receipts_only(&state, &user, &rooms, since.as_ref(), &current)
+                    .await
+                    .map(Rc::new)
+                    .map_err(Rc::new)
+            })
+        },
+    )
+    .await?;
     let room = room.to_owned();
     let mut out: Vec<Value> = typing(state, std::slice::from_ref(&room), since)
         .into_iter()
@@ -227,8 +242,8 @@ pub async fn room_ephemeral_of(
         .collect();
     match all.get(&room) {
         Some(evs) => out.extend(evs.iter().cloned()),
-        // A room the user joined after the memo was made: ask alone.
         None if !joined_rooms(state, user).contains(&room) => {}
+        // Joined after the shared query was made: ask for this room alone.
         None => {
             let one = room_receipts_only(state, user, std::slice::from_ref(&room), since, current)
                 .await?;
@@ -265,40 +280,31 @@ async fn room_receipts_only(
 }
 
 async fn memo_account_data(
-    state: &ShardState,
+    state: &Rc<ShardState>,
     user: &UserId,
     since: Option<&StreamToken>,
     current: &StreamToken,
 ) -> Result<Rc<AccountDataSync>, EphError> {
-    let key = memo_key(user, since, current);
-    if let Some(a) = MEMO.with(|m| {
-        m.borrow_mut()
-            .get(&key)
-            .and_then(|e| e.account_data.clone())
-    }) {
-        return Ok(a);
-    }
-    let a = Rc::new(account_data(state, user, since, current).await?);
-    MEMO.with(|m| {
-        let mut m = m.borrow_mut();
-        if let Some(e) = m.get_mut(&key) {
-            e.account_data = Some(a.clone());
-        } else {
-            m.put(
-                key,
-                Memo {
-                    receipts: None,
-                    account_data: Some(a.clone()),
-                },
-            );
-        }
-    });
-    Ok(a)
+    memoized(
+        memo_key(user, since, current),
+        |m| &mut m.account_data,
+        || {
+            let (state, user) = (state.clone(), user.to_owned());
+            let (since, current) = (since.cloned(), current.clone());
+            SharedFuture::spawn(async move {
+                account_data(&state, &user, since.as_ref(), &current)
+                    .await
+                    .map(Rc::new)
+                    .map_err(Rc::new)
+            })
+        },
+    )
+    .await
 }
 
 /// `rooms.*.{room}.account_data.events` of one room (one query per sync).
 pub async fn room_account_data_of(
-    state: &ShardState,
+    state: &Rc<ShardState>,
     user: &UserId,
     room: &RoomId,
     since: Option<&StreamToken>,
@@ -315,7 +321,7 @@ pub async fn room_account_data_of(
 /// Top-level `account_data.events` (one query per sync, shared with the
 /// rooms' account data).
 pub async fn global_account_data(
-    state: &ShardState,
+    state: &Rc<ShardState>,
     user: &UserId,
     since: Option<&StreamToken>,
     current: &StreamToken,
