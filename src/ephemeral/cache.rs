@@ -47,6 +47,10 @@ pub struct SyncCache {
     to_device: RefCell<HashMap<OwnedUserId, (usize, i64)>>,
     presence: RefCell<HashMap<OwnedUserId, PresenceEntry>>,
     presence_by_pos: RefCell<BTreeMap<(usize, i64), OwnedUserId>>,
+    /// Last change of a user's data *in one room* that only they see (room
+    /// account data, tags, read marker, private receipts): such a room has
+    /// something new for them although the room itself did not change.
+    user_room: RefCell<HashMap<(OwnedUserId, OwnedRoomId), (usize, i64)>>,
 }
 
 impl SyncCache {
@@ -60,6 +64,7 @@ impl SyncCache {
             to_device: RefCell::default(),
             presence: RefCell::default(),
             presence_by_pos: RefCell::default(),
+            user_room: RefCell::default(),
         }
     }
 
@@ -84,11 +89,6 @@ impl SyncCache {
                 room_id,
                 pos: Pos::Persisted(pos),
                 what: RoomChange::Receipt,
-            }
-            | Change::User {
-                pos: Pos::Persisted(pos),
-                what: UserChange::PrivateReceipt { room_id },
-                ..
             } => {
                 self.receipts
                     .borrow_mut()
@@ -97,11 +97,28 @@ impl SyncCache {
             Change::User {
                 user_id,
                 pos: Pos::Persisted(pos),
-                what: UserChange::AccountData { .. },
+                what: UserChange::PrivateReceipt { room_id },
+            } => {
+                self.receipts
+                    .borrow_mut()
+                    .insert(room_id.clone(), (shard, *pos));
+                self.user_room
+                    .borrow_mut()
+                    .insert((user_id.clone(), room_id.clone()), (shard, *pos));
+            }
+            Change::User {
+                user_id,
+                pos: Pos::Persisted(pos),
+                what: UserChange::AccountData { room_id },
             } => {
                 self.account_data
                     .borrow_mut()
                     .insert(user_id.clone(), (shard, *pos));
+                if let Some(room_id) = room_id {
+                    self.user_room
+                        .borrow_mut()
+                        .insert((user_id.clone(), room_id.clone()), (shard, *pos));
+                }
             }
             Change::User {
                 user_id,
@@ -160,6 +177,18 @@ impl SyncCache {
     /// Whether a to-device message for `user` may have arrived after `since`.
     pub fn to_device_changed(&self, user: &UserId, since: &StreamToken) -> bool {
         self.changed(self.to_device.borrow().get(user).copied(), since)
+    }
+
+    /// Whether `user`'s own data in `room` (room account data, tags, read
+    /// marker, private receipts) changed after `since`, while the room
+    /// itself may not have: the sync builder must visit the room then.
+    /// Unknown pairs count as unchanged (a token from before the start
+    /// makes the builder visit every room anyway).
+    pub fn user_room_changed(&self, user: &UserId, room: &RoomId, since: &StreamToken) -> bool {
+        self.user_room
+            .borrow()
+            .get(&(user.to_owned(), room.to_owned()))
+            .is_some_and(|&(s, p)| p > since.persisted(s))
     }
 
     /// `user`'s presence as last announced.

@@ -4,7 +4,7 @@
 //! Created on first use (a thread-local: mesh jobs reach it too).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use ruma::{OwnedRoomId, OwnedUserId};
 
 use crate::primitives::RealClock;
 use crate::server::ShardState;
-use crate::stream::{Change, Pos, RoomChange};
+use crate::stream::{Change, Pos, RoomChange, ShardPos};
 
 use super::presence::LocalPresence;
 use super::typing::Typing;
@@ -22,9 +22,11 @@ pub struct EphService {
     pub typing: Rc<Typing>,
     /// Presence of this shard's users (those who ever set one).
     pub presence: RefCell<HashMap<OwnedUserId, LocalPresence>>,
-    /// `(user, device)` pairs whose last sync delivered to-device messages:
-    /// their next sync must look at the database even if nothing new came.
-    pub to_device_outstanding: RefCell<HashSet<(OwnedUserId, String)>>,
+    /// `(user, device)` pairs whose last computed sync delivered to-device
+    /// messages, with the mark it gave them (a sync at or past the mark
+    /// acknowledges them, even one answered by the cheap path) and whether
+    /// more were left waiting (the next sync must fetch them).
+    pub to_device_outstanding: RefCell<HashMap<(OwnedUserId, String), (ShardPos, bool)>>,
 }
 
 thread_local! {

@@ -63,6 +63,21 @@ pub fn typing(
         .collect()
 }
 
+/// Whether the sync builder must visit `room` for `user` although the
+/// room itself did not change after `since`: the user's own room account
+/// data, tags, read marker or private receipt there did.
+pub fn user_room_changed(
+    state: &ShardState,
+    user: &UserId,
+    room: &RoomId,
+    since: &StreamToken,
+) -> bool {
+    state
+        .notifier
+        .ephemeral
+        .user_room_changed(user, room, since)
+}
+
 /// `ephemeral.events` per joined room: `m.typing` and `m.receipt` (the
 /// receipts stored after `since`, the user's own private ones included).
 /// Rooms with nothing are absent.
@@ -141,6 +156,24 @@ pub async fn to_device(
         device.to_owned(),
         since.cloned(),
         current.clone(),
+    )
+    .await
+}
+
+/// The to-device acknowledgement of a sync with `since`: to be called on
+/// every incremental sync, the cheap path included (memory only unless
+/// messages delivered earlier are now acknowledged).
+pub async fn acknowledge_to_device(
+    state: &ShardState,
+    user: &UserId,
+    device: &str,
+    since: &StreamToken,
+) -> Result<(), EphError> {
+    td::acknowledge(
+        &state.mesh,
+        user.to_owned(),
+        device.to_owned(),
+        since.clone(),
     )
     .await
 }

@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use crate::db::{SqlValue, Write};
 use crate::mesh::{shard_for_user, MeshEndpoint};
 use crate::server::ShardState;
-use crate::stream::{Change, Pos, StreamToken, UserChange};
+use crate::stream::{Change, Pos, ShardPos, StreamToken, UserChange};
 
 use super::{now_ms, on_shard, service, shard_i32, EphError};
 
@@ -174,6 +174,62 @@ pub async fn for_sync(
     .await
 }
 
+/// Deletes what earlier responses delivered to `(user, device)` at or
+/// before `since` (the acknowledgement). Memory only unless something is
+/// outstanding: cheap enough for the sync's cheap path, which must call
+/// [`acknowledge`] so a client never gets a message back once it synced
+/// past it.
+pub async fn acknowledge(
+    mesh: &MeshEndpoint,
+    user: OwnedUserId,
+    device: String,
+    since: StreamToken,
+) -> Result<(), EphError> {
+    let target = shard_for_user(&user, mesh.n_shards());
+    on_shard(mesh, target, move |state| async move {
+        ack(&state, &user, &device, &since).await
+    })
+    .await
+}
+
+async fn ack(
+    state: &ShardState,
+    user: &UserId,
+    device: &str,
+    since: &StreamToken,
+) -> Result<(), EphError> {
+    let svc = service::get(state);
+    let key = (user.to_owned(), device.to_owned());
+    let at = since.get(state.stream.shard());
+    let entry = svc.to_device_outstanding.borrow().get(&key).copied();
+    if let Some((m, more)) = entry {
+        if m.persisted <= at.persisted && m.ephemeral <= at.ephemeral {
+            delete_acknowledged(state, user, device, at).await?;
+            if !more {
+                svc.to_device_outstanding.borrow_mut().remove(&key);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete_acknowledged(
+    state: &ShardState,
+    user: &UserId,
+    device: &str,
+    at: ShardPos,
+) -> Result<(), EphError> {
+    state
+        .db
+        .execute(
+            "DELETE FROM device_inbox WHERE user_id = $1 AND device_id = $2 \
+             AND delivered_p IS NOT NULL AND delivered_p <= $3 AND delivered_e <= $4",
+            &[&user.as_str(), &device, &at.persisted, &at.ephemeral],
+        )
+        .await?;
+    Ok(())
+}
+
 async fn deliver(
     state: &ShardState,
     user: &UserId,
@@ -185,19 +241,12 @@ async fn deliver(
     let key = (user.to_owned(), device.to_owned());
     let s = state.stream.shard();
     if let Some(since) = since {
-        let outstanding = svc.to_device_outstanding.borrow().contains(&key);
+        let outstanding = svc.to_device_outstanding.borrow().contains_key(&key);
         if !outstanding && !state.notifier.ephemeral.to_device_changed(user, since) {
             return Ok(Vec::new()); // nothing delivered unacknowledged, nothing new
         }
-        let ack = since.get(s);
-        state
-            .db
-            .execute(
-                "DELETE FROM device_inbox WHERE user_id = $1 AND device_id = $2 \
-                 AND delivered_p IS NOT NULL AND delivered_p <= $3 AND delivered_e <= $4",
-                &[&user.as_str(), &device, &ack.persisted, &ack.ephemeral],
-            )
-            .await?;
+        // Marks may predate this process (no memory of them): always look.
+        delete_acknowledged(state, user, device, since.get(s)).await?;
     }
     let n = state.mesh.n_shards();
     let upto = current.persisted_vec(n);
@@ -249,7 +298,9 @@ async fn deliver(
             ],
         )
         .await?;
-    svc.to_device_outstanding.borrow_mut().insert(key);
+    svc.to_device_outstanding
+        .borrow_mut()
+        .insert(key, (mark, more));
     if more {
         bump_ephemeral(state, user, mark.ephemeral).await;
     }
