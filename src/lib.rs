@@ -18,3 +18,4 @@ pub mod rooms;
 pub mod server;
 pub mod shard;
 pub mod stream;
+pub mod sync;

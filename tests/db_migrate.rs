@@ -106,3 +106,47 @@ fn failed_migration_rolls_back_everything() {
         assert_eq!(migrate::schema_version(&c).await.unwrap(), 0);
     })
 }
+
+/// Branches can land a lower-numbered migration after a higher one was
+/// applied somewhere: it must still run (once), not be skipped.
+#[test]
+fn applies_a_lower_version_that_landed_late() {
+    run(async {
+        let c = connect_fresh().await;
+        let first = [
+            Migration {
+                version: 1,
+                name: "one",
+                sql:
+                    "CREATE TABLE schema_version (version bigint PRIMARY KEY, name text NOT NULL, \
+                      applied_at timestamptz NOT NULL DEFAULT now()); CREATE TABLE a (x int);",
+            },
+            Migration {
+                version: 3,
+                name: "three",
+                sql: "CREATE TABLE c (x int);",
+            },
+        ];
+        migrate_with(&c, &first).await.unwrap();
+        let later = [
+            first[0].clone(),
+            Migration {
+                version: 2,
+                name: "two",
+                sql: "CREATE TABLE b (x int);",
+            },
+            first[1].clone(),
+        ];
+        let r = migrate_with(&c, &later).await.unwrap();
+        assert_eq!((r.from, r.to), (3, 3));
+        c.execute("INSERT INTO b VALUES (1)", &[]).await.unwrap();
+        migrate_with(&c, &later).await.unwrap();
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM schema_version", &[])
+            .await
+            .unwrap()
+            .get(0)
+            .unwrap();
+        assert_eq!(n, 3);
+    })
+}

@@ -106,6 +106,7 @@ fn msg(room: &OwnedRoomId, sender: &OwnedUserId, body: &str) -> EventRequest {
         state_key: None,
         content: text(body),
         txn: None,
+        redacts: None,
     }
 }
 
@@ -119,6 +120,7 @@ fn topic(room: &OwnedRoomId, sender: &OwnedUserId, t: &str) -> EventRequest {
         state_key: Some(String::new()),
         content: c,
         txn: None,
+        redacts: None,
     }
 }
 

@@ -22,7 +22,7 @@ use hearth::db::{
 use serde_json::json;
 
 use crate::db_report::{Batching, DbReport, ModeResult, ServerInfo};
-use crate::report::RunResult;
+use crate::run_result::RunResult;
 
 /// One measured write or read shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,7 +7,7 @@ use hearth::db::GroupCommitStats;
 use serde_json::json;
 
 use crate::db::Mode;
-use crate::report::RunResult;
+use crate::run_result::RunResult;
 
 /// Server settings that decide what the figures mean.
 #[derive(Debug, Clone, Default)]

@@ -2,15 +2,15 @@
 //! flight, so latency is the server's and throughput is what it sustains.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::report::RunResult;
+use crate::stats::{new_hist, Metric, Progress};
 use crate::url::Target;
 
 pub struct Load {
@@ -20,14 +20,11 @@ pub struct Load {
     pub duration: Duration,
 }
 
-#[derive(Default)]
-struct ThreadStats {
-    hist: Option<Histogram<u64>>,
-    ok: u64,
-    errors: BTreeMap<String, u64>,
-}
+type ThreadStats = Metric;
 
-pub fn run(target: &Target, load: Load) -> anyhow::Result<RunResult> {
+/// Runs the load; returns the merged metric of the measured window.
+/// `progress` is bumped for every response (warm-up included).
+pub fn run(target: &Target, load: Load, progress: Arc<Progress>) -> anyhow::Result<Metric> {
     let threads = load.threads.max(1);
     let start = Instant::now();
     let measure_from = start + load.warmup;
@@ -43,6 +40,7 @@ pub fn run(target: &Target, load: Load) -> anyhow::Result<RunResult> {
         let conns = load.connections / threads + usize::from(t < load.connections % threads);
         let addr = target.addr;
         let request = request.clone();
+        let progress = progress.clone();
         handles.push(std::thread::spawn(move || -> ThreadStats {
             let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                 .enable_timer()
@@ -52,20 +50,19 @@ pub fn run(target: &Target, load: Load) -> anyhow::Result<RunResult> {
                 Err(e) => {
                     let mut s = ThreadStats::default();
                     s.errors.insert(format!("runtime: {e}"), 1);
+                    s.hist = new_hist();
                     return s;
                 }
             };
             rt.block_on(async move {
-                let stats = Rc::new(RefCell::new(ThreadStats {
-                    hist: Some(new_hist()),
-                    ..Default::default()
-                }));
+                let stats = Rc::new(RefCell::new(ThreadStats::default()));
                 let mut tasks = Vec::new();
                 for _ in 0..conns {
                     let stats = stats.clone();
                     let request = request.clone();
+                    let progress = progress.clone();
                     tasks.push(monoio::spawn(async move {
-                        connection_loop(addr, request, measure_from, end, stats).await
+                        connection_loop(addr, request, measure_from, end, stats, progress).await
                     }));
                 }
                 for t in tasks {
@@ -77,33 +74,14 @@ pub fn run(target: &Target, load: Load) -> anyhow::Result<RunResult> {
             })
         }));
     }
-    let mut merged = new_hist();
-    let mut ok = 0;
-    let mut errors = BTreeMap::new();
+    let mut merged = Metric::default();
     for h in handles {
         let s = h
             .join()
             .map_err(|_| anyhow::anyhow!("load thread panicked"))?;
-        if let Some(hist) = &s.hist {
-            merged.add(hist)?;
-        }
-        ok += s.ok;
-        for (k, v) in s.errors {
-            *errors.entry(k).or_insert(0) += v;
-        }
+        merged.merge(&s);
     }
-    Ok(RunResult {
-        ok,
-        errors,
-        elapsed: load.duration,
-        latency_us: merged,
-        connections: load.connections,
-    })
-}
-
-fn new_hist() -> Histogram<u64> {
-    // 1 µs .. 60 s at 3 significant digits.
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds")
+    Ok(merged)
 }
 
 async fn connection_loop(
@@ -112,8 +90,10 @@ async fn connection_loop(
     measure_from: Instant,
     end: Instant,
     stats: Rc<RefCell<ThreadStats>>,
+    progress: Arc<Progress>,
 ) {
     let record_err = |what: String| {
+        progress.errors.fetch_add(1, Ordering::Relaxed);
         if Instant::now() >= measure_from {
             *stats.borrow_mut().errors.entry(what).or_insert(0) += 1;
         }
@@ -147,14 +127,17 @@ async fn connection_loop(
         match read_response(s, &mut buf).await {
             Ok((status, keep)) => {
                 let now = Instant::now();
+                if (200..300).contains(&status) {
+                    progress.ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    progress.errors.fetch_add(1, Ordering::Relaxed);
+                }
                 if now >= measure_from && now < end {
                     let mut st = stats.borrow_mut();
                     if (200..300).contains(&status) {
                         st.ok += 1;
                         let us = now.duration_since(t0).as_micros().max(1) as u64;
-                        if let Some(h) = st.hist.as_mut() {
-                            h.saturating_record(us);
-                        }
+                        st.hist.saturating_record(us);
                     } else {
                         *st.errors.entry(format!("status {status}")).or_insert(0) += 1;
                     }

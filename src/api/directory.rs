@@ -161,6 +161,7 @@ async fn drop_from_canonical(
                     state_key: Some(String::new()),
                     content,
                     txn: None,
+                    redacts: None,
                 }))
             })
             .await

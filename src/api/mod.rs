@@ -7,6 +7,8 @@ mod ephemeral;
 mod login;
 mod profile;
 mod rooms;
+mod sync;
+mod timeline;
 mod util;
 mod versions;
 
@@ -109,7 +111,12 @@ pub fn client_router() -> Router<ShardState> {
         rooms::get_state_event,
     );
     let r = client(r, Get, "/rooms/{roomId}/state", rooms::get_state);
-    let r = client(r, Get, "/rooms/{roomId}/event/{eventId}", rooms::get_event);
+    let r = client(
+        r,
+        Get,
+        "/rooms/{roomId}/event/{eventId}",
+        timeline::get_event,
+    );
     let r = client(r, Post, "/rooms/{roomId}/join", rooms::join);
     let r = client(r, Post, "/join/{roomIdOrAlias}", rooms::join);
     let r = client(r, Post, "/rooms/{roomId}/leave", rooms::leave);
@@ -148,6 +155,28 @@ pub fn client_router() -> Router<ShardState> {
     );
     let r = client(r, Get, "/publicRooms", directory::public_rooms_get);
     let r = client(r, Post, "/publicRooms", directory::public_rooms_post);
+    let r = client(r, Get, "/sync", sync::sync);
+    let r = client(r, Post, "/user/{userId}/filter", sync::create_filter);
+    let r = client(r, Get, "/user/{userId}/filter/{filterId}", sync::get_filter);
+    let r = client(r, Get, "/rooms/{roomId}/messages", timeline::messages);
+    let r = client(
+        r,
+        Get,
+        "/rooms/{roomId}/context/{eventId}",
+        timeline::context,
+    );
+    let r = client(
+        r,
+        Put,
+        "/rooms/{roomId}/redact/{eventId}/{txnId}",
+        timeline::redact,
+    );
+    let r = client(r, Post, "/rooms/{roomId}/forget", timeline::forget);
+    let r = r.route(
+        Get,
+        "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event",
+        timeline::timestamp_to_event,
+    );
     ephemeral_routes(r)
 }
 

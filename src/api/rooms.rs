@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use ruma::{OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -61,6 +61,7 @@ pub async fn send(state: Rc<ShardState>, req: Request) -> HandlerResult {
             state_key: None,
             content,
             txn: Some((who.device_id, txn)),
+            redacts: None,
         },
     )
     .await?;
@@ -94,6 +95,7 @@ pub async fn put_state(state: Rc<ShardState>, req: Request) -> HandlerResult {
             state_key: Some(state_key),
             content,
             txn: None,
+            redacts: None,
         },
     )
     .await?;
@@ -133,17 +135,6 @@ pub async fn get_state(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let room_id = room_param(&req)?;
     let events = client::get_state(&state.mesh, who.user_id, room_id).await?;
     Ok(Response::json(200, &events))
-}
-
-/// `GET /rooms/{roomId}/event/{eventId}`.
-pub async fn get_event(state: Rc<ShardState>, req: Request) -> HandlerResult {
-    let who = user(&state, &req).await?;
-    let room_id = room_param(&req)?;
-    let raw = req.param_str("eventId")?;
-    let event_id = OwnedEventId::try_from(raw.as_ref())
-        .map_err(|_| MatrixError::not_found("event not found"))?;
-    let ev = client::get_event(&state.mesh, who.user_id, room_id, event_id).await?;
-    Ok(Response::json(200, &ev))
 }
 
 async fn membership(
@@ -266,12 +257,25 @@ pub async fn members(state: Rc<ShardState>, req: Request) -> HandlerResult {
             ))),
         }
     };
+    let (membership, not_membership) = (filter("membership")?, filter("not_membership")?);
+    if let Some(at) = super::timeline::token_param(&req, "at")? {
+        let chunk = super::timeline::members_at(
+            &state,
+            &who,
+            &room_id,
+            &at,
+            membership.as_deref(),
+            not_membership.as_deref(),
+        )
+        .await?;
+        return Ok(Response::json(200, &json!({ "chunk": chunk })));
+    }
     let chunk = client::members(
         &state.mesh,
         who.user_id,
         room_id,
-        filter("membership")?,
-        filter("not_membership")?,
+        membership,
+        not_membership,
     )
     .await?;
     Ok(Response::json(200, &json!({ "chunk": chunk })))

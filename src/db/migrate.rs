@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0003_rooms.sql"),
     },
     Migration {
+        version: 4,
+        name: "timeline",
+        sql: include_str!("../../migrations/0004_timeline.sql"),
+    },
+    Migration {
         version: 5,
         name: "directory",
         sql: include_str!("../../migrations/0005_directory.sql"),
@@ -44,6 +49,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "ephemeral",
         sql: include_str!("../../migrations/0006_ephemeral.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "sync",
+        sql: include_str!("../../migrations/0007_sync.sql"),
     },
 ];
 
@@ -100,18 +110,20 @@ pub async fn migrate_with(
         .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
         .await?
         .get(0)?;
-    let from: i64 = if exists {
-        tx.query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
-            .await?
-            .get(0)?
-    } else {
-        0
-    };
+    // Every applied version, not just the highest: a migration numbered
+    // below one already applied (branches landing out of order) still runs.
+    let mut applied = std::collections::BTreeSet::new();
+    if exists {
+        for row in tx.query("SELECT version FROM schema_version", &[]).await? {
+            applied.insert(row.get::<i64>(0)?);
+        }
+    }
+    let from: i64 = applied.last().copied().unwrap_or(0);
     if from > known {
         tx.rollback().await?;
         return Err(DbError::SchemaTooNew { found: from, known });
     }
-    for m in migrations.iter().filter(|m| m.version > from) {
+    for m in migrations.iter().filter(|m| !applied.contains(&m.version)) {
         let wrap = |e: DbError| DbError::Migration {
             version: m.version,
             name: m.name,

@@ -94,6 +94,7 @@ async fn run_create(
                 state_key: Some(state_key),
                 content,
                 txn: None,
+                redacts: None,
             })
             .await?;
     }
@@ -135,6 +136,7 @@ pub async fn set_membership(
             state_key: Some(target.to_owned()),
             content,
             txn: None,
+            redacts: None,
         },
     )
     .await
@@ -159,15 +161,9 @@ pub async fn get_state(
     on_owner(mesh, &room_id.clone(), move |rooms| async move {
         require_joined(&rooms, &room_id, user.as_str()).await?;
         let head = rooms.head(&room_id).await?;
-        let mut out = Vec::with_capacity(head.state.len());
-        for id in head.state.values() {
-            let id = OwnedEventId::try_from(id.as_str())
-                .map_err(|e| RoomError::Internal(e.to_string()))?;
-            if let Some(p) = rooms.event(&id).await? {
-                out.push(p.client_format());
-            }
-        }
-        Ok(out)
+        let ids: Vec<String> = head.state.values().cloned().collect();
+        // Served like every event: redactions applied, unsigned filled.
+        super::serve::client_events_by_id(&rooms.db, &ids, None).await
     })
     .await
 }
@@ -189,13 +185,12 @@ pub async fn get_state_event(
             .ok_or_else(|| {
                 RoomError::NotFound(format!("no {event_type} state for '{state_key}'"))
             })?;
-        let id =
-            OwnedEventId::try_from(id.as_str()).map_err(|e| RoomError::Internal(e.to_string()))?;
-        let p = rooms
-            .event(&id)
-            .await?
+        let mut served =
+            super::serve::client_events_by_id(&rooms.db, std::slice::from_ref(id), None).await?;
+        let ev = served
+            .pop()
             .ok_or_else(|| RoomError::NotFound("event not found".into()))?;
-        Ok(p.client_format()["content"].clone())
+        Ok(ev["content"].clone())
     })
     .await
 }
@@ -249,17 +244,15 @@ pub async fn members(
     on_owner(mesh, &room_id.clone(), move |rooms| async move {
         require_joined(&rooms, &room_id, user.as_str()).await?;
         let head = rooms.head(&room_id).await?;
+        let ids: Vec<String> = head
+            .state
+            .iter()
+            .filter(|((ty, _), _)| ty == "m.room.member")
+            .map(|(_, id)| id.clone())
+            .collect();
+        let served = super::serve::client_events_by_id(&rooms.db, &ids, None).await?;
         let mut out = Vec::new();
-        for ((ty, _), id) in head.state.iter() {
-            if ty != "m.room.member" {
-                continue;
-            }
-            let id = OwnedEventId::try_from(id.as_str())
-                .map_err(|e| RoomError::Internal(e.to_string()))?;
-            let Some(p) = rooms.event(&id).await? else {
-                continue;
-            };
-            let ev = p.client_format();
+        for ev in served {
             let m = ev["content"]["membership"].as_str().unwrap_or_default();
             if membership.as_deref().is_some_and(|want| want != m)
                 || not_membership.as_deref().is_some_and(|not| not == m)

@@ -149,6 +149,7 @@ async fn refresh(
                 state_key: Some(user.to_string()),
                 content,
                 txn: None,
+                redacts: None,
             }))
         })
         .await?;

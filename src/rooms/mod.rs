@@ -13,17 +13,27 @@ pub mod alias;
 pub mod client;
 pub mod create;
 pub mod directory;
+pub mod event_filter;
+pub mod forget;
+pub mod history;
 pub mod member_profile;
 pub mod pdu;
+pub mod redaction;
+pub mod serve;
 pub mod service;
 pub mod state;
+pub mod timeline;
+pub mod visibility;
 
 use crate::db::DbError;
 use crate::http::MatrixError;
 use crate::mesh::MeshError;
 
+pub use forget::{forgotten_rooms, is_forgotten};
 pub use pdu::Pdu;
+pub use serve::{client_events, Viewer};
 pub use service::{install, local, EventRequest, Rooms};
+pub use timeline::{PageToken, RoomToken};
 
 /// Errors of room operations, mapped to Matrix errors at the HTTP edge.
 #[derive(Debug, thiserror::Error)]

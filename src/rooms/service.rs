@@ -50,6 +50,9 @@ pub struct EventRequest {
     pub content: CanonicalJsonObject,
     /// `(device_id, txn_id)` for idempotent `PUT /send`.
     pub txn: Option<(String, String)>,
+    /// For `m.room.redaction`: the event redacted (placed top-level or in
+    /// `content` by the room version; see `rooms::redaction`).
+    pub redacts: Option<OwnedEventId>,
 }
 
 /// One shard's room service.
@@ -308,10 +311,12 @@ impl Rooms {
     async fn append(
         &self,
         head: &RoomHead,
-        req: EventRequest,
+        mut req: EventRequest,
         _internal: bool,
     ) -> Result<Rc<Pdu>, RoomError> {
         let version = head.version;
+        super::redaction::prepare(&mut req)?;
+        super::redaction::authorize(self, head, &req).await?;
         let rules = &version.rules().authorization;
         let content_raw = serde_json::value::to_raw_value(&req.content)
             .map_err(|e| RoomError::BadJson(e.to_string()))?;
@@ -365,7 +370,7 @@ impl Rooms {
                 auth_events,
                 depth: head.max_depth + 1,
                 origin_server_ts: now_ms(),
-                redacts: None,
+                redacts: req.redacts.clone(),
             },
             &self.key,
         )
@@ -404,6 +409,11 @@ impl Rooms {
         let mut new_state = head.state.clone();
         let mut snapshot = head.snapshot;
         let mut snap_write = None;
+        // unsigned.prev_content / replaces_state, served by `rooms::serve`.
+        let prev_state: Option<String> = pdu
+            .state_key
+            .as_ref()
+            .and_then(|k| head.state.get(&(pdu.kind.to_string(), k.clone())).cloned());
         if let Some(k) = &pdu.state_key {
             new_state.insert((pdu.kind.to_string(), k.clone()), pdu.event_id.to_string());
             let snap = state::plan(
@@ -421,8 +431,8 @@ impl Rooms {
         let shard = i32::try_from(self.shard).map_err(|_| RoomError::Internal("shard".into()))?;
         let mut w = Write::new().statement(
             "INSERT INTO events (stream_ordering, room_id, event_id, sender, type, json, \
-             state_key, depth, snapshot_id, stream_shard) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             state_key, depth, snapshot_id, stream_shard, prev_state_event_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             vec![
                 stream.into(),
                 room.clone().into(),
@@ -434,8 +444,10 @@ impl Rooms {
                 (pdu.depth as i64).into(),
                 snapshot_id.into(),
                 shard.into(),
+                prev_state.into(),
             ],
         );
+        w = super::redaction::record(w, &pdu);
         if let Some(public) = create_public {
             w = w.statement(
                 "INSERT INTO rooms (room_id, room_version, creator, is_public, current_snapshot) \

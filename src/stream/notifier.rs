@@ -41,7 +41,13 @@ pub struct Notifier {
     /// What `/sync` needs of the ephemeral and per-user streams (typing
     /// sets, presence, receipt/account-data positions), fed by `apply`.
     pub ephemeral: crate::ephemeral::SyncCache,
+    /// Observers of every applied batch (e.g. `/sync`'s timeline cache).
+    hooks: RefCell<Vec<BatchHook>>,
 }
+
+/// Called with each batch as it is applied, and the position its shard had
+/// reached before it (`current` is advanced right after the hooks run).
+pub type BatchHook = Rc<dyn Fn(&Batch, ShardPos)>;
 
 thread_local! {
     static LOCAL: RefCell<Option<Rc<Notifier>>> = const { RefCell::new(None) };
@@ -142,6 +148,7 @@ impl Notifier {
             waiters: RefCell::default(),
             stopping: std::cell::Cell::new(false),
             ephemeral: crate::ephemeral::SyncCache::new(startup_for_cache),
+            hooks: RefCell::default(),
         }
     }
 
@@ -193,6 +200,11 @@ impl Notifier {
             .get(user)
             .map(|m| m.iter().map(|(r, m)| (r.clone(), m.clone())).collect())
             .unwrap_or_default()
+    }
+
+    /// Whether any local user is joined to or invited into `room`.
+    pub fn has_local_members(&self, room: &OwnedRoomId) -> bool {
+        self.room_local.borrow().contains_key(room)
     }
 
     /// Local users joined to or invited into `room`.
@@ -267,9 +279,22 @@ impl Notifier {
         }
     }
 
+    /// Registers a hook run synchronously for every batch applied from now
+    /// on (so it sees changes in the same order as `current`).
+    pub fn add_batch_hook(&self, hook: BatchHook) {
+        self.hooks.borrow_mut().push(hook);
+    }
+
     /// Applies one batch from `batch.shard`'s writer, in order.
     pub fn apply(&self, batch: &Batch) {
         let s = batch.shard;
+        let hooks = self.hooks.borrow().clone();
+        if !hooks.is_empty() {
+            let before = self.current.borrow().get(s);
+            for h in hooks {
+                h(batch, before);
+            }
+        }
         for change in &batch.changes {
             let pos = match change.pos() {
                 Pos::Persisted(p) => ShardPos {

@@ -1,0 +1,286 @@
+//! The `/sync` flow on the user's shard: validate, resolve the filter,
+//! take **the cheap path** when nothing changed for the user since the
+//! token (answered from the notifier's memory: no database, no cross-shard
+//! call), park on the notifier for long polls, then compute the response
+//! room by room (concurrently: the database client pipelines).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use ruma::OwnedRoomId;
+use serde_json::{Map, Value};
+
+use crate::auth::Requester;
+use crate::http::MatrixError;
+use crate::server::ShardState;
+use crate::stream::{Notifier, ShardPos, StreamToken};
+
+use super::cache::{self, SyncCache};
+use super::timeline::{self, MemberChange};
+use super::{extensions, filter_store, response, SyncContext, SyncError};
+
+/// Longest long poll we honour; longer timeouts are shortened to it.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A validated `/sync` request (`Send`: it crosses to the user's shard).
+#[derive(Debug, Clone, Default)]
+pub struct SyncParams {
+    pub since: Option<StreamToken>,
+    pub timeout: Duration,
+    pub full_state: bool,
+    /// `filter=`: inline JSON or a stored filter id.
+    pub filter: Option<String>,
+    pub set_presence: Option<String>,
+}
+
+/// What the handler answers (`Send`).
+#[derive(Debug)]
+pub struct SyncOutcome {
+    pub body: Value,
+    /// `cheap` (memory only) or `computed`: for metrics and tests.
+    pub path: &'static str,
+    /// Timeline window use while computing (`hits,misses`; may include
+    /// concurrent syncs of the shard).
+    pub window: Option<(u64, u64)>,
+}
+
+/// Brings a client's token into this server's range: at most `current`
+/// on every shard (a token from the future, e.g. after a database reset,
+/// must not hide what comes next forever), exactly `current.len()` shards
+/// (a token of another shard count: missing shards read as 0, extra ones
+/// are dropped).
+pub fn clamp(since: &StreamToken, current: &StreamToken) -> StreamToken {
+    StreamToken::from_positions(
+        (0..current.len())
+            .map(|s| {
+                let (a, b) = (since.get(s), current.get(s));
+                ShardPos {
+                    persisted: a.persisted.min(b.persisted),
+                    ephemeral: a.ephemeral.min(b.ephemeral),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Serves one sync; runs on the user's shard.
+pub async fn sync(
+    state: Rc<ShardState>,
+    who: Requester,
+    p: SyncParams,
+) -> Result<SyncOutcome, MatrixError> {
+    let filter = filter_store::resolve(&state.db, &who.user_id, p.filter.as_deref()).await?;
+    let notifier = state.notifier.clone();
+    let cache = cache::local(&notifier);
+    let user = who.user_id.clone();
+    let mut ctx = SyncContext {
+        user: who.user_id,
+        device_id: who.device_id,
+        since: None,
+        current: notifier.current(),
+        full_state: p.full_state,
+        filter,
+        db: state.db.clone(),
+    };
+    ctx.since = p.since.as_ref().map(|s| clamp(s, &ctx.current));
+    if let Some(presence) = &p.set_presence {
+        extensions::set_presence(&ctx, presence).await?;
+    }
+    extensions::acknowledge(&ctx).await?;
+    if let (Some(since), false) = (ctx.since.clone(), p.full_state) {
+        if !notifier.user_changed_since(&user, &since) {
+            if !p.timeout.is_zero() {
+                notifier
+                    .wait_for_user(&user, &since, p.timeout.min(MAX_TIMEOUT))
+                    .await;
+            }
+            // Checked and read with no await in between: nothing for the
+            // user up to the token returned.
+            if !notifier.user_changed_since(&user, &since) {
+                cache.count_cheap();
+                return Ok(SyncOutcome {
+                    body: response::empty(&notifier.current().max(&since)),
+                    path: "cheap",
+                    window: None,
+                });
+            }
+        }
+    }
+    ctx.current = notifier.current();
+    let before = cache.stats();
+    let body = compute(&ctx, &cache, &notifier).await?;
+    let after = cache.stats();
+    Ok(SyncOutcome {
+        body,
+        path: "computed",
+        window: Some((
+            after.window_hits - before.window_hits,
+            after.window_misses - before.window_misses,
+        )),
+    })
+}
+
+enum Section {
+    Join,
+    Invite,
+    Leave,
+    Knock,
+}
+
+async fn compute(
+    ctx: &SyncContext,
+    cache: &SyncCache,
+    notifier: &Notifier,
+) -> Result<Value, SyncError> {
+    let rooms = notifier.rooms_of(&ctx.user);
+    let work = rooms
+        .into_iter()
+        .filter(|(r, _)| ctx.filter.allows_room(r.as_str()))
+        // TODO(wip-msg): skip rooms the user forgot (`room_forgotten`).
+        .map(|(room, m)| one_room(ctx, cache, notifier, room, m));
+    let (mut join, mut invite, mut leave, mut knock) =
+        (Map::new(), Map::new(), Map::new(), Map::new());
+    for r in join_all(work).await {
+        let Some((section, room, v)) = r? else {
+            continue;
+        };
+        let map = match section {
+            Section::Join => &mut join,
+            Section::Invite => &mut invite,
+            Section::Leave => &mut leave,
+            Section::Knock => &mut knock,
+        };
+        map.insert(room.to_string(), v);
+    }
+    response::assemble(ctx, join, invite, leave, knock).await
+}
+
+async fn one_room(
+    ctx: &SyncContext,
+    cache: &SyncCache,
+    notifier: &Notifier,
+    room: OwnedRoomId,
+    membership: String,
+) -> Result<Option<(Section, OwnedRoomId, Value)>, SyncError> {
+    let user = ctx.user.as_str();
+    let Some(since) = &ctx.since else {
+        // Initial sync.
+        let out = match membership.as_str() {
+            "join" => response::joined(ctx, cache, &room, false)
+                .await?
+                .map(|v| (Section::Join, v)),
+            "invite" | "knock" | "leave" | "ban" => {
+                let all =
+                    timeline::member_changes(&ctx.db, &room, user, None, &ctx.current).await?;
+                match (membership.as_str(), all.last()) {
+                    ("invite", Some(c)) => {
+                        Some((Section::Invite, response::invited(ctx, cache, c).await?))
+                    }
+                    ("knock", Some(c)) => {
+                        Some((Section::Knock, response::knocked(ctx, cache, c).await?))
+                    }
+                    (_, Some(c)) if ctx.filter.room.include_leave => Some((
+                        Section::Leave,
+                        response::left(ctx, cache, &room, c, true).await?,
+                    )),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        return Ok(out.map(|(s, v)| (s, room, v)));
+    };
+    let room_changed = notifier.room_changed_since(&room, since);
+    // The user's own data in the room (account data, tags, read marker,
+    // private receipt) changed although the room did not.
+    let own_changed = crate::server::current_shard().is_some_and(|state| {
+        crate::ephemeral::sync::user_room_changed(&state, &ctx.user, &room, since)
+    });
+    if !(room_changed || own_changed || ctx.full_state && membership == "join") {
+        return Ok(None);
+    }
+    let changes: Vec<MemberChange> =
+        if room_changed && cache.membership_changed_since(&ctx.user, &room, since) {
+            timeline::member_changes(&ctx.db, &room, user, Some(since), &ctx.current).await?
+        } else {
+            Vec::new()
+        };
+    let out = match (membership.as_str(), changes.last()) {
+        ("join", _) => {
+            let newly = newly_joined(ctx, &room, since, &changes).await?;
+            response::joined(ctx, cache, &room, newly)
+                .await?
+                .map(|v| (Section::Join, v))
+        }
+        ("invite", Some(c)) if c.membership == "invite" => {
+            Some((Section::Invite, response::invited(ctx, cache, c).await?))
+        }
+        ("knock", Some(c)) if c.membership == "knock" => {
+            Some((Section::Knock, response::knocked(ctx, cache, c).await?))
+        }
+        ("leave" | "ban", Some(c)) if c.membership == "leave" || c.membership == "ban" => {
+            // Joined within the range: the client never had its state.
+            let full = ctx.full_state || changes.iter().any(|c| c.membership == "join");
+            Some((
+                Section::Leave,
+                response::left(ctx, cache, &room, c, full).await?,
+            ))
+        }
+        _ => None,
+    };
+    Ok(out.map(|(s, v)| (s, room, v)))
+}
+
+/// Whether the user (joined now) joined after `since`: a join in the range
+/// not preceded by a join (a profile change is a join after a join).
+async fn newly_joined(
+    ctx: &SyncContext,
+    room: &OwnedRoomId,
+    since: &StreamToken,
+    changes: &[MemberChange],
+) -> Result<bool, SyncError> {
+    let Some(i) = changes.iter().rposition(|c| c.membership == "join") else {
+        return Ok(false);
+    };
+    // The first join of the run of joins ending at `i`.
+    let mut j = i;
+    while j > 0 && changes[j - 1].membership == "join" {
+        j -= 1;
+    }
+    if j > 0 {
+        return Ok(true);
+    }
+    let before = timeline::member_changes(&ctx.db, room, ctx.user.as_str(), None, since).await?;
+    Ok(before.last().is_none_or(|c| c.membership != "join"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tok(v: &[(i64, i64)]) -> StreamToken {
+        StreamToken::from_positions(
+            v.iter()
+                .map(|&(p, e)| ShardPos {
+                    persisted: p,
+                    ephemeral: e,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn clamp_limits_to_current_and_shard_count() {
+        let cur = tok(&[(10, 5), (20, 7)]);
+        assert_eq!(
+            clamp(&tok(&[(3, 1), (25, 9)]), &cur),
+            tok(&[(3, 1), (20, 7)])
+        );
+        assert_eq!(clamp(&tok(&[(3, 1)]), &cur), tok(&[(3, 1), (0, 0)]));
+        assert_eq!(
+            clamp(&tok(&[(3, 1), (4, 1), (99, 99)]), &cur),
+            tok(&[(3, 1), (4, 1)])
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! `/sync` (client-server API "Syncing"): initial and incremental syncs
+//! served on the user's shard, mostly from shard-local memory.
+//!
+//! - [`filter`]: the filter language ("Filtering") and its matching rules;
+//!   [`filter_store`] keeps users' stored filters in PostgreSQL.
+//! - [`handler`]: the request flow — the cheap path (nothing changed for the
+//!   user since the token: answered from the notifier, no database, no
+//!   cross-shard call), long polling on the notifier, then computing.
+//! - [`timeline`]: a room's timeline slice and the state around it.
+//! - [`cache`]: per-shard caches fed by the stream announcements (recent
+//!   timeline windows, state snapshots by id).
+//! - [`response`]: the response shape, with every field clients require.
+//! - [`extensions`]: the seam for ephemeral and per-user streams (typing,
+//!   receipts, account data, presence, to-device), filled by their module.
+
+pub mod cache;
+pub mod extensions;
+pub mod filter;
+pub mod filter_store;
+pub mod handler;
+pub mod response;
+pub mod timeline;
+
+use std::rc::Rc;
+
+use ruma::OwnedUserId;
+
+use crate::db::{DbError, Pool};
+use crate::http::MatrixError;
+use crate::stream::StreamToken;
+
+pub use filter::Filter;
+
+/// What every part of one sync computation shares: who syncs, between
+/// which tokens, with which filter.
+#[derive(Clone)]
+pub struct SyncContext {
+    pub user: OwnedUserId,
+    pub device_id: String,
+    /// The client's token (already clamped to `current`), `None` for an
+    /// initial sync.
+    pub since: Option<StreamToken>,
+    /// The token this response will return as `next_batch`: everything the
+    /// response covers is at or before it.
+    pub current: StreamToken,
+    pub full_state: bool,
+    pub filter: Rc<Filter>,
+    /// The shard's database pool (the sync runs on the user's shard).
+    pub db: Pool,
+}
+
+impl SyncContext {
+    /// Whether this is an initial sync (no `since`).
+    pub fn is_initial(&self) -> bool {
+        self.since.is_none()
+    }
+}
+
+/// Errors while computing a sync, mapped to Matrix errors at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Matrix(#[from] MatrixError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<SyncError> for MatrixError {
+    fn from(e: SyncError) -> MatrixError {
+        match e {
+            SyncError::Db(e) => MatrixError::from(e),
+            SyncError::Matrix(m) => m,
+            SyncError::Internal(m) => MatrixError::unknown(m),
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The sync response (client-server API "GET /sync", `sync.yaml`): the
+//! sections of each room and the fields clients need even when empty.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use ruma::{OwnedRoomId, RoomId};
+use serde_json::{json, Map, Value};
+
+use crate::mesh::shard_for_room;
+use crate::rooms::state::StateMap;
+use crate::stream::StreamToken;
+
+use super::cache::SyncCache;
+use super::timeline::{self, MemberChange};
+use super::{extensions, SyncContext, SyncError};
+
+/// State keys shown to invitees and knockers (spec "Stripped state"; the
+/// member event of the inviter is added separately).
+const STRIPPED_TYPES: [&str; 6] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+];
+
+/// The response with nothing new: every field clients require, empty.
+pub fn empty(next_batch: &StreamToken) -> Value {
+    json!({
+        "next_batch": next_batch.to_string(),
+        "rooms": {"join": {}, "invite": {}, "leave": {}, "knock": {}},
+        "account_data": {"events": []},
+        "presence": {"events": []},
+        "to_device": {"events": []},
+        "device_lists": {"changed": [], "left": []},
+        "device_one_time_keys_count": {"signed_curve25519": 0},
+        "device_unused_fallback_key_types": [],
+    })
+}
+
+fn now_ms() -> i64 {
+    crate::auth::now_ms()
+}
+
+/// Adds `unsigned.age` and, for the syncing device's own sends,
+/// `unsigned.transaction_id` (spec "Transaction identifiers": clients
+/// match their local echo with it), then applies `event_fields`.
+pub async fn decorate(ctx: &SyncContext, events: &[Arc<Value>]) -> Result<Vec<Value>, SyncError> {
+    let own: Vec<String> = events
+        .iter()
+        .filter(|e| e["sender"].as_str() == Some(ctx.user.as_str()))
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .collect();
+    let txns = timeline::txn_ids(&ctx.db, ctx.user.as_str(), &ctx.device_id, own).await?;
+    let now = now_ms();
+    Ok(events
+        .iter()
+        .map(|e| {
+            let mut ev = (**e).clone();
+            let ts = ev["origin_server_ts"].as_i64();
+            let txn = ev["event_id"].as_str().and_then(|id| txns.get(id)).cloned();
+            if let Some(Value::Object(u)) = ev.get_mut("unsigned") {
+                if let Some(ts) = ts {
+                    u.insert("age".into(), (now - ts).max(0).into());
+                }
+                if let Some(t) = txn {
+                    u.insert("transaction_id".into(), t.into());
+                }
+            }
+            ctx.filter.project(ev)
+        })
+        .collect())
+}
+
+/// Timeline, state and `prev_batch` of a joined or left room.
+struct Body {
+    timeline: Vec<Value>,
+    limited: bool,
+    prev_batch: String,
+    state: Vec<Value>,
+    members_changed: bool,
+}
+
+/// The room's timeline up to `upper` and the state at its start: all of
+/// it when `full`, else what changed since `ctx.since` when the timeline
+/// does not follow on from it (spec "Syncing": `state` is the state up to
+/// the start of the timeline, never including the timeline's own events).
+async fn body(
+    ctx: &SyncContext,
+    cache: &SyncCache,
+    room: &OwnedRoomId,
+    upper: &StreamToken,
+    full: bool,
+) -> Result<Body, SyncError> {
+    let n = ctx.current.len();
+    let zero = StreamToken::zero(n);
+    let lower = ctx.since.as_ref().unwrap_or(&zero);
+    let f = &ctx.filter;
+    let slice = timeline::select(
+        &ctx.db,
+        cache,
+        room,
+        lower,
+        upper,
+        f.timeline_limit(),
+        &f.room.timeline,
+    )
+    .await?;
+    let start = match slice.events.first() {
+        Some(first) => timeline::with_persisted(upper, first.shard, first.pos - 1),
+        None => {
+            let s = shard_for_room(room, n.max(1));
+            timeline::with_persisted(upper, s, upper.persisted(s))
+        }
+    };
+    let lazy = f.lazy_load_members();
+    let senders: HashSet<&str> = slice
+        .events
+        .iter()
+        .map(|e| e.sender.as_str())
+        .chain([ctx.user.as_str()])
+        .collect();
+    let mut wanted: Vec<String> = Vec::new();
+    if full || slice.gap || (lazy && !slice.events.is_empty()) {
+        let start_state = timeline::state_at(&ctx.db, cache, room, &start).await?;
+        let base: Option<Rc<StateMap>> = match (&ctx.since, full, slice.gap) {
+            (Some(since), false, true) => {
+                Some(timeline::state_at(&ctx.db, cache, room, since).await?)
+            }
+            _ => None,
+        };
+        for ((ty, key), id) in start_state.iter() {
+            let is_member = ty == "m.room.member";
+            let in_scope = full
+                || (slice.gap
+                    && base
+                        .as_ref()
+                        .is_some_and(|b| b.get(&(ty.clone(), key.clone())) != Some(id)));
+            let include = if lazy && is_member {
+                // Spec "Lazy-loading room members": only the timeline's
+                // senders (and the user) — but those even without a gap
+                // (resent each time: we do not track what a device has).
+                senders.contains(key.as_str())
+            } else {
+                in_scope
+            };
+            if include {
+                wanted.push(id.clone());
+            }
+        }
+    }
+    let by_id = timeline::events_by_id(&ctx.db, cache, &wanted).await?;
+    let state_events: Vec<Arc<Value>> = wanted
+        .iter()
+        .filter_map(|id| by_id.get(id).cloned())
+        .filter(|e| f.room.state.allows_event(room.as_str(), e))
+        .collect();
+    let members_changed = state_events
+        .iter()
+        .map(|e| e["type"].as_str())
+        .chain(slice.events.iter().map(|e| Some(e.event_type.as_str())))
+        .any(|t| t == Some("m.room.member"));
+    let tl: Vec<Arc<Value>> = slice.events.iter().map(|e| e.event.clone()).collect();
+    let prev_batch = match slice.events.first() {
+        Some(first) => timeline::with_persisted(&ctx.current, first.shard, first.pos - 1),
+        None => {
+            let s = shard_for_room(room, n.max(1));
+            timeline::with_persisted(&ctx.current, s, upper.persisted(s))
+        }
+    };
+    Ok(Body {
+        timeline: decorate(ctx, &tl).await?,
+        limited: slice.limited,
+        prev_batch: prev_batch.to_string(),
+        state: decorate(ctx, &state_events).await?,
+        members_changed,
+    })
+}
+
+/// `summary` (spec "Room summary"): heroes and member counts from the
+/// current state table.
+async fn summary(ctx: &SyncContext, room: &RoomId) -> Result<Value, SyncError> {
+    let counts = ctx
+        .db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE membership = 'join'), \
+             count(*) FILTER (WHERE membership = 'invite') \
+             FROM current_state WHERE room_id = $1 AND type = 'm.room.member'",
+            &[&room.as_str()],
+        )
+        .await?;
+    let heroes = ctx
+        .db
+        .query(
+            "SELECT state_key FROM current_state WHERE room_id = $1 \
+             AND type = 'm.room.member' AND membership IN ('join', 'invite') \
+             AND state_key <> $2 ORDER BY state_key LIMIT 5",
+            &[&room.as_str(), &ctx.user.as_str()],
+        )
+        .await?;
+    let heroes: Vec<String> = heroes.iter().map(|r| r.get(0)).collect::<Result<_, _>>()?;
+    Ok(json!({
+        "m.heroes": heroes,
+        "m.joined_member_count": counts.get::<i64>(0)?,
+        "m.invited_member_count": counts.get::<i64>(1)?,
+    }))
+}
+
+/// A `rooms.join` entry; `None` in an incremental sync with nothing to say.
+pub async fn joined(
+    ctx: &SyncContext,
+    cache: &SyncCache,
+    room: &OwnedRoomId,
+    newly_joined: bool,
+) -> Result<Option<Value>, SyncError> {
+    let full = ctx.is_initial() || ctx.full_state || newly_joined;
+    let b = body(ctx, cache, room, &ctx.current, full).await?;
+    let ephemeral = extensions::room_ephemeral(ctx, room).await?;
+    let account_data = extensions::room_account_data(ctx, room).await?;
+    if !full
+        && b.timeline.is_empty()
+        && b.state.is_empty()
+        && ephemeral.is_empty()
+        && account_data.is_empty()
+    {
+        return Ok(None);
+    }
+    let summary = if full || b.members_changed {
+        summary(ctx, room).await?
+    } else {
+        json!({})
+    };
+    Ok(Some(json!({
+        "timeline": {"events": b.timeline, "limited": b.limited, "prev_batch": b.prev_batch},
+        "state": {"events": b.state},
+        "ephemeral": {"events": ephemeral},
+        "account_data": {"events": account_data},
+        "unread_notifications": {"highlight_count": 0, "notification_count": 0},
+        "summary": summary,
+    })))
+}
+
+/// A `rooms.leave` entry: the timeline up to the user's leave (or ban).
+pub async fn left(
+    ctx: &SyncContext,
+    cache: &SyncCache,
+    room: &OwnedRoomId,
+    leave: &MemberChange,
+    full: bool,
+) -> Result<Value, SyncError> {
+    let upper = timeline::with_persisted(&ctx.current, leave.shard, leave.pos);
+    let b = body(ctx, cache, room, &upper, full || ctx.is_initial()).await?;
+    let account_data = extensions::room_account_data(ctx, room).await?;
+    Ok(json!({
+        "timeline": {"events": b.timeline, "limited": b.limited, "prev_batch": b.prev_batch},
+        "state": {"events": b.state},
+        "account_data": {"events": account_data},
+    }))
+}
+
+fn stripped(e: &Value) -> Value {
+    json!({
+        "type": e["type"],
+        "state_key": e["state_key"],
+        "content": e["content"],
+        "sender": e["sender"],
+    })
+}
+
+/// The stripped state an invitee or knocker sees (spec "Stripped state"),
+/// ending with their own member event in full.
+async fn stripped_state(
+    ctx: &SyncContext,
+    cache: &SyncCache,
+    change: &MemberChange,
+) -> Result<Vec<Value>, SyncError> {
+    let own = timeline::events_by_id(&ctx.db, cache, std::slice::from_ref(&change.event_id))
+        .await?
+        .remove(&change.event_id);
+    let state = match change.snapshot_id {
+        Some(id) => timeline::snapshot(&ctx.db, cache, id).await?,
+        None => Rc::new(StateMap::new()),
+    };
+    let inviter = own
+        .as_ref()
+        .and_then(|e| e["sender"].as_str())
+        .map(str::to_owned);
+    let mut ids: Vec<String> = STRIPPED_TYPES
+        .iter()
+        .filter_map(|t| state.get(&((*t).to_owned(), String::new())).cloned())
+        .collect();
+    if let Some(inv) = inviter.filter(|i| i != ctx.user.as_str()) {
+        if let Some(id) = state.get(&("m.room.member".to_owned(), inv)) {
+            ids.push(id.clone());
+        }
+    }
+    let by_id: HashMap<String, Arc<Value>> = timeline::events_by_id(&ctx.db, cache, &ids).await?;
+    let mut out: Vec<Value> = ids
+        .iter()
+        .filter_map(|id| by_id.get(id))
+        .map(|e| stripped(e))
+        .collect();
+    if let Some(own) = own {
+        out.extend(decorate(ctx, &[own]).await?);
+    }
+    Ok(out)
+}
+
+/// A `rooms.invite` entry.
+pub async fn invited(
+    ctx: &SyncContext,
+    cache: &SyncCache,
+    change: &MemberChange,
+) -> Result<Value, SyncError> {
+    Ok(json!({"invite_state": {"events": stripped_state(ctx, cache, change).await?}}))
+}
+
+/// A `rooms.knock` entry.
+pub async fn knocked(
+    ctx: &SyncContext,
+    cache: &SyncCache,
+    change: &MemberChange,
+) -> Result<Value, SyncError> {
+    Ok(json!({"knock_state": {"events": stripped_state(ctx, cache, change).await?}}))
+}
+
+/// Assembles the top-level response.
+pub async fn assemble(
+    ctx: &SyncContext,
+    join: Map<String, Value>,
+    invite: Map<String, Value>,
+    leave: Map<String, Value>,
+    knock: Map<String, Value>,
+) -> Result<Value, SyncError> {
+    let mut out = empty(&ctx.current);
+    out["rooms"] = json!({"join": join, "invite": invite, "leave": leave, "knock": knock});
+    out["account_data"]["events"] = extensions::account_data(ctx).await?.into();
+    out["presence"]["events"] = extensions::presence(ctx).await?.into();
+    out["to_device"]["events"] = extensions::to_device(ctx).await?.into();
+    Ok(out)
+}
