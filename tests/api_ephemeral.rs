@@ -7,28 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{json_request, request, Hearth, Opts, Resp};
+use common::{assert_err, call, json_request, ok, request, Hearth, Opts, V3};
 use hearth::db::testing::{TestCluster, TestDb};
 use serde_json::{json, Value};
-
-const V3: &str = "/_matrix/client/v3";
-
-fn call(h: &Hearth, m: &str, path: &str, token: &str, body: Option<Value>) -> Resp {
-    json_request(h, m, &format!("{V3}{path}"), Some(token), body.as_ref())
-}
-
-#[track_caller]
-fn ok(r: Resp) -> Value {
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()
-}
-
-#[track_caller]
-fn assert_err(r: &Resp, status: u16, errcode: &str) {
-    let body = String::from_utf8_lossy(&r.body);
-    assert_eq!(r.status, status, "{body}");
-    assert_eq!(r.json()["errcode"], errcode, "{body}");
-}
 
 struct User {
     token: String,

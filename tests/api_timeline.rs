@@ -10,56 +10,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{json_request, Hearth, Opts, Resp};
+use common::{assert_err, call, enc, json_request, ok, register, Hearth, Opts, Resp, V3};
 use hearth::db::testing::TestCluster;
 use serde_json::{json, Value};
-
-const V3: &str = "/_matrix/client/v3";
-
-fn call(h: &Hearth, m: &str, path: &str, token: &str, body: Option<Value>) -> Resp {
-    let path = if path.starts_with("/_matrix") {
-        path.to_owned()
-    } else {
-        format!("{V3}{path}")
-    };
-    json_request(h, m, &path, Some(token), body.as_ref())
-}
-
-fn ok(r: Resp) -> Value {
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()
-}
-
-fn assert_err(r: &Resp, status: u16, errcode: &str) {
-    let body = String::from_utf8_lossy(&r.body);
-    assert_eq!(r.status, status, "{body}");
-    assert_eq!(r.json()["errcode"], errcode, "{body}");
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-fn register(h: &Hearth, user: &str) -> String {
-    let body = json!({"username": user, "password": "pw", "auth": {"type": "m.login.dummy"}});
-    let r = json_request(h, "POST", &format!("{V3}/register"), None, Some(&body));
-    let r = if r.status == 401 {
-        let mut body = body;
-        body["auth"]["session"] = r.json()["session"].clone();
-        json_request(h, "POST", &format!("{V3}/register"), None, Some(&body))
-    } else {
-        r
-    };
-    ok(r)["access_token"].as_str().unwrap().to_owned()
-}
 
 fn create(h: &Hearth, token: &str, body: Value) -> String {
     ok(call(h, "POST", "/createRoom", token, Some(body)))["room_id"]

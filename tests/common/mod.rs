@@ -366,3 +366,78 @@ pub fn json_request(
     let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
     request(h, method, path, token, &bytes)
 }
+
+// ---- Client-API helpers shared by the `api_*` suites ----
+
+pub const V3: &str = "/_matrix/client/v3";
+
+/// A JSON request with a token; `path` is under `/_matrix/client/v3` unless
+/// it starts with `/_matrix`.
+pub fn call(h: &Hearth, m: &str, path: &str, token: &str, body: Option<serde_json::Value>) -> Resp {
+    let path = if path.starts_with("/_matrix") {
+        path.to_owned()
+    } else {
+        format!("{V3}{path}")
+    };
+    json_request(h, m, &path, Some(token), body.as_ref())
+}
+
+/// The JSON body of a 200 response (panics with the body otherwise).
+#[track_caller]
+pub fn ok(r: Resp) -> serde_json::Value {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+/// Asserts a Matrix error with this status and errcode.
+#[track_caller]
+pub fn assert_err(r: &Resp, status: u16, errcode: &str) {
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, status, "{body}");
+    assert_eq!(r.json()["errcode"], errcode, "{body}");
+}
+
+/// Percent-encodes a path segment (room ids, aliases, event ids).
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A registered user.
+pub struct Registered {
+    pub token: String,
+    pub id: String,
+    pub device: String,
+}
+
+/// Registers `user` (password "pw") through the dummy UIA flow.
+pub fn register_user(h: &Hearth, user: &str) -> Registered {
+    let body =
+        serde_json::json!({"username": user, "password": "pw", "auth": {"type": "m.login.dummy"}});
+    let r = json_request(h, "POST", &format!("{V3}/register"), None, Some(&body));
+    let r = if r.status == 401 {
+        let mut body = body;
+        body["auth"]["session"] = r.json()["session"].clone();
+        json_request(h, "POST", &format!("{V3}/register"), None, Some(&body))
+    } else {
+        r
+    };
+    let v = ok(r);
+    Registered {
+        token: v["access_token"].as_str().unwrap().to_owned(),
+        id: v["user_id"].as_str().unwrap().to_owned(),
+        device: v["device_id"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// Registers `user` and returns its access token.
+pub fn register(h: &Hearth, user: &str) -> String {
+    register_user(h, user).token
+}
