@@ -6,9 +6,9 @@
 //! As Synapse: `last_active_ago` counts from the last pro-active act
 //! (setting `online`, a sync that marks the user online); `currently_active`
 //! is true while online and active within the last minute; a user who never
-//! set a presence is `offline`. Not done: the idle/offline timers that
-//! Synapse runs (online → unavailable after 5 min idle, offline 30 s after
-//! the last sync).
+//! set a presence is `offline`. Timers as Synapse's: a user with no sync
+//! parked and none for [`SYNC_TIMEOUT_MS`] goes `offline`; an online user
+//! idle for [`IDLE_TIMEOUT_MS`] goes `unavailable` ([`run_timers`]).
 
 use std::sync::Arc;
 
@@ -35,6 +35,63 @@ pub struct LocalPresence {
     pub presence: String,
     pub status_msg: Option<String>,
     pub last_active_ts: u64,
+    /// Last sign of a client: a sync, or an explicit status change.
+    pub last_seen_ts: u64,
+}
+
+/// No sync for this long (and none parked): `offline` (Synapse's
+/// `SYNC_ONLINE_TIMEOUT`).
+pub const SYNC_TIMEOUT_MS: u64 = 30_000;
+/// Online without activity for this long: `unavailable` (Synapse's
+/// `IDLE_TIMER`).
+pub const IDLE_TIMEOUT_MS: u64 = 5 * 60_000;
+/// How often a shard checks its users' presence timers.
+const TIMER_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The presence timers' decisions at `now`: which users move to which
+/// state. `syncing(user)`: whether the user has a sync parked right now.
+pub fn expired(
+    all: &std::collections::HashMap<OwnedUserId, LocalPresence>,
+    now: u64,
+    syncing: impl Fn(&UserId) -> bool,
+) -> Vec<(OwnedUserId, &'static str)> {
+    let mut out = Vec::new();
+    for (user, p) in all {
+        if p.presence == "offline" {
+            continue;
+        }
+        if now.saturating_sub(p.last_seen_ts) >= SYNC_TIMEOUT_MS && !syncing(user) {
+            out.push((user.clone(), "offline"));
+        } else if p.presence == "online" && now.saturating_sub(p.last_active_ts) >= IDLE_TIMEOUT_MS
+        {
+            out.push((user.clone(), "unavailable"));
+        }
+    }
+    out
+}
+
+/// This shard's presence timers (spawned with the shard's ephemeral
+/// service). Runs until the shard stops.
+pub async fn run_timers() {
+    loop {
+        monoio::time::sleep(TIMER_PERIOD).await;
+        let Some(state) = crate::server::current_shard() else {
+            return;
+        };
+        let svc = service::get(&state);
+        let now = now_ms();
+        let changes = expired(&svc.presence.borrow(), now, |u| {
+            state.notifier.is_waiting(u)
+        });
+        for (user, to) in changes {
+            let Some(mut p) = svc.presence.borrow().get(&user).cloned() else {
+                continue;
+            };
+            p.presence = to.to_owned();
+            svc.presence.borrow_mut().insert(user.clone(), p.clone());
+            announce(&state, &user, &p, now);
+        }
+    }
 }
 
 impl LocalPresence {
@@ -104,7 +161,9 @@ fn apply(
         presence: "offline".into(),
         status_msg: None,
         last_active_ts: 0,
+        last_seen_ts: 0,
     });
+    new.last_seen_ts = now;
     new.presence = presence.to_owned();
     if let Some(m) = status_msg {
         new.status_msg = m;
@@ -257,8 +316,37 @@ mod tests {
             presence: "online".into(),
             status_msg: None,
             last_active_ts: 1_000,
+            last_seen_ts: 1_000,
         };
         assert!(p.currently_active(1_000 + ACTIVE_WINDOW_MS - 1));
         assert!(!p.currently_active(1_000 + ACTIVE_WINDOW_MS));
+    }
+
+    #[test]
+    fn timers_move_users_offline_and_idle() {
+        let uid = |s: &str| OwnedUserId::try_from(s).unwrap();
+        let p = |presence: &str, active: u64, seen: u64| LocalPresence {
+            presence: presence.into(),
+            status_msg: None,
+            last_active_ts: active,
+            last_seen_ts: seen,
+        };
+        let mut all = std::collections::HashMap::new();
+        let t = 10_000_000;
+        all.insert(uid("@gone:x"), p("online", t - 40_000, t - 40_000));
+        all.insert(uid("@parked:x"), p("online", t - 40_000, t - 40_000));
+        all.insert(uid("@idle:x"), p("online", t - IDLE_TIMEOUT_MS, t - 1_000));
+        all.insert(uid("@fresh:x"), p("online", t - 1_000, t - 1_000));
+        all.insert(uid("@off:x"), p("offline", 0, 0));
+        all.insert(
+            uid("@away:x"),
+            p("unavailable", t - IDLE_TIMEOUT_MS, t - 1_000),
+        );
+        let mut got = expired(&all, t, |u| u.as_str() == "@parked:x");
+        got.sort();
+        assert_eq!(
+            got,
+            vec![(uid("@gone:x"), "offline"), (uid("@idle:x"), "unavailable")]
+        );
     }
 }

@@ -55,6 +55,7 @@ pub fn get(state: &ShardState) -> Rc<EphService> {
         }),
     );
     monoio::spawn(typing.clone().run_expiry());
+    monoio::spawn(super::presence::run_timers());
     let s = Rc::new(EphService {
         typing,
         presence: RefCell::default(),

@@ -216,6 +216,14 @@ impl Notifier {
             .unwrap_or_default()
     }
 
+    /// Whether `user` has a sync parked on this shard now (presence).
+    pub fn is_waiting(&self, user: &UserId) -> bool {
+        self.waiters
+            .borrow()
+            .get(user)
+            .is_some_and(|n| n.waiters() > 0)
+    }
+
     /// Parks until something for `user` happens after `since`, or
     /// `timeout` passes. Returns whether something happened.
     pub async fn wait_for_user(
