@@ -1,7 +1,7 @@
 //! The sync response (client-server API "GET /sync", `sync.yaml`): the
 //! sections of each room and the fields clients need even when empty.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -107,24 +107,39 @@ async fn body(
     let mut wanted: Vec<String> = Vec::new();
     if full || slice.gap || (lazy && !slice.events.is_empty()) {
         let start_state = timeline::state_at(&ctx.db, cache, room, &start).await?;
-        let base: Option<Rc<StateMap>> = match (&ctx.since, full, slice.gap) {
-            (Some(since), false, true) => {
-                Some(timeline::state_at(&ctx.db, cache, room, since).await?)
-            }
-            _ => None,
+        let (base, end_state): (Option<Rc<StateMap>>, Rc<StateMap>) = if full || slice.gap {
+            let base = match (&ctx.since, full) {
+                (Some(since), false) => {
+                    Some(timeline::state_at(&ctx.db, cache, room, since).await?)
+                }
+                _ => None,
+            };
+            (base, timeline::state_at(&ctx.db, cache, room, upper).await?)
+        } else {
+            (None, start_state.clone())
         };
-        for ((ty, key), id) in start_state.iter() {
-            let is_member = ty == "m.room.member";
-            let in_scope = full
-                || (slice.gap
-                    && base
-                        .as_ref()
-                        .is_some_and(|b| b.get(&(ty.clone(), key.clone())) != Some(id)));
-            let include = if lazy && is_member {
+        let in_timeline: HashSet<&str> = slice.events.iter().map(|e| e.event_id.as_str()).collect();
+        let keys: BTreeSet<&(String, String)> =
+            start_state.keys().chain(end_state.keys()).collect();
+        for k in keys {
+            // The value at the timeline start, unless a later value is not
+            // in the timeline (hidden by history visibility or the filter):
+            // then that one, or the client would never learn it (Synapse's
+            // "start ∪ end − previous − timeline"). Never a timeline event.
+            let id = match end_state.get(k) {
+                Some(e) if !in_timeline.contains(e.as_str()) => Some(e),
+                _ => start_state.get(k),
+            };
+            let Some(id) = id.filter(|id| !in_timeline.contains(id.as_str())) else {
+                continue;
+            };
+            let in_scope =
+                full || (slice.gap && base.as_ref().is_some_and(|b| b.get(k) != Some(id)));
+            let include = if lazy && k.0 == "m.room.member" {
                 // Spec "Lazy-loading room members": only the timeline's
                 // senders (and the user) — but those even without a gap
                 // (resent each time: we do not track what a device has).
-                senders.contains(key.as_str())
+                senders.contains(k.1.as_str())
             } else {
                 in_scope
             };
