@@ -515,6 +515,60 @@ mod tests {
         assert_eq!(c.range(&room, &tok(6), &tok(7)).unwrap().len(), 1);
     }
 
+    #[test]
+    fn redaction_drops_served_state_and_its_dependents() {
+        let c = SyncCache::new(tok(0));
+        let v = |s: &str| Arc::new(json!({ "event_id": s }));
+        let e0 = c.redaction_epoch();
+        c.put_event("$name1".into(), v("$name1"), None, e0);
+        c.put_event("$name2".into(), v("$name2"), Some("$name1".into()), e0);
+        c.put_event("$topic".into(), v("$topic"), None, e0);
+        let mut b = batch(0, "!r:h", 6, None);
+        if let Change::Room {
+            what: RoomChange::Event(ev),
+            ..
+        } = &mut b.changes[0]
+        {
+            let ev = Arc::make_mut(ev);
+            ev.event_type = "m.room.redaction".into();
+            ev.event = Arc::new(json!({"content": {"redacts": "$name1"}}));
+        }
+        c.apply(&b, before(5), &All);
+        assert!(c.event("$name1").is_none(), "the target");
+        assert!(c.event("$name2").is_none(), "its prev_content came from it");
+        assert!(c.event("$topic").is_some());
+        // A read that started before the redaction is not cached.
+        c.put_event("$name1".into(), v("$name1"), None, e0);
+        assert!(c.event("$name1").is_none());
+        c.put_event("$name1".into(), v("$name1"), None, c.redaction_epoch());
+        assert!(c.event("$name1").is_some());
+        // Unknown target (no `redacts` in what was announced): all of them.
+        let mut b = batch(0, "!r:h", 7, None);
+        if let Change::Room {
+            what: RoomChange::Event(ev),
+            ..
+        } = &mut b.changes[0]
+        {
+            Arc::make_mut(ev).event_type = "m.room.redaction".into();
+        }
+        c.apply(&b, before(6), &All);
+        assert!(c.event("$topic").is_none() && c.event("$name1").is_none());
+    }
+
+    #[test]
+    fn message_events_are_cached_served_state_events_are_not() {
+        let c = SyncCache::new(tok(0));
+        let room: OwnedRoomId = "!r:h".try_into().unwrap();
+        c.apply(&batch(0, "!r:h", 5, None), before(4), &All);
+        c.apply(&batch(0, "!r:h", 6, Some("join")), before(5), &All);
+        let got = c.range(&room, &tok(4), &tok(6)).unwrap();
+        assert!(got[0].served.get().is_some());
+        assert!(
+            got[1].served.get().is_none(),
+            "prev_content comes from serving"
+        );
+    }
+
     /// Only member events of local users are interesting.
     struct MemberOnly;
     impl Local for MemberOnly {
