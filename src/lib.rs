@@ -8,6 +8,7 @@ pub mod auth;
 pub mod blocking;
 pub mod config;
 pub mod db;
+pub mod ephemeral;
 pub mod events;
 pub mod http;
 pub mod mesh;

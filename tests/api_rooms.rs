@@ -398,3 +398,36 @@ fn members_and_joined_members_with_filters() {
         "M_FORBIDDEN",
     );
 }
+
+/// Bug found by the bench rig: concurrent createRooms by one user built the
+/// same v12 create event (same sender and millisecond), hence the same room
+/// id, and all but one failed with 500.
+#[test]
+fn concurrent_create_rooms_by_one_user_all_succeed() {
+    let db = TestCluster::shared().fresh_database();
+    let h = Hearth::start(Opts::shards(2).env("HEARTH_DATABASE__URL", &db.url()));
+    let alice = register(&h, "alice");
+    let addr = h.addr;
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| {
+                let alice = alice.clone();
+                s.spawn(move || {
+                    let r = common::request_to(
+                        addr,
+                        "POST",
+                        &format!("{V3}/createRoom"),
+                        Some(&alice),
+                        b"{}",
+                    );
+                    ok(r)["room_id"].as_str().unwrap().to_owned()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+}

@@ -129,13 +129,13 @@ fn applies_a_lower_version_that_landed_late() {
         ];
         migrate_with(&c, &first).await.unwrap();
         let later = [
-            first[0].clone(),
+            first[0],
             Migration {
                 version: 2,
                 name: "two",
                 sql: "CREATE TABLE b (x int);",
             },
-            first[1].clone(),
+            first[1],
         ];
         let r = migrate_with(&c, &later).await.unwrap();
         assert_eq!((r.from, r.to), (3, 3));

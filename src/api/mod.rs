@@ -3,6 +3,7 @@
 mod account;
 mod devices;
 mod directory;
+mod ephemeral;
 mod login;
 mod profile;
 mod rooms;
@@ -171,10 +172,70 @@ pub fn client_router() -> Router<ShardState> {
         timeline::redact,
     );
     let r = client(r, Post, "/rooms/{roomId}/forget", timeline::forget);
-    r.route(
+    let r = r.route(
         Get,
         "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event",
         timeline::timestamp_to_event,
+    );
+    ephemeral_routes(r)
+}
+
+/// Typing, receipts, read markers, account data, tags, presence, to-device.
+fn ephemeral_routes(r: Router<ShardState>) -> Router<ShardState> {
+    use ephemeral as e;
+    use Method::{Delete, Get, Post, Put};
+    let r = client(r, Put, "/rooms/{roomId}/typing/{userId}", e::typing);
+    let r = client(
+        r,
+        Post,
+        "/rooms/{roomId}/receipt/{receiptType}/{eventId}",
+        e::receipt,
+    );
+    let r = client(r, Post, "/rooms/{roomId}/read_markers", e::read_markers);
+    let r = client(
+        r,
+        Put,
+        "/user/{userId}/account_data/{type}",
+        e::put_account_data,
+    );
+    let r = client(
+        r,
+        Get,
+        "/user/{userId}/account_data/{type}",
+        e::get_account_data,
+    );
+    let r = client(
+        r,
+        Put,
+        "/user/{userId}/rooms/{roomId}/account_data/{type}",
+        e::put_account_data,
+    );
+    let r = client(
+        r,
+        Get,
+        "/user/{userId}/rooms/{roomId}/account_data/{type}",
+        e::get_account_data,
+    );
+    let r = client(r, Get, "/user/{userId}/rooms/{roomId}/tags", e::get_tags);
+    let r = client(
+        r,
+        Put,
+        "/user/{userId}/rooms/{roomId}/tags/{tag}",
+        e::put_tag,
+    );
+    let r = client(
+        r,
+        Delete,
+        "/user/{userId}/rooms/{roomId}/tags/{tag}",
+        e::delete_tag,
+    );
+    let r = client(r, Put, "/presence/{userId}/status", e::put_presence);
+    let r = client(r, Get, "/presence/{userId}/status", e::get_presence);
+    client(
+        r,
+        Put,
+        "/sendToDevice/{eventType}/{txnId}",
+        e::send_to_device,
     )
 }
 

@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0005_directory.sql"),
     },
     Migration {
+        version: 6,
+        name: "ephemeral",
+        sql: include_str!("../../migrations/0006_ephemeral.sql"),
+    },
+    Migration {
         version: 7,
         name: "sync",
         sql: include_str!("../../migrations/0007_sync.sql"),

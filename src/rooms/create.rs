@@ -8,6 +8,8 @@ use serde_json::{json, Map, Value};
 
 use crate::events::{build_pdu, create_event_content, NewEvent, RoomVersion, ServerKey};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::pdu::Pdu;
 use super::RoomError;
 
@@ -141,7 +143,7 @@ pub fn plan(
             prev_events: Vec::new(),
             auth_events: Vec::new(),
             depth: 1,
-            origin_server_ts: super::service::now_ms(),
+            origin_server_ts: unique_create_ts(),
             redacts: None,
         },
         key,
@@ -262,4 +264,50 @@ pub fn plan(
         is_public,
         alias,
     })
+}
+
+/// Last `origin_server_ts` given to a create event in this process.
+static LAST_CREATE_TS: AtomicU64 = AtomicU64::new(0);
+
+/// A timestamp for a create event, strictly above every earlier one.
+///
+/// Why: in room version 12 the room id is the hash of the create event
+/// (spec rooms/v12 "Room IDs"), and two `createRoom`s by the same user in the
+/// same millisecond (clients and bots do this) would otherwise build the
+/// same event, hence the same room. One atomic per createRoom is no hot path.
+fn unique_create_ts() -> u64 {
+    let now = super::service::now_ms();
+    let mut last = LAST_CREATE_TS.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST_CREATE_TS.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+#[cfg(test)]
+mod unique_ts_tests {
+    #[test]
+    fn create_timestamps_strictly_increase_across_threads() {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    (0..500)
+                        .map(|_| super::unique_create_ts())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "no two create events share a timestamp");
+    }
 }

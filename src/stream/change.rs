@@ -52,6 +52,12 @@ impl Change {
 pub enum RoomChange {
     /// A new event, persisted on the room's owner shard.
     Event(Arc<EventChange>),
+    /// The room's typing set changed (ephemeral, from the room's owner
+    /// shard): the whole new set, which every shard caches for `/sync`.
+    Typing(Arc<Vec<OwnedUserId>>),
+    /// A public receipt was stored (persisted, on the room's owner shard);
+    /// `/sync` reads it from the `receipts` table.
+    Receipt,
 }
 
 /// A persisted room event as the other shards need it.
@@ -74,4 +80,30 @@ pub struct EventChange {
 pub enum UserChange {
     /// A generic "wake up and look" for streams without a cache of their own.
     Poke,
+    /// Global (`room_id: None`) or room account data changed (persisted on
+    /// the user's shard), tags and `m.fully_read` included.
+    AccountData { room_id: Option<OwnedRoomId> },
+    /// A to-device message was stored for one of the user's devices
+    /// (persisted on the user's shard).
+    ToDevice,
+    /// The user's own `m.read.private` receipt in a room (persisted on the
+    /// room's owner shard): only its user may see it, so only they wake.
+    PrivateReceipt { room_id: OwnedRoomId },
+    /// The user's presence changed (ephemeral, on the user's shard). Also
+    /// wakes the local members of `rooms` (those who may see it).
+    Presence(Arc<PresenceUpdate>),
+}
+
+/// A user's presence as announced (client-server API "Presence").
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresenceUpdate {
+    /// `online`, `unavailable` or `offline`.
+    pub presence: String,
+    pub status_msg: Option<String>,
+    /// Wall-clock ms of the last pro-active event (for `last_active_ago`).
+    pub last_active_ts: u64,
+    pub currently_active: bool,
+    /// The rooms the user was joined to when this was announced: who
+    /// shares a room with them may see it.
+    pub rooms: Vec<OwnedRoomId>,
 }

@@ -10,7 +10,7 @@ pub mod notifier;
 pub mod token;
 pub mod writer;
 
-pub use change::{Change, EventChange, Pos, RoomChange, UserChange};
+pub use change::{Change, EventChange, Pos, PresenceUpdate, RoomChange, UserChange};
 pub use notifier::Notifier;
 pub use token::{ShardPos, StreamToken, TokenError};
 pub use writer::{StreamWriter, Ticket};

@@ -17,7 +17,7 @@ use crate::db::{DbError, Pool};
 use crate::mesh::shard_for_user;
 use crate::primitives::Notify;
 
-use super::change::{Change, Pos, RoomChange};
+use super::change::{Change, Pos, RoomChange, UserChange};
 use super::token::{ShardPos, StreamToken};
 use super::writer::{Batch, POSITION_TABLES};
 
@@ -38,6 +38,9 @@ pub struct Notifier {
     room_local: RefCell<HashMap<OwnedRoomId, HashSet<OwnedUserId>>>,
     waiters: RefCell<HashMap<OwnedUserId, Notify>>,
     stopping: std::cell::Cell<bool>,
+    /// What `/sync` needs of the ephemeral and per-user streams (typing
+    /// sets, presence, receipt/account-data positions), fed by `apply`.
+    pub ephemeral: crate::ephemeral::SyncCache,
     /// Observers of every applied batch (e.g. `/sync`'s timeline cache).
     hooks: RefCell<Vec<BatchHook>>,
 }
@@ -132,6 +135,7 @@ impl Notifier {
 
     /// A notifier knowing no memberships, at `startup` (tests; `load`).
     pub fn new(shard: usize, n_shards: usize, startup: StreamToken) -> Notifier {
+        let startup_for_cache = startup.clone();
         Notifier {
             shard,
             n_shards,
@@ -143,6 +147,7 @@ impl Notifier {
             room_local: RefCell::default(),
             waiters: RefCell::default(),
             stopping: std::cell::Cell::new(false),
+            ephemeral: crate::ephemeral::SyncCache::new(startup_for_cache),
             hooks: RefCell::default(),
         }
     }
@@ -303,17 +308,19 @@ impl Notifier {
             };
             match change {
                 Change::Room { room_id, what, .. } => {
-                    let RoomChange::Event(ev) = what;
-                    if let (Some(m), Some(target)) = (&ev.membership, &ev.state_key) {
-                        if let Ok(target) = OwnedUserId::try_from(target.as_str()) {
-                            if self.is_local(&target) {
-                                self.set_membership(room_id, &target, m);
-                                // Woken even when leaving: a kicked user's
-                                // sync must move the room to `leave`.
-                                self.touch_user(&target, s, pos);
+                    if let RoomChange::Event(ev) = what {
+                        if let (Some(m), Some(target)) = (&ev.membership, &ev.state_key) {
+                            if let Ok(target) = OwnedUserId::try_from(target.as_str()) {
+                                if self.is_local(&target) {
+                                    self.set_membership(room_id, &target, m);
+                                    // Woken even when leaving: a kicked user's
+                                    // sync must move the room to `leave`.
+                                    self.touch_user(&target, s, pos);
+                                }
                             }
                         }
                     }
+                    self.ephemeral.apply(s, change);
                     self.room_changed
                         .borrow_mut()
                         .entry(room_id.clone())
@@ -323,9 +330,18 @@ impl Notifier {
                         self.touch_user(&user, s, pos);
                     }
                 }
-                Change::User { user_id, .. } => {
+                Change::User { user_id, what, .. } => {
+                    self.ephemeral.apply(s, change);
                     if self.is_local(user_id) {
                         self.touch_user(user_id, s, pos);
+                    }
+                    // Presence reaches whoever shares a room with the user.
+                    if let UserChange::Presence(p) = what {
+                        for room in &p.rooms {
+                            for user in self.local_members(room) {
+                                self.touch_user(&user, s, pos);
+                            }
+                        }
                     }
                 }
             }

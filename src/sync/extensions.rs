@@ -1,73 +1,128 @@
 //! The seam between `/sync` and the ephemeral / per-user streams (typing,
 //! receipts, read markers, account data, tags, presence, to-device), which
-//! live in their own module. The sync response builder calls exactly these
-//! functions; each returns what goes in its section of the response, already
-//! filtered by the relevant part of `ctx.filter`. They start out empty.
+//! live in `crate::ephemeral` (see `ephemeral::sync`). Each function returns
+//! what goes in its section of the response, filtered by the relevant part
+//! of `ctx.filter`.
 //!
-//! Contract for implementers:
-//! - Return only what changed after `ctx.since` (everything current when
-//!   `ctx.since` is `None`, i.e. an initial sync) and at or before
-//!   `ctx.current` — the positions of your streams are in the token
-//!   (`persisted` for what you store in PostgreSQL, `ephemeral` for what
-//!   lives only in memory).
-//! - Announce every change through the stream writer (a `Change::Room` for
-//!   room-scoped data, `Change::User` for one user) so the notifier wakes
-//!   parked syncs and `user_changed_since` stays truthful: the cheap path
-//!   answers "nothing new" without calling these functions at all.
-//! - Never panic on stored data; return `SyncError` instead.
+//! Contract: only what changed after `ctx.since` (everything current when
+//! `ctx.since` is `None`) and at or before `ctx.current`; every change is
+//! announced through the stream writer, so the cheap path answers "nothing
+//! new" without calling these at all.
+
+use std::rc::Rc;
 
 use ruma::RoomId;
 use serde_json::Value;
 
+use crate::ephemeral::{sync as eph, EphError};
+use crate::server::{current_shard, ShardState};
+
 use super::{SyncContext, SyncError};
 
-/// `rooms.join.{room}.ephemeral.events` of a joined room: `m.typing` (the
-/// room's current typing users, when it changed since `ctx.since`) and
-/// `m.receipt` (receipts since `ctx.since`, `m.read.private` only the
-/// user's own). Filtered by `ctx.filter.room.ephemeral`.
-pub async fn room_ephemeral(ctx: &SyncContext, room_id: &RoomId) -> Result<Vec<Value>, SyncError> {
-    let _ = (ctx, room_id);
-    Ok(Vec::new())
+fn shard() -> Result<Rc<ShardState>, SyncError> {
+    current_shard().ok_or_else(|| SyncError::Internal("sync outside a shard".into()))
 }
 
-/// `rooms.{join,leave}.{room}.account_data.events`: the user's per-room
-/// account data changed since `ctx.since` (including `m.tag` and
-/// `m.fully_read`). Filtered by `ctx.filter.room.account_data`.
+fn err(e: EphError) -> SyncError {
+    SyncError::Matrix(e.into())
+}
+
+fn limit(evs: Vec<Value>, limit: Option<u64>) -> Vec<Value> {
+    match limit.and_then(|l| usize::try_from(l).ok()) {
+        Some(l) => evs.into_iter().take(l).collect(),
+        None => evs,
+    }
+}
+
+/// `rooms.join.{room}.ephemeral.events`: `m.typing` (when the room's typing
+/// set changed since `ctx.since`) and `m.receipt` (receipts since
+/// `ctx.since`, `m.read.private` only the user's own). Filtered by
+/// `ctx.filter.room.ephemeral`.
+pub async fn room_ephemeral(ctx: &SyncContext, room_id: &RoomId) -> Result<Vec<Value>, SyncError> {
+    let state = shard()?;
+    let evs = eph::room_ephemeral_of(&state, &ctx.user, room_id, ctx.since.as_ref(), &ctx.current)
+        .await
+        .map_err(err)?;
+    let f = &ctx.filter.room.ephemeral;
+    let evs = evs
+        .into_iter()
+        .filter(|ev| f.allows_event(room_id.as_str(), ev))
+        .collect();
+    Ok(limit(evs, f.base.limit))
+}
+
+/// `rooms.{join,leave}.{room}.account_data.events` (`m.tag`, `m.fully_read`
+/// included). Filtered by `ctx.filter.room.account_data`.
 pub async fn room_account_data(
     ctx: &SyncContext,
     room_id: &RoomId,
 ) -> Result<Vec<Value>, SyncError> {
-    let _ = (ctx, room_id);
-    Ok(Vec::new())
+    let state = shard()?;
+    let evs =
+        eph::room_account_data_of(&state, &ctx.user, room_id, ctx.since.as_ref(), &ctx.current)
+            .await
+            .map_err(err)?;
+    let f = &ctx.filter.room.account_data;
+    let evs = evs
+        .into_iter()
+        .filter(|ev| f.allows_event(room_id.as_str(), ev))
+        .collect();
+    Ok(limit(evs, f.base.limit))
 }
 
-/// Top-level `account_data.events`: the user's global account data changed
-/// since `ctx.since`. Filtered by `ctx.filter.account_data`.
+/// Top-level `account_data.events`. Filtered by `ctx.filter.account_data`.
 pub async fn account_data(ctx: &SyncContext) -> Result<Vec<Value>, SyncError> {
-    let _ = ctx;
-    Ok(Vec::new())
+    let state = shard()?;
+    let evs = eph::global_account_data(&state, &ctx.user, ctx.since.as_ref(), &ctx.current)
+        .await
+        .map_err(err)?;
+    let f = &ctx.filter.account_data;
+    let evs = evs.into_iter().filter(|ev| f.allows_event(ev)).collect();
+    Ok(limit(evs, f.limit))
 }
 
-/// Top-level `to_device.events`: messages for `ctx.device_id` queued after
-/// `ctx.since` up to `ctx.current`. Receiving a sync with `since` past a
-/// message acknowledges it (delete those at or before `ctx.since`).
+/// Top-level `to_device.events` for `ctx.device_id`: delivered until a
+/// sync with `since` past the response carrying them acknowledges them.
 pub async fn to_device(ctx: &SyncContext) -> Result<Vec<Value>, SyncError> {
-    let _ = ctx;
-    Ok(Vec::new())
+    let state = shard()?;
+    eph::to_device(
+        &state,
+        &ctx.user,
+        &ctx.device_id,
+        ctx.since.as_ref(),
+        &ctx.current,
+    )
+    .await
+    .map_err(err)
 }
 
-/// Top-level `presence.events`: `m.presence` of users sharing a room with
-/// `ctx.user` that changed since `ctx.since`. Filtered by
-/// `ctx.filter.presence`.
+/// Top-level `presence.events`. Filtered by `ctx.filter.presence`.
 pub async fn presence(ctx: &SyncContext) -> Result<Vec<Value>, SyncError> {
-    let _ = ctx;
-    Ok(Vec::new())
+    let state = shard()?;
+    let evs = eph::presence(&state, &ctx.user, ctx.since.as_ref());
+    let f = &ctx.filter.presence;
+    let evs = evs.into_iter().filter(|ev| f.allows_event(ev)).collect();
+    Ok(limit(evs, f.limit))
 }
 
-/// `set_presence` of the sync request (`online`, `offline`,
-/// `unavailable`; already validated): record it for `ctx.user` before the
-/// response is computed. Default when absent: `online`.
+/// `set_presence` of the sync request (validated; default `online`).
 pub async fn set_presence(ctx: &SyncContext, presence: &str) -> Result<(), SyncError> {
-    let _ = (ctx, presence);
-    Ok(())
+    let state = shard()?;
+    eph::set_presence(&state, &ctx.user, Some(presence))
+        .await
+        .map_err(err)
+}
+
+/// The to-device acknowledgement of an incremental sync: deletes what
+/// earlier responses delivered at or before `ctx.since`. Called before the
+/// cheap path too (memory only unless something is acknowledged), so a
+/// message never comes back once the client synced past it.
+pub async fn acknowledge(ctx: &SyncContext) -> Result<(), SyncError> {
+    let Some(since) = &ctx.since else {
+        return Ok(());
+    };
+    let state = shard()?;
+    eph::acknowledge_to_device(&state, &ctx.user, &ctx.device_id, since)
+        .await
+        .map_err(err)
 }

@@ -88,6 +88,7 @@ pub async fn sync(
     if let Some(presence) = &p.set_presence {
         extensions::set_presence(&ctx, presence).await?;
     }
+    extensions::acknowledge(&ctx).await?;
     if let (Some(since), false) = (ctx.since.clone(), p.full_state) {
         if !notifier.user_changed_since(&user, &since) {
             if !p.timeout.is_zero() {
@@ -215,7 +216,12 @@ async fn one_room(
         return Ok(out.map(|(s, v)| (s, room, v)));
     };
     let room_changed = notifier.room_changed_since(&room, since);
-    if !(room_changed || ctx.full_state && membership == "join") {
+    // The user's own data in the room (account data, tags, read marker,
+    // private receipt) changed although the room did not.
+    let own_changed = crate::server::current_shard().is_some_and(|state| {
+        crate::ephemeral::sync::user_room_changed(&state, &ctx.user, &room, since)
+    });
+    if !(room_changed || own_changed || ctx.full_state && membership == "join") {
         return Ok(None);
     }
     let changes: Vec<MemberChange> =

@@ -328,7 +328,19 @@ pub mod seccomp {
 /// One request with optional bearer token and raw body, on a fresh
 /// connection (so the kernel may pick any shard).
 pub fn request(h: &Hearth, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Resp {
-    let mut s = h.connect();
+    request_to(h.addr, method, path, token, body)
+}
+
+/// [`request`] by address, for threads (a `Hearth` is not `Sync`).
+pub fn request_to(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();

@@ -1,0 +1,264 @@
+//! Presence (client-server API "Presence"), in memory on the user's shard.
+//! A change is announced with an ephemeral position and the user's joined
+//! rooms, so every shard caches it (`SyncCache`) and wakes the local members
+//! of those rooms: whoever shares a room with the user may see it.
+//!
+//! As Synapse: `last_active_ago` counts from the last pro-active act
+//! (setting `online`, a sync that marks the user online); `currently_active`
+//! is true while online and active within the last minute; a user who never
+//! set a presence is `offline`. Not done: the idle/offline timers that
+//! Synapse runs (online → unavailable after 5 min idle, offline 30 s after
+//! the last sync).
+
+use std::sync::Arc;
+
+use ruma::{OwnedUserId, UserId};
+use serde_json::{json, Map, Value};
+
+use crate::db::Pool;
+use crate::mesh::{shard_for_user, MeshEndpoint};
+use crate::server::ShardState;
+use crate::stream::{Change, Pos, PresenceUpdate, UserChange};
+
+use super::{now_ms, on_shard, service, EphError};
+
+/// Within this long after the last activity an online user is
+/// `currently_active` (Synapse's `LAST_ACTIVE_GRANULARITY`).
+pub const ACTIVE_WINDOW_MS: u64 = 60_000;
+
+/// The presence states of the spec.
+pub const STATES: [&str; 3] = ["online", "unavailable", "offline"];
+
+/// A user's presence on their own shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalPresence {
+    pub presence: String,
+    pub status_msg: Option<String>,
+    pub last_active_ts: u64,
+}
+
+impl LocalPresence {
+    fn currently_active(&self, now: u64) -> bool {
+        self.presence == "online" && now.saturating_sub(self.last_active_ts) < ACTIVE_WINDOW_MS
+    }
+}
+
+/// The `content` of an `m.presence` event (and the `GET …/status` body).
+pub fn content(p: &PresenceUpdate, now: u64) -> Value {
+    let mut c = Map::new();
+    c.insert("presence".into(), json!(p.presence));
+    if p.last_active_ts > 0 {
+        c.insert(
+            "last_active_ago".into(),
+            json!(now.saturating_sub(p.last_active_ts)),
+        );
+    }
+    if let Some(m) = &p.status_msg {
+        c.insert("status_msg".into(), json!(m));
+    }
+    if p.presence == "online" {
+        c.insert("currently_active".into(), json!(p.currently_active));
+    }
+    Value::Object(c)
+}
+
+fn announce(state: &ShardState, user: &OwnedUserId, p: &LocalPresence, now: u64) {
+    let rooms = state
+        .notifier
+        .rooms_of(user)
+        .into_iter()
+        .filter(|(_, m)| m == "join")
+        .map(|(r, _)| r)
+        .collect();
+    let update = Arc::new(PresenceUpdate {
+        presence: p.presence.clone(),
+        status_msg: p.status_msg.clone(),
+        last_active_ts: p.last_active_ts,
+        currently_active: p.currently_active(now),
+        rooms,
+    });
+    let user = user.clone();
+    state.stream.publish_ephemeral(move |pos| {
+        vec![Change::User {
+            user_id: user,
+            pos: Pos::Ephemeral(pos),
+            what: UserChange::Presence(update),
+        }]
+    });
+}
+
+/// On the user's shard: applies a new state (`PUT …/status`, or a sync's
+/// `set_presence` when `from_sync`) and announces it if anything a reader
+/// sees changed.
+fn apply(
+    state: &ShardState,
+    user: &OwnedUserId,
+    presence: &str,
+    status_msg: Option<Option<String>>,
+    from_sync: bool,
+) {
+    let svc = service::get(state);
+    let now = now_ms();
+    let old = svc.presence.borrow().get(user).cloned();
+    let mut new = old.clone().unwrap_or(LocalPresence {
+        presence: "offline".into(),
+        status_msg: None,
+        last_active_ts: 0,
+    });
+    new.presence = presence.to_owned();
+    if let Some(m) = status_msg {
+        new.status_msg = m;
+    }
+    if presence == "online" {
+        new.last_active_ts = now;
+    }
+    let visible_change = match &old {
+        None => true,
+        Some(o) => {
+            o.presence != new.presence
+                || o.status_msg != new.status_msg
+                || o.currently_active(now) != new.currently_active(now)
+                // An explicit PUT is always announced (Synapse notifies).
+                || !from_sync
+        }
+    };
+    svc.presence.borrow_mut().insert(user.clone(), new.clone());
+    if visible_change {
+        announce(state, user, &new, now);
+    }
+}
+
+/// `PUT /presence/{userId}/status` (own user checked by the caller).
+pub async fn set(
+    mesh: &MeshEndpoint,
+    user: OwnedUserId,
+    presence: String,
+    status_msg: Option<String>,
+) -> Result<(), EphError> {
+    if !STATES.contains(&presence.as_str()) {
+        return Err(EphError::InvalidParam(format!(
+            "presence must be one of {STATES:?}"
+        )));
+    }
+    let target = shard_for_user(&user, mesh.n_shards());
+    on_shard(mesh, target, move |state| async move {
+        apply(&state, &user, &presence, Some(status_msg), false);
+        Ok(())
+    })
+    .await
+}
+
+/// `/sync?set_presence=`: absent or `online` marks the user online,
+/// `unavailable` idle, `offline` changes nothing (spec `/sync` parameter).
+pub async fn set_from_sync(
+    mesh: &MeshEndpoint,
+    user: OwnedUserId,
+    set_presence: Option<&str>,
+) -> Result<(), EphError> {
+    let presence = match set_presence {
+        None | Some("online") => "online",
+        Some("unavailable") => "unavailable",
+        Some("offline") => return Ok(()),
+        Some(other) => {
+            return Err(EphError::InvalidParam(format!(
+                "set_presence must be one of {STATES:?}, not {other:?}"
+            )))
+        }
+    };
+    let target = shard_for_user(&user, mesh.n_shards());
+    on_shard(mesh, target, move |state| async move {
+        apply(&state, &user, presence, None, true);
+        Ok(())
+    })
+    .await
+}
+
+/// Whether `a` and `b` are joined to a common room (who may see whose
+/// presence).
+pub async fn share_a_room(db: &Pool, a: &UserId, b: &UserId) -> Result<bool, EphError> {
+    let row = db
+        .query_opt(
+            "SELECT 1 FROM current_state x JOIN current_state y USING (room_id) \
+             WHERE x.type = 'm.room.member' AND x.state_key = $1 AND x.membership = 'join' \
+             AND y.type = 'm.room.member' AND y.state_key = $2 AND y.membership = 'join' \
+             LIMIT 1",
+            &[&a.as_str(), &b.as_str()],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
+/// `GET /presence/{userId}/status`: 403 unless it is the requester or
+/// someone sharing a room with them (as Synapse); `offline` when unknown.
+pub async fn get(
+    state: &ShardState,
+    requester: &UserId,
+    target: OwnedUserId,
+) -> Result<Value, EphError> {
+    if requester != target && !share_a_room(&state.db, requester, &target).await? {
+        return Err(EphError::Forbidden(
+            "You are not allowed to see their presence".into(),
+        ));
+    }
+    let shard = shard_for_user(&target, state.mesh.n_shards());
+    on_shard(&state.mesh, shard, move |state| async move {
+        let now = now_ms();
+        let svc = service::get(&state);
+        let p = svc.presence.borrow().get(&target).cloned();
+        Ok(match p {
+            None => json!({"presence": "offline"}),
+            Some(p) => content(
+                &PresenceUpdate {
+                    currently_active: p.currently_active(now),
+                    presence: p.presence,
+                    status_msg: p.status_msg,
+                    last_active_ts: p.last_active_ts,
+                    rooms: Vec::new(),
+                },
+                now,
+            ),
+        })
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_fields() {
+        let p = PresenceUpdate {
+            presence: "online".into(),
+            status_msg: Some("busy".into()),
+            last_active_ts: 1_000,
+            currently_active: true,
+            rooms: vec![],
+        };
+        let c = content(&p, 1_500);
+        assert_eq!(
+            c,
+            json!({"presence": "online", "last_active_ago": 500,
+                   "status_msg": "busy", "currently_active": true})
+        );
+        let off = PresenceUpdate {
+            presence: "offline".into(),
+            status_msg: None,
+            last_active_ts: 0,
+            currently_active: false,
+            rooms: vec![],
+        };
+        assert_eq!(content(&off, 5), json!({"presence": "offline"}));
+    }
+
+    #[test]
+    fn currently_active_needs_recent_activity() {
+        let p = LocalPresence {
+            presence: "online".into(),
+            status_msg: None,
+            last_active_ts: 1_000,
+        };
+        assert!(p.currently_active(1_000 + ACTIVE_WINDOW_MS - 1));
+        assert!(!p.currently_active(1_000 + ACTIVE_WINDOW_MS));
+    }
+}

@@ -1,0 +1,83 @@
+//! This shard's ephemeral state as a writer: the typing sets of the rooms
+//! it owns, the presence of the users it owns, and which of its users'
+//! devices hold to-device messages delivered but not yet acknowledged.
+//! Created on first use (a thread-local: mesh jobs reach it too).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use ruma::{OwnedRoomId, OwnedUserId};
+
+use crate::primitives::RealClock;
+use crate::server::ShardState;
+use crate::stream::{Change, Pos, RoomChange, ShardPos};
+
+use super::presence::LocalPresence;
+use super::typing::Typing;
+
+/// See the module doc.
+pub struct EphService {
+    pub typing: Rc<Typing>,
+    /// Presence of this shard's users (those who ever set one).
+    pub presence: RefCell<HashMap<OwnedUserId, LocalPresence>>,
+    /// `(user, device)` pairs whose last computed sync delivered to-device
+    /// messages, with the mark it gave them (a sync at or past the mark
+    /// acknowledges them, even one answered by the cheap path) and whether
+    /// more were left waiting (the next sync must fetch them).
+    pub to_device_outstanding: RefCell<HashMap<(OwnedUserId, String), (ShardPos, bool)>>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Rc<EphService>>> = const { RefCell::new(None) };
+}
+
+/// This shard's service, created (with its typing expiry task) on first use.
+pub fn get(state: &ShardState) -> Rc<EphService> {
+    if let Some(s) = LOCAL.with(|l| l.borrow().clone()) {
+        return s;
+    }
+    let stream = state.stream.clone();
+    let typing = Typing::new(
+        RealClock::handle(),
+        Box::new(move |room: &OwnedRoomId, users: Vec<OwnedUserId>| {
+            let users = Arc::new(users);
+            let room = room.clone();
+            // Typing is memory-only: an ephemeral position, no commit to wait for.
+            stream.publish_ephemeral(move |pos| {
+                vec![Change::Room {
+                    room_id: room,
+                    pos: Pos::Ephemeral(pos),
+                    what: RoomChange::Typing(users),
+                }]
+            });
+        }),
+    );
+    monoio::spawn(typing.clone().run_expiry());
+    let s = Rc::new(EphService {
+        typing,
+        presence: RefCell::default(),
+        to_device_outstanding: RefCell::default(),
+    });
+    LOCAL.with(|l| *l.borrow_mut() = Some(s.clone()));
+    s
+}
+
+/// `PUT /rooms/{roomId}/typing/{userId}` (own user checked by the caller):
+/// on the room's owner shard, for a joined user; `timeout: None` stops.
+pub async fn set_typing(
+    mesh: &crate::mesh::MeshEndpoint,
+    user: OwnedUserId,
+    room: OwnedRoomId,
+    timeout: Option<std::time::Duration>,
+) -> Result<(), super::EphError> {
+    let owner = crate::mesh::shard_for_room(&room, mesh.n_shards());
+    super::on_shard(mesh, owner, move |state| async move {
+        let rooms = crate::rooms::local()?;
+        super::receipts::require_joined(&rooms, &room, &user).await?;
+        get(&state).typing.set(&room, &user, timeout);
+        Ok(())
+    })
+    .await
+}
