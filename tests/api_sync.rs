@@ -320,8 +320,7 @@ fn sync_end_to_end() {
     let again = timeline(&from_prev, "join", &room);
     assert_eq!(again[0]["event_id"], tl[0]["event_id"], "{prev}");
     assert_eq!(bodies(again), bodies(tl));
-    // TODO(wip-msg): once /messages lands on main, page back from
-    // prev_batch and check it yields exactly m0..m4 then earlier events.
+    // Paging `/messages` back from prev_batch: `limited_gap_backfilled_by_messages`.
 
     // Incremental, unlimited: no state.
     let since = next_batch(&b4);
@@ -724,4 +723,309 @@ fn tokens_survive_restart() {
     );
     let v = sync(&h, &bob, Some(&now), "");
     assert_eq!(bodies(timeline(&v, "join", &room)), vec!["three"]);
+}
+
+/// Room events of a sync response's room, checked the way Element relies
+/// on them: `state` never repeats an event of the timeline.
+fn assert_state_disjoint(v: &Value, section: &str, room: &str) {
+    let tl: Vec<&Value> = timeline(v, section, room)
+        .iter()
+        .map(|e| &e["event_id"])
+        .collect();
+    for e in state_of(v, section, room) {
+        assert!(
+            !tl.contains(&&e["event_id"]),
+            "state repeats a timeline event {}: {v:#}",
+            e["event_id"]
+        );
+    }
+}
+
+/// `GET /messages` pages (dir=b, limit 10) from `from` down to `to`.
+fn page_back(h: &Hearth, token: &str, room: &str, from: &str, to: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut from = from.to_owned();
+    for _ in 0..100 {
+        let r = ok(call(
+            h,
+            "GET",
+            &format!(
+                "/rooms/{room}/messages?dir=b&limit=10&from={}&to={}",
+                enc(&from),
+                enc(to)
+            ),
+            token,
+            None,
+        ));
+        let chunk = r["chunk"].as_array().unwrap();
+        assert!(chunk.len() <= 10);
+        out.extend(chunk.iter().cloned());
+        match r["end"].as_str() {
+            Some(end) => from = end.to_owned(),
+            None => return out,
+        }
+    }
+    panic!("/messages never reached {to}");
+}
+
+/// Issue #5: `limited`/`prev_batch` then `/messages?dir=b&from=prev_batch`
+/// back-fills the gap exactly: 30 events while Bob's token is old, a sync
+/// with timeline limit 5, then pages of 10 down to his old token give
+/// exactly the 30 events, none twice, in order.
+#[test]
+fn limited_gap_backfilled_by_messages() {
+    let (h, opts, _db) = start();
+    let alice = register(&h, "alice");
+    let room = create_room(&h, &alice, json!({"preset": "public_chat"}));
+    let (bob, _) = register_off_shard(&h, opts.shards, "bob", &room);
+    ok(call(
+        &h,
+        "POST",
+        &format!("/join/{room}"),
+        &bob,
+        Some(json!({})),
+    ));
+    send(&h, &alice, &room, "before", "before");
+    let since = next_batch(&sync(&h, &bob, None, ""));
+    let sent: Vec<String> = (0..30)
+        .map(|i| send(&h, &alice, &room, &format!("g{i}"), &format!("g{i}")))
+        .collect();
+    let f = enc(&json!({"room": {"timeline": {"limit": 5}}}).to_string());
+    let v = sync(&h, &bob, Some(&since), &format!("filter={f}"));
+    let j = &v["rooms"]["join"][&room];
+    assert_eq!(j["timeline"]["limited"], true, "{v:#}");
+    let tl = timeline(&v, "join", &room);
+    assert_eq!(
+        bodies(tl),
+        (25..30).map(|i| format!("g{i}")).collect::<Vec<_>>()
+    );
+    assert_state_disjoint(&v, "join", &room);
+    let prev = j["timeline"]["prev_batch"].as_str().unwrap();
+    let older = page_back(&h, &bob, &room, prev, &since);
+    // Newest first from /messages; the timeline is chronological.
+    let mut ids: Vec<String> = older
+        .iter()
+        .rev()
+        .chain(tl.iter())
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, sent, "the gap, exactly and in order");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 30, "no duplicates");
+}
+
+/// Sync serves events like `/messages` does (`rooms::serve`): a redaction
+/// shows on the next sync (also of a range the shard's window had served),
+/// state events carry `prev_content`; history visibility `joined` hides
+/// what came before a join; invitees see only `invite_state`; forgotten
+/// rooms are left out; Element's expectations (own `transaction_id`,
+/// `state` disjoint from `timeline`, heroes without the user).
+#[test]
+fn serving_visibility_forget() {
+    let (h, opts, _db) = start();
+    let alice = register(&h, "alice");
+    let room = create_room(
+        &h,
+        &alice,
+        json!({"preset": "private_chat", "name": "Secrets",
+               "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+                                  "content": {"history_visibility": "joined"}}]}),
+    );
+    let (bob, bob_id) = register_off_shard(&h, opts.shards, "bob", &room);
+    membership(&h, &alice, &room, "invite", json!({"user_id": bob_id}));
+    ok(call(
+        &h,
+        "POST",
+        &format!("/join/{room}"),
+        &bob,
+        Some(json!({})),
+    ));
+    let s0 = next_batch(&sync(&h, &bob, None, ""));
+
+    // Redaction: the window served the event, then the redaction arrives.
+    let victim = send(&h, &alice, &room, "v", "oops");
+    let first = sync(&h, &bob, Some(&s0), "");
+    assert_eq!(bodies(timeline(&first, "join", &room)), vec!["oops"]);
+    let redaction = ok(call(
+        &h,
+        "PUT",
+        &format!("/rooms/{room}/redact/{}/r1", enc(&victim)),
+        &alice,
+        Some(json!({"reason": "typo"})),
+    ))["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let next = sync(&h, &bob, Some(&next_batch(&first)), "");
+    let tl = timeline(&next, "join", &room);
+    assert_eq!(tl.len(), 1, "{next:#}");
+    assert_eq!(tl[0]["event_id"], redaction.as_str());
+    assert_eq!(tl[0]["type"], "m.room.redaction");
+    assert_eq!(tl[0]["redacts"], victim.as_str());
+    // The same range as before, now with the event redacted.
+    let again = sync(&h, &bob, Some(&s0), "");
+    let tl = timeline(&again, "join", &room);
+    let v = tl
+        .iter()
+        .find(|e| e["event_id"] == victim.as_str())
+        .unwrap();
+    assert_eq!(v["content"], json!({}), "{v:#}");
+    assert_eq!(
+        v["unsigned"]["redacted_because"]["event_id"],
+        redaction.as_str()
+    );
+    assert!(v["unsigned"]["age"].is_i64());
+    // Identical to what /messages serves.
+    let msgs = ok(call(
+        &h,
+        "GET",
+        &format!("/rooms/{room}/messages?dir=b&limit=5"),
+        &bob,
+        None,
+    ));
+    let m = msgs["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == victim.as_str())
+        .unwrap();
+    assert_eq!(m["content"], v["content"]);
+    assert_eq!(
+        m["unsigned"]["redacted_because"]["event_id"],
+        v["unsigned"]["redacted_because"]["event_id"]
+    );
+
+    // prev_content on state events; Alice's own event has her txn id;
+    // Bob is Alice's hero, not his own.
+    let s1 = next_batch(&again);
+    set_name(&h, &alice, &room, "Renamed");
+    let mine = send(&h, &alice, &room, "a-txn", "from alice");
+    let b = sync(&h, &bob, Some(&s1), "");
+    let name = timeline(&b, "join", &room)
+        .iter()
+        .find(|e| e["type"] == "m.room.name")
+        .unwrap();
+    assert_eq!(
+        name["unsigned"]["prev_content"]["name"], "Secrets",
+        "{name:#}"
+    );
+    assert!(name["unsigned"]["replaces_state"].is_string());
+    assert_state_disjoint(&b, "join", &room);
+    let a = sync(&h, &alice, None, "");
+    let own = timeline(&a, "join", &room)
+        .iter()
+        .find(|e| e["event_id"] == mine.as_str())
+        .unwrap();
+    assert_eq!(own["unsigned"]["transaction_id"], "a-txn");
+    assert_state_disjoint(&a, "join", &room);
+    let heroes = &a["rooms"]["join"][&room]["summary"]["m.heroes"];
+    assert_eq!(heroes, &json!([bob_id]), "{heroes}");
+    // Another device of Alice's gets no transaction id.
+    let login = ok(json_request(
+        &h,
+        "POST",
+        &format!("{V3}/login"),
+        None,
+        Some(&json!({"type": "m.login.password", "identifier":
+            {"type": "m.id.user", "user": "alice"}, "password": "pw"})),
+    ));
+    let other = login["access_token"].as_str().unwrap();
+    let o = sync(&h, other, None, "");
+    let own = timeline(&o, "join", &room)
+        .iter()
+        .find(|e| e["event_id"] == mine.as_str())
+        .unwrap();
+    assert!(own["unsigned"].get("transaction_id").is_none(), "{own:#}");
+
+    // History visibility `joined`: Carol, invited then joined, sees
+    // nothing from before her join; while invited only `invite_state`.
+    let (carol, carol_id) = register_off_shard(&h, opts.shards, "carol", &room);
+    let c0 = next_batch(&sync(&h, &carol, None, ""));
+    send(&h, &alice, &room, "s1", "secret before invite");
+    membership(&h, &alice, &room, "invite", json!({"user_id": carol_id}));
+    send(&h, &alice, &room, "s2", "secret while invited");
+    let ci = sync(&h, &carol, Some(&c0), "");
+    let inv = &ci["rooms"]["invite"][&room];
+    assert!(inv["invite_state"]["events"].is_array(), "{ci:#}");
+    assert!(inv.get("timeline").is_none() && inv.get("state").is_none());
+    assert!(ci["rooms"]["join"].get(&room).is_none());
+    ok(call(
+        &h,
+        "POST",
+        &format!("/join/{room}"),
+        &carol,
+        Some(json!({})),
+    ));
+    send(&h, &alice, &room, "s3", "welcome carol");
+    let f = enc(&json!({"room": {"timeline": {"limit": 50}}}).to_string());
+    let joined_sync = sync(&h, &carol, Some(&next_batch(&ci)), &format!("filter={f}"));
+    let initial = sync(&h, &carol, None, &format!("filter={f}"));
+    for (label, v) in [("join sync", &joined_sync), ("initial", &initial)] {
+        let tl = timeline(v, "join", &room);
+        assert_eq!(bodies(tl), vec!["welcome carol"], "{label}: {v:#}");
+        assert!(tl.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == carol_id.as_str()
+            && e["content"]["membership"] == "join"));
+        // Nothing of what was sent under `joined` before her join (the
+        // room's first events predate the visibility setting: `shared`).
+        for e in tl {
+            assert!(e["type"] != "m.room.name", "{label}: {e:#}");
+            assert!(e["content"]["membership"] != "invite", "{label}: {e:#}");
+        }
+        // The hidden state still reaches her through `state`.
+        let st = state_of(v, "join", &room);
+        assert!(st.iter().all(|e| e["type"] != "m.room.message"));
+        let name = find_state(st, "m.room.name", "").unwrap_or_else(|| panic!("{label}"));
+        assert_eq!(name["content"]["name"], "Renamed");
+        assert_state_disjoint(v, "join", &room);
+    }
+    // The sync where the join arrives starts right at her join.
+    let tl = timeline(&joined_sync, "join", &room);
+    assert_eq!(tl[0]["type"], "m.room.member", "{joined_sync:#}");
+    assert_eq!(tl[0]["state_key"], carol_id.as_str());
+    let me = find_state(
+        state_of(&joined_sync, "join", &room),
+        "m.room.member",
+        &carol_id,
+    );
+    assert_eq!(me.unwrap()["content"]["membership"], "invite");
+    // /messages agrees: nothing before her join.
+    let msgs = ok(call(
+        &h,
+        "GET",
+        &format!("/rooms/{room}/messages?dir=b&limit=50"),
+        &carol,
+        None,
+    ));
+    assert_eq!(
+        bodies(msgs["chunk"].as_array().unwrap()),
+        vec!["welcome carol"]
+    );
+
+    // Forget: once left and forgotten, the room is in no section.
+    let c1 = next_batch(&joined_sync);
+    send(&h, &alice, &room, "f1", "bye soon");
+    membership(&h, &carol, &room, "leave", json!({}));
+    let include_leave = enc(&json!({"room": {"include_leave": true}}).to_string());
+    let before_forget = sync(&h, &carol, Some(&c1), "");
+    assert!(before_forget["rooms"]["leave"].get(&room).is_some());
+    assert!(
+        sync(&h, &carol, None, &format!("filter={include_leave}"))["rooms"]["leave"]
+            .get(&room)
+            .is_some()
+    );
+    membership(&h, &carol, &room, "forget", json!({}));
+    for v in [
+        sync(&h, &carol, Some(&c1), ""),
+        sync(&h, &carol, None, &format!("filter={include_leave}")),
+    ] {
+        for s in ["join", "invite", "leave", "knock"] {
+            assert!(v["rooms"][s].get(&room).is_none(), "{s}: {v:#}");
+        }
+    }
+    // A new invite un-forgets it.
+    membership(&h, &alice, &room, "invite", json!({"user_id": carol_id}));
+    let v = sync(&h, &carol, Some(&c1), "");
+    assert!(v["rooms"]["invite"].get(&room).is_some(), "{v:#}");
 }

@@ -10,12 +10,18 @@
 //!   latest member event), so a sync knows without a query whether a room
 //!   must move between join/invite/leave.
 //! - **state snapshots** by id (immutable: cached without invalidation) and
-//!   **events** by id (client format, immutable except for redaction: a
-//!   redaction's announcement drops its room's window and the redacted id).
+//!   **state events** by id as `rooms::serve` serves them to nobody in
+//!   particular (redaction applied, `prev_content`): a redaction's
+//!   announcement drops its room's window, the redacted id and the served
+//!   events whose `prev_content` came from it, and bumps an epoch so a read
+//!   that raced with it is not cached.
+//!
+//! What is cached is viewer-independent; `age` and `transaction_id` are
+//! added per request (`sync::serve`).
 //!
 //! Everything is bounded (LRU); counters say how often each is used.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::rc::Rc;
@@ -26,6 +32,7 @@ use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use serde_json::Value;
 
 use crate::rooms::state::StateMap;
+use crate::rooms::timeline::TimelineEvent;
 use crate::stream::writer::Batch;
 use crate::stream::{Change, Notifier, Pos, RoomChange, ShardPos, StreamToken};
 
@@ -48,9 +55,19 @@ pub struct TlEvent {
     pub state_key: Option<String>,
     pub sender: String,
     pub membership: Option<String>,
-    /// Client format, `unsigned` without reader-specific extras.
+    /// Client format as stored (for filter matching).
     pub event: Arc<Value>,
+    /// The stored event with what visibility and serving need, when it was
+    /// read from the database (window events are loaded on demand).
+    pub full: OnceCell<TimelineEvent>,
+    /// `rooms::serve::client_events` output for no particular viewer, once
+    /// known: set from the announcement for message events (nothing to
+    /// add), computed on first use for state events (`prev_content`).
+    pub served: OnceCell<Arc<Value>>,
 }
+
+/// A served state event and the id its `prev_content` came from.
+type ServedState = (Arc<Value>, Option<String>);
 
 struct Window {
     shard: usize,
@@ -98,7 +115,10 @@ pub struct SyncCache {
     windows: RefCell<LruCache<OwnedRoomId, Window>>,
     member_changes: RefCell<LruCache<(OwnedUserId, OwnedRoomId), (usize, i64)>>,
     snapshots: RefCell<LruCache<i64, Rc<StateMap>>>,
-    events: RefCell<LruCache<String, Arc<Value>>>,
+    /// Served state events by id.
+    events: RefCell<LruCache<String, ServedState>>,
+    /// Bumped on every redaction: a served form read before it may be stale.
+    redactions: Cell<u64>,
     stats: Cell<CacheStats>,
 }
 
@@ -135,6 +155,7 @@ impl SyncCache {
             member_changes: RefCell::new(LruCache::new(cap(MEMBER_CHANGES))),
             snapshots: RefCell::new(LruCache::new(cap(SNAPSHOTS))),
             events: RefCell::new(LruCache::new(cap(EVENTS))),
+            redactions: Cell::new(0),
             stats: Cell::new(CacheStats::default()),
         }
     }
@@ -192,15 +213,20 @@ impl SyncCache {
                 let target = ev.event["content"]["redacts"]
                     .as_str()
                     .or_else(|| ev.event["redacts"].as_str());
-                if let Some(t) = target {
-                    self.events.borrow_mut().pop(t);
-                }
+                self.forget_redacted(target);
                 continue;
             }
             let has_window = self.windows.borrow().contains(room_id);
             if !has_window && !local_member && !local.has_local_members(room_id) {
                 skipped.push(room_id);
                 continue;
+            }
+            let served = OnceCell::new();
+            if ev.state_key.is_none() {
+                // A message event is served exactly as announced (plus
+                // `age`): no redaction yet (it would drop the window), no
+                // `prev_content`; redactions never enter a window.
+                let _ = served.set(ev.event.clone());
             }
             let tl = Rc::new(TlEvent {
                 shard: batch.shard,
@@ -211,12 +237,9 @@ impl SyncCache {
                 sender: ev.sender.to_string(),
                 membership: ev.membership.clone(),
                 event: ev.event.clone(),
+                full: OnceCell::new(),
+                served,
             });
-            if tl.state_key.is_some() {
-                self.events
-                    .borrow_mut()
-                    .put(tl.event_id.clone(), tl.event.clone());
-            }
             let horizon = if skipped.contains(&room_id) {
                 *pos - 1
             } else {
@@ -310,8 +333,34 @@ impl SyncCache {
         self.snapshots.borrow_mut().put(id, state);
     }
 
+    /// Drops what a redaction of `target` makes stale (unknown target:
+    /// every served state event).
+    fn forget_redacted(&self, target: Option<&str>) {
+        self.redactions.set(self.redactions.get() + 1);
+        let mut events = self.events.borrow_mut();
+        let Some(t) = target else {
+            events.clear();
+            return;
+        };
+        events.pop(t);
+        let dependents: Vec<String> = events
+            .iter()
+            .filter(|(_, (_, prev))| prev.as_deref() == Some(t))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in dependents {
+            events.pop(&id);
+        }
+    }
+
+    /// Changes whenever a redaction is applied: compare before and after a
+    /// database read to know whether its result may be cached.
+    pub fn redaction_epoch(&self) -> u64 {
+        self.redactions.get()
+    }
+
     pub fn event(&self, id: &str) -> Option<Arc<Value>> {
-        let hit = self.events.borrow_mut().get(id).cloned();
+        let hit = self.events.borrow_mut().get(id).map(|(v, _)| v.clone());
         self.bump(|s| match hit {
             Some(_) => s.event_hits += 1,
             None => s.event_misses += 1,
@@ -319,8 +368,12 @@ impl SyncCache {
         hit
     }
 
-    pub fn put_event(&self, id: String, ev: Arc<Value>) {
-        self.events.borrow_mut().put(id, ev);
+    /// Caches a served state event (`prev`: the event its `prev_content`
+    /// came from) unless a redaction was applied since `epoch`.
+    pub fn put_event(&self, id: String, ev: Arc<Value>, prev: Option<String>, epoch: u64) {
+        if epoch == self.redaction_epoch() {
+            self.events.borrow_mut().put(id, (ev, prev));
+        }
     }
 }
 
@@ -460,6 +513,60 @@ mod tests {
         c.apply(&batch(0, "!r:h", 7, None), before(6), &All);
         assert!(c.range(&room, &tok(5), &tok(7)).is_none(), "6 is not in it");
         assert_eq!(c.range(&room, &tok(6), &tok(7)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn redaction_drops_served_state_and_its_dependents() {
+        let c = SyncCache::new(tok(0));
+        let v = |s: &str| Arc::new(json!({ "event_id": s }));
+        let e0 = c.redaction_epoch();
+        c.put_event("$name1".into(), v("$name1"), None, e0);
+        c.put_event("$name2".into(), v("$name2"), Some("$name1".into()), e0);
+        c.put_event("$topic".into(), v("$topic"), None, e0);
+        let mut b = batch(0, "!r:h", 6, None);
+        if let Change::Room {
+            what: RoomChange::Event(ev),
+            ..
+        } = &mut b.changes[0]
+        {
+            let ev = Arc::make_mut(ev);
+            ev.event_type = "m.room.redaction".into();
+            ev.event = Arc::new(json!({"content": {"redacts": "$name1"}}));
+        }
+        c.apply(&b, before(5), &All);
+        assert!(c.event("$name1").is_none(), "the target");
+        assert!(c.event("$name2").is_none(), "its prev_content came from it");
+        assert!(c.event("$topic").is_some());
+        // A read that started before the redaction is not cached.
+        c.put_event("$name1".into(), v("$name1"), None, e0);
+        assert!(c.event("$name1").is_none());
+        c.put_event("$name1".into(), v("$name1"), None, c.redaction_epoch());
+        assert!(c.event("$name1").is_some());
+        // Unknown target (no `redacts` in what was announced): all of them.
+        let mut b = batch(0, "!r:h", 7, None);
+        if let Change::Room {
+            what: RoomChange::Event(ev),
+            ..
+        } = &mut b.changes[0]
+        {
+            Arc::make_mut(ev).event_type = "m.room.redaction".into();
+        }
+        c.apply(&b, before(6), &All);
+        assert!(c.event("$topic").is_none() && c.event("$name1").is_none());
+    }
+
+    #[test]
+    fn message_events_are_cached_served_state_events_are_not() {
+        let c = SyncCache::new(tok(0));
+        let room: OwnedRoomId = "!r:h".try_into().unwrap();
+        c.apply(&batch(0, "!r:h", 5, None), before(4), &All);
+        c.apply(&batch(0, "!r:h", 6, Some("join")), before(5), &All);
+        let got = c.range(&room, &tok(4), &tok(6)).unwrap();
+        assert!(got[0].served.get().is_some());
+        assert!(
+            got[1].served.get().is_none(),
+            "prev_content comes from serving"
+        );
     }
 
     /// Only member events of local users are interesting.

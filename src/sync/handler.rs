@@ -4,6 +4,7 @@
 //! call), park on the notifier for long polls, then compute the response
 //! room by room (concurrently: the database client pipelines).
 
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -134,10 +135,11 @@ async fn compute(
     notifier: &Notifier,
 ) -> Result<Value, SyncError> {
     let rooms = notifier.rooms_of(&ctx.user);
+    let forgotten = forgotten(ctx, notifier, &rooms).await?;
     let work = rooms
         .into_iter()
         .filter(|(r, _)| ctx.filter.allows_room(r.as_str()))
-        // TODO(wip-msg): skip rooms the user forgot (`room_forgotten`).
+        .filter(|(r, _)| !forgotten.contains(r.as_str()))
         .map(|(room, m)| one_room(ctx, cache, notifier, room, m));
     let (mut join, mut invite, mut leave, mut knock) =
         (Map::new(), Map::new(), Map::new(), Map::new());
@@ -156,6 +158,28 @@ async fn compute(
     response::assemble(ctx, join, invite, leave, knock).await
 }
 
+/// The rooms the user forgot (`POST /forget`), left out of every section
+/// as Synapse does. Only a room the user is out of can be forgotten (a new
+/// membership un-forgets it), so the database is asked only when such a
+/// room could appear in this response.
+async fn forgotten(
+    ctx: &SyncContext,
+    notifier: &Notifier,
+    rooms: &[(OwnedRoomId, String)],
+) -> Result<HashSet<String>, SyncError> {
+    let candidate = rooms.iter().any(|(r, m)| {
+        matches!(m.as_str(), "leave" | "ban")
+            && match &ctx.since {
+                None => ctx.filter.room.include_leave,
+                Some(since) => notifier.room_changed_since(r, since),
+            }
+    });
+    if !candidate {
+        return Ok(HashSet::new());
+    }
+    Ok(crate::rooms::forgotten_rooms(&ctx.db, ctx.user.as_str()).await?)
+}
+
 async fn one_room(
     ctx: &SyncContext,
     cache: &SyncCache,
@@ -167,7 +191,7 @@ async fn one_room(
     let Some(since) = &ctx.since else {
         // Initial sync.
         let out = match membership.as_str() {
-            "join" => response::joined(ctx, cache, &room, false)
+            "join" => response::joined(ctx, cache, &room, false, true)
                 .await?
                 .map(|v| (Section::Join, v)),
             "invite" | "knock" | "leave" | "ban" => {
@@ -209,7 +233,7 @@ async fn one_room(
     let out = match (membership.as_str(), changes.last()) {
         ("join", _) => {
             let newly = newly_joined(ctx, &room, since, &changes).await?;
-            response::joined(ctx, cache, &room, newly)
+            response::joined(ctx, cache, &room, newly, !changes.is_empty())
                 .await?
                 .map(|v| (Section::Join, v))
         }

@@ -9,6 +9,9 @@
 //! - [`timeline`]: a room's timeline slice and the state around it.
 //! - [`cache`]: per-shard caches fed by the stream announcements (recent
 //!   timeline windows, state snapshots by id).
+//! - [`serve`]: events as `rooms::serve` serves them (redactions,
+//!   `prev_content`), cached viewer-independent, `age`/`transaction_id`
+//!   added per request; history visibility of a timeline.
 //! - [`response`]: the response shape, with every field clients require.
 //! - [`extensions`]: the seam for ephemeral and per-user streams (typing,
 //!   receipts, account data, presence, to-device), filled by their module.
@@ -19,6 +22,7 @@ pub mod filter;
 pub mod filter_store;
 pub mod handler;
 pub mod response;
+pub mod serve;
 pub mod timeline;
 
 use std::rc::Rc;
@@ -63,6 +67,8 @@ pub enum SyncError {
     Db(#[from] DbError),
     #[error(transparent)]
     Matrix(#[from] MatrixError),
+    #[error(transparent)]
+    Room(#[from] crate::rooms::RoomError),
     #[error("{0}")]
     Internal(String),
 }
@@ -72,6 +78,7 @@ impl From<SyncError> for MatrixError {
         match e {
             SyncError::Db(e) => MatrixError::from(e),
             SyncError::Matrix(m) => m,
+            SyncError::Room(e) => MatrixError::from(e),
             SyncError::Internal(m) => MatrixError::unknown(m),
         }
     }

@@ -1,7 +1,7 @@
 //! The sync response (client-server API "GET /sync", `sync.yaml`): the
 //! sections of each room and the fields clients need even when empty.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use crate::stream::StreamToken;
 
 use super::cache::SyncCache;
 use super::timeline::{self, MemberChange};
-use super::{extensions, SyncContext, SyncError};
+use super::{extensions, serve, SyncContext, SyncError};
 
 /// State keys shown to invitees and knockers (spec "Stripped state"; the
 /// member event of the inviter is added separately).
@@ -41,40 +41,6 @@ pub fn empty(next_batch: &StreamToken) -> Value {
     })
 }
 
-fn now_ms() -> i64 {
-    crate::auth::now_ms()
-}
-
-/// Adds `unsigned.age` and, for the syncing device's own sends,
-/// `unsigned.transaction_id` (spec "Transaction identifiers": clients
-/// match their local echo with it), then applies `event_fields`.
-pub async fn decorate(ctx: &SyncContext, events: &[Arc<Value>]) -> Result<Vec<Value>, SyncError> {
-    let own: Vec<String> = events
-        .iter()
-        .filter(|e| e["sender"].as_str() == Some(ctx.user.as_str()))
-        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
-        .collect();
-    let txns = timeline::txn_ids(&ctx.db, ctx.user.as_str(), &ctx.device_id, own).await?;
-    let now = now_ms();
-    Ok(events
-        .iter()
-        .map(|e| {
-            let mut ev = (**e).clone();
-            let ts = ev["origin_server_ts"].as_i64();
-            let txn = ev["event_id"].as_str().and_then(|id| txns.get(id)).cloned();
-            if let Some(Value::Object(u)) = ev.get_mut("unsigned") {
-                if let Some(ts) = ts {
-                    u.insert("age".into(), (now - ts).max(0).into());
-                }
-                if let Some(t) = txn {
-                    u.insert("transaction_id".into(), t.into());
-                }
-            }
-            ctx.filter.project(ev)
-        })
-        .collect())
-}
-
 /// Timeline, state and `prev_batch` of a joined or left room.
 struct Body {
     timeline: Vec<Value>,
@@ -88,18 +54,23 @@ struct Body {
 /// it when `full`, else what changed since `ctx.since` when the timeline
 /// does not follow on from it (spec "Syncing": `state` is the state up to
 /// the start of the timeline, never including the timeline's own events).
+/// `vis`: the user's membership may have changed within the timeline, so
+/// history visibility must be checked (a user joined throughout sees every
+/// event); hidden events leave a gap, so `state` starts at the first event
+/// shown (e.g. the state before the user's join in a `joined` room).
 async fn body(
     ctx: &SyncContext,
     cache: &SyncCache,
     room: &OwnedRoomId,
     upper: &StreamToken,
     full: bool,
+    vis: bool,
 ) -> Result<Body, SyncError> {
     let n = ctx.current.len();
     let zero = StreamToken::zero(n);
     let lower = ctx.since.as_ref().unwrap_or(&zero);
     let f = &ctx.filter;
-    let slice = timeline::select(
+    let mut slice = timeline::select(
         &ctx.db,
         cache,
         room,
@@ -109,6 +80,16 @@ async fn body(
         &f.room.timeline,
     )
     .await?;
+    if vis {
+        let (kept, hidden) = serve::visible(
+            &ctx.db,
+            ctx.user.as_str(),
+            std::mem::take(&mut slice.events),
+        )
+        .await?;
+        slice.events = kept;
+        slice.gap |= hidden;
+    }
     let start = match slice.events.first() {
         Some(first) => timeline::with_persisted(upper, first.shard, first.pos - 1),
         None => {
@@ -126,24 +107,39 @@ async fn body(
     let mut wanted: Vec<String> = Vec::new();
     if full || slice.gap || (lazy && !slice.events.is_empty()) {
         let start_state = timeline::state_at(&ctx.db, cache, room, &start).await?;
-        let base: Option<Rc<StateMap>> = match (&ctx.since, full, slice.gap) {
-            (Some(since), false, true) => {
-                Some(timeline::state_at(&ctx.db, cache, room, since).await?)
-            }
-            _ => None,
+        let (base, end_state): (Option<Rc<StateMap>>, Rc<StateMap>) = if full || slice.gap {
+            let base = match (&ctx.since, full) {
+                (Some(since), false) => {
+                    Some(timeline::state_at(&ctx.db, cache, room, since).await?)
+                }
+                _ => None,
+            };
+            (base, timeline::state_at(&ctx.db, cache, room, upper).await?)
+        } else {
+            (None, start_state.clone())
         };
-        for ((ty, key), id) in start_state.iter() {
-            let is_member = ty == "m.room.member";
-            let in_scope = full
-                || (slice.gap
-                    && base
-                        .as_ref()
-                        .is_some_and(|b| b.get(&(ty.clone(), key.clone())) != Some(id)));
-            let include = if lazy && is_member {
+        let in_timeline: HashSet<&str> = slice.events.iter().map(|e| e.event_id.as_str()).collect();
+        let keys: BTreeSet<&(String, String)> =
+            start_state.keys().chain(end_state.keys()).collect();
+        for k in keys {
+            // The value at the timeline start, unless a later value is not
+            // in the timeline (hidden by history visibility or the filter):
+            // then that one, or the client would never learn it (Synapse's
+            // "start ∪ end − previous − timeline"). Never a timeline event.
+            let id = match end_state.get(k) {
+                Some(e) if !in_timeline.contains(e.as_str()) => Some(e),
+                _ => start_state.get(k),
+            };
+            let Some(id) = id.filter(|id| !in_timeline.contains(id.as_str())) else {
+                continue;
+            };
+            let in_scope =
+                full || (slice.gap && base.as_ref().is_some_and(|b| b.get(k) != Some(id)));
+            let include = if lazy && k.0 == "m.room.member" {
                 // Spec "Lazy-loading room members": only the timeline's
                 // senders (and the user) — but those even without a gap
                 // (resent each time: we do not track what a device has).
-                senders.contains(key.as_str())
+                senders.contains(k.1.as_str())
             } else {
                 in_scope
             };
@@ -152,7 +148,7 @@ async fn body(
             }
         }
     }
-    let by_id = timeline::events_by_id(&ctx.db, cache, &wanted).await?;
+    let by_id = serve::state_bases(&ctx.db, cache, &wanted).await?;
     let state_events: Vec<Arc<Value>> = wanted
         .iter()
         .filter_map(|id| by_id.get(id).cloned())
@@ -163,7 +159,7 @@ async fn body(
         .map(|e| e["type"].as_str())
         .chain(slice.events.iter().map(|e| Some(e.event_type.as_str())))
         .any(|t| t == Some("m.room.member"));
-    let tl: Vec<Arc<Value>> = slice.events.iter().map(|e| e.event.clone()).collect();
+    let tl = serve::timeline_bases(&ctx.db, cache, &slice.events).await?;
     let prev_batch = match slice.events.first() {
         Some(first) => timeline::with_persisted(&ctx.current, first.shard, first.pos - 1),
         None => {
@@ -172,10 +168,10 @@ async fn body(
         }
     };
     Ok(Body {
-        timeline: decorate(ctx, &tl).await?,
+        timeline: serve::personalize(ctx, &tl).await?,
         limited: slice.limited,
         prev_batch: prev_batch.to_string(),
-        state: decorate(ctx, &state_events).await?,
+        state: serve::personalize(ctx, &state_events).await?,
         members_changed,
     })
 }
@@ -210,14 +206,18 @@ async fn summary(ctx: &SyncContext, room: &RoomId) -> Result<Value, SyncError> {
 }
 
 /// A `rooms.join` entry; `None` in an incremental sync with nothing to say.
+/// `membership_changed`: the user's member event changed since the token
+/// (history visibility is then checked; always in an initial sync).
 pub async fn joined(
     ctx: &SyncContext,
     cache: &SyncCache,
     room: &OwnedRoomId,
     newly_joined: bool,
+    membership_changed: bool,
 ) -> Result<Option<Value>, SyncError> {
     let full = ctx.is_initial() || ctx.full_state || newly_joined;
-    let b = body(ctx, cache, room, &ctx.current, full).await?;
+    let vis = ctx.is_initial() || newly_joined || membership_changed;
+    let b = body(ctx, cache, room, &ctx.current, full, vis).await?;
     let ephemeral = extensions::room_ephemeral(ctx, room).await?;
     let account_data = extensions::room_account_data(ctx, room).await?;
     if !full
@@ -252,7 +252,7 @@ pub async fn left(
     full: bool,
 ) -> Result<Value, SyncError> {
     let upper = timeline::with_persisted(&ctx.current, leave.shard, leave.pos);
-    let b = body(ctx, cache, room, &upper, full || ctx.is_initial()).await?;
+    let b = body(ctx, cache, room, &upper, full || ctx.is_initial(), true).await?;
     let account_data = extensions::room_account_data(ctx, room).await?;
     Ok(json!({
         "timeline": {"events": b.timeline, "limited": b.limited, "prev_batch": b.prev_batch},
@@ -277,7 +277,7 @@ async fn stripped_state(
     cache: &SyncCache,
     change: &MemberChange,
 ) -> Result<Vec<Value>, SyncError> {
-    let own = timeline::events_by_id(&ctx.db, cache, std::slice::from_ref(&change.event_id))
+    let own = serve::state_bases(&ctx.db, cache, std::slice::from_ref(&change.event_id))
         .await?
         .remove(&change.event_id);
     let state = match change.snapshot_id {
@@ -297,14 +297,14 @@ async fn stripped_state(
             ids.push(id.clone());
         }
     }
-    let by_id: HashMap<String, Arc<Value>> = timeline::events_by_id(&ctx.db, cache, &ids).await?;
+    let by_id: HashMap<String, Arc<Value>> = serve::state_bases(&ctx.db, cache, &ids).await?;
     let mut out: Vec<Value> = ids
         .iter()
         .filter_map(|id| by_id.get(id))
         .map(|e| stripped(e))
         .collect();
     if let Some(own) = own {
-        out.extend(decorate(ctx, &[own]).await?);
+        out.extend(serve::personalize(ctx, &[own]).await?);
     }
     Ok(out)
 }

@@ -6,6 +6,7 @@
 //! (`($1::bigint[])[stream_shard + 1]`), so this holds even if a room's
 //! events were written by several shards.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::db::{Pool, Row};
 use crate::rooms::state::{self, StateMap};
+use crate::rooms::timeline::{TimelineEvent, EVENT_COLUMNS};
 use crate::stream::StreamToken;
 
 use super::cache::{SyncCache, TlEvent};
@@ -26,8 +28,11 @@ const PAGE: usize = 50;
 /// Pages read at most per room and sync (then the timeline is `limited`).
 const MAX_PAGES: usize = 8;
 
-const EVENT_COLS: &str =
-    "stream_shard, stream_ordering, event_id, type, state_key, sender, json, room_id";
+/// A timeline row: `rooms::timeline::EVENT_COLUMNS` (0–7, so
+/// `TimelineEvent::from_row` reads the events kept) then ours (8–11).
+fn event_cols() -> String {
+    format!("{EVENT_COLUMNS}, e.type, e.state_key, e.sender, e.room_id")
+}
 
 /// The chosen timeline of a room.
 #[derive(Debug, Default)]
@@ -68,23 +73,25 @@ pub fn client_event(event_id: &str, room_id: &str, pdu: &Value) -> Value {
 }
 
 fn row_event(r: &Row) -> Result<TlEvent, SyncError> {
-    let json: Value = r.get(6)?;
-    let event_id: String = r.get(2)?;
-    let room_id: String = r.get(7)?;
-    let event_type: String = r.get(3)?;
-    let state_key: Option<String> = r.get(4)?;
+    let json: Value = r.get(1)?;
+    let event_id: String = r.get(0)?;
+    let room_id: String = r.get(11)?;
+    let event_type: String = r.get(8)?;
+    let state_key: Option<String> = r.get(9)?;
     let membership = (event_type == "m.room.member")
         .then(|| json["content"]["membership"].as_str().map(str::to_owned))
         .flatten();
     Ok(TlEvent {
-        shard: shard_of(r, 0)?,
-        pos: r.get(1)?,
+        shard: shard_of(r, 3)?,
+        pos: r.get(4)?,
         event: Arc::new(client_event(&event_id, &room_id, &json)),
         event_id,
         event_type,
         state_key,
-        sender: r.get(5)?,
+        sender: r.get(10)?,
         membership,
+        full: OnceCell::new(),
+        served: OnceCell::new(),
     })
 }
 
@@ -138,11 +145,13 @@ pub async fn select(
         let rows = db
             .query(
                 &format!(
-                    "SELECT {EVENT_COLS} FROM events WHERE room_id = $1 \
-                     AND stream_ordering > ($2::bigint[])[stream_shard + 1] \
-                     AND stream_ordering <= ($3::bigint[])[stream_shard + 1] \
-                     AND stream_ordering > $5 AND stream_ordering <= $6 \
-                     ORDER BY stream_ordering DESC LIMIT $4"
+                    "SELECT {} FROM events e JOIN rooms r USING (room_id) \
+                     WHERE e.room_id = $1 \
+                     AND e.stream_ordering > ($2::bigint[])[e.stream_shard + 1] \
+                     AND e.stream_ordering <= ($3::bigint[])[e.stream_shard + 1] \
+                     AND e.stream_ordering > $5 AND e.stream_ordering <= $6 \
+                     ORDER BY e.stream_ordering DESC LIMIT $4",
+                    event_cols()
                 ),
                 &[&room.as_str(), &lo, &hi, &page_i64, &min(&lo), &max(&hi)],
             )
@@ -152,15 +161,17 @@ pub async fn select(
             if newest_first.len() > limit {
                 break;
             }
-            let e = Rc::new(row_event(r)?);
+            let e = row_event(r)?;
             if pass(&e) {
-                newest_first.push(e);
+                // Kept: visibility and serving need the stored event.
+                let _ = e.full.set(TimelineEvent::from_row(r)?);
+                newest_first.push(Rc::new(e));
                 unmatched_tail = false;
             } else {
                 unmatched_tail = true;
             }
-            if let Some(slot) = hi.get_mut(shard_of(r, 0)?) {
-                *slot = r.get::<i64>(1)? - 1;
+            if let Some(slot) = hi.get_mut(shard_of(r, 3)?) {
+                *slot = r.get::<i64>(4)? - 1;
             }
         }
         if newest_first.len() > limit || got < page {
@@ -215,41 +226,6 @@ pub async fn snapshot(db: &Pool, cache: &SyncCache, id: i64) -> Result<Rc<StateM
     let s = Rc::new(state::load(db, id).await?);
     cache.put_snapshot(id, s.clone());
     Ok(s)
-}
-
-/// Client-format events by id (cached; missing ids are left out).
-pub async fn events_by_id(
-    db: &Pool,
-    cache: &SyncCache,
-    ids: &[String],
-) -> Result<HashMap<String, Arc<Value>>, SyncError> {
-    let mut out = HashMap::with_capacity(ids.len());
-    let mut missing = Vec::new();
-    for id in ids {
-        match cache.event(id) {
-            Some(e) => {
-                out.insert(id.clone(), e);
-            }
-            None => missing.push(id.clone()),
-        }
-    }
-    if !missing.is_empty() {
-        let rows = db
-            .query(
-                "SELECT event_id, room_id, json FROM events WHERE event_id = ANY($1)",
-                &[&missing],
-            )
-            .await?;
-        for r in rows {
-            let id: String = r.get(0)?;
-            let room: String = r.get(1)?;
-            let json: Value = r.get(2)?;
-            let ev = Arc::new(client_event(&id, &room, &json));
-            cache.put_event(id.clone(), ev.clone());
-            out.insert(id, ev);
-        }
-    }
-    Ok(out)
 }
 
 /// One of the user's member events.
