@@ -542,6 +542,12 @@ fn presence(h: &Hearth, alice: &User, bob: &User, carol: &User) {
     let p = ok(call(h, "GET", &status(alice), &alice.token, None));
     assert_eq!(p["presence"], "unavailable");
     assert!(p.get("status_msg").is_none(), "{p}");
+    // A plain /sync (no set_presence) marks the user online (spec default).
+    ok(call(h, "GET", "/sync?timeout=0", &bob.token, None));
+    assert_eq!(
+        ok(call(h, "GET", &status(bob), &alice.token, None))["presence"],
+        "online"
+    );
     // Carol shares no room with alice: 403.
     assert_err(
         &call(h, "GET", &status(alice), &carol.token, None),

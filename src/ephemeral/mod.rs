@@ -85,6 +85,13 @@ where
     Fut: Future<Output = Result<T, EphError>> + 'static,
     T: Send + 'static,
 {
+    // Already there (e.g. `/sync`'s presence on the user's own shard):
+    // run inline, no task, no mesh hop.
+    if target == mesh.shard_id() {
+        if let Some(s) = current_shard() {
+            return f(s).await;
+        }
+    }
     mesh.submit_to(target, move || async move {
         match current_shard() {
             Some(s) => f(s).await,

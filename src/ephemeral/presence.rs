@@ -119,7 +119,8 @@ pub fn content(p: &PresenceUpdate, now: u64) -> Value {
     Value::Object(c)
 }
 
-fn announce(state: &ShardState, user: &OwnedUserId, p: &LocalPresence, now: u64) {
+/// Announces `p`; returns its ephemeral position.
+fn announce(state: &ShardState, user: &OwnedUserId, p: &LocalPresence, now: u64) -> i64 {
     let rooms = state
         .notifier
         .rooms_of(user)
@@ -141,19 +142,19 @@ fn announce(state: &ShardState, user: &OwnedUserId, p: &LocalPresence, now: u64)
             pos: Pos::Ephemeral(pos),
             what: UserChange::Presence(update),
         }]
-    });
+    })
 }
 
 /// On the user's shard: applies a new state (`PUT …/status`, or a sync's
 /// `set_presence` when `from_sync`) and announces it if anything a reader
-/// sees changed.
+/// sees changed (returning the announcement's ephemeral position).
 fn apply(
     state: &ShardState,
     user: &OwnedUserId,
     presence: &str,
     status_msg: Option<Option<String>>,
     from_sync: bool,
-) {
+) -> Option<i64> {
     let svc = service::get(state);
     let now = now_ms();
     let old = svc.presence.borrow().get(user).cloned();
@@ -182,9 +183,7 @@ fn apply(
         }
     };
     svc.presence.borrow_mut().insert(user.clone(), new.clone());
-    if visible_change {
-        announce(state, user, &new, now);
-    }
+    visible_change.then(|| announce(state, user, &new, now))
 }
 
 /// `PUT /presence/{userId}/status` (own user checked by the caller).
@@ -201,7 +200,9 @@ pub async fn set(
     }
     let target = shard_for_user(&user, mesh.n_shards());
     on_shard(mesh, target, move |state| async move {
-        apply(&state, &user, &presence, Some(status_msg), false);
+        if let Some(pos) = apply(&state, &user, &presence, Some(status_msg), false) {
+            state.stream.wait_ephemeral(pos).await;
+        }
         Ok(())
     })
     .await
@@ -226,7 +227,11 @@ pub async fn set_from_sync(
     };
     let target = shard_for_user(&user, mesh.n_shards());
     on_shard(mesh, target, move |state| async move {
-        apply(&state, &user, presence, None, true);
+        // Wait until every shard has it: the sync's token then covers the
+        // user's own change, and their next sync is not woken by it.
+        if let Some(pos) = apply(&state, &user, presence, None, true) {
+            state.stream.wait_ephemeral(pos).await;
+        }
         Ok(())
     })
     .await

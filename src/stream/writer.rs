@@ -57,6 +57,8 @@ pub struct StreamWriter {
     queued: Notify,
     /// Every position <= this has been applied on every shard.
     announced: Cell<i64>,
+    /// Every ephemeral position <= this has been applied on every shard.
+    announced_ephemeral: Cell<i64>,
     announced_notify: Notify,
 }
 
@@ -73,6 +75,7 @@ impl StreamWriter {
             queue: RefCell::new(VecDeque::new()),
             queued: Notify::new(),
             announced: Cell::new(last_persisted),
+            announced_ephemeral: Cell::new(boot_ms),
             announced_notify: Notify::new(),
         })
     }
@@ -131,6 +134,15 @@ impl StreamWriter {
         }
     }
 
+    /// Waits until ephemeral position `pos` has been applied on every
+    /// shard (e.g. `/sync`'s own presence change, so the token it returns
+    /// covers it and the next sync is not woken by it).
+    pub async fn wait_ephemeral(&self, pos: i64) {
+        while self.announced_ephemeral.get() < pos {
+            self.announced_notify.notified().await;
+        }
+    }
+
     async fn wait_announced(&self, pos: i64) {
         while self.announced.get() < pos {
             self.announced_notify.notified().await;
@@ -146,7 +158,10 @@ impl StreamWriter {
             if mesh.is_closed() {
                 return;
             }
-            if self.queue.borrow().is_empty() && self.announced.get() >= self.frontier.get() {
+            if self.queue.borrow().is_empty()
+                && self.announced.get() >= self.frontier.get()
+                && self.announced_ephemeral.get() >= self.ephemeral.get()
+            {
                 self.queued.notified().await;
                 continue;
             }
@@ -170,6 +185,7 @@ impl StreamWriter {
             }
             // Even undelivered (the mesh is closing): nobody may wait forever.
             self.announced.set(upto.persisted);
+            self.announced_ephemeral.set(upto.ephemeral);
             self.announced_notify.notify_all();
         }
     }
@@ -177,6 +193,7 @@ impl StreamWriter {
     /// Stops waiters on shutdown (the announcer is gone).
     pub fn release_all(&self) {
         self.announced.set(i64::MAX);
+        self.announced_ephemeral.set(i64::MAX);
         self.announced_notify.notify_all();
         self.queued.notify_all();
     }

@@ -85,9 +85,9 @@ pub async fn sync(
         db: state.db.clone(),
     };
     ctx.since = p.since.as_ref().map(|s| clamp(s, &ctx.current));
-    if let Some(presence) = &p.set_presence {
-        extensions::set_presence(&ctx, presence).await?;
-    }
+    // Spec `/sync` `set_presence`: absent means `online`; syncing is what
+    // keeps a user online (the presence timers take them offline).
+    extensions::set_presence(&ctx, p.set_presence.as_deref().unwrap_or("online")).await?;
     extensions::acknowledge(&ctx).await?;
     if let (Some(since), false) = (ctx.since.clone(), p.full_state) {
         if !notifier.user_changed_since(&user, &since) {
