@@ -69,13 +69,13 @@ impl EventFilter {
     /// Whether `event_type` passes `types`/`not_types` (used where events
     /// are filtered in memory, e.g. `/context` state).
     pub fn type_matches(&self, event_type: &str) -> bool {
-        let hit = |pats: &[String]| pats.iter().any(|p| wildcard_match(p, event_type));
+        let hit = |pats: &[String]| pats.iter().any(|p| glob_match(p, event_type));
         !hit(&self.not_types) && self.types.as_deref().is_none_or(hit)
     }
 }
 
 /// `*` matches any sequence of characters.
-fn wildcard_match(pattern: &str, value: &str) -> bool {
+pub fn glob_match(pattern: &str, value: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
         return pattern == value;
@@ -137,12 +137,12 @@ mod tests {
 
     #[test]
     fn wildcards() {
-        assert!(wildcard_match("m.room.*", "m.room.message"));
-        assert!(wildcard_match("*", "anything"));
-        assert!(wildcard_match("m.*.message", "m.room.message"));
-        assert!(!wildcard_match("m.*.message", "m.room.messages"));
-        assert!(!wildcard_match("m.room.member", "m.room.message"));
-        assert!(!wildcard_match("ab*ba", "aba"));
+        assert!(glob_match("m.room.*", "m.room.message"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("m.*.message", "m.room.message"));
+        assert!(!glob_match("m.*.message", "m.room.messages"));
+        assert!(!glob_match("m.room.member", "m.room.message"));
+        assert!(!glob_match("ab*ba", "aba"));
         let f = EventFilter::parse(r#"{"types":["m.*"],"not_types":["m.room.member"]}"#).unwrap();
         assert!(f.type_matches("m.room.message"));
         assert!(!f.type_matches("m.room.member"));

@@ -74,27 +74,9 @@ pub struct RoomFilter {
     pub account_data: RoomEventFilter,
 }
 
-/// `*` matches any sequence of characters (spec: `types`/`not_types`).
-pub fn glob_match(pattern: &str, s: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let Some(first) = parts.next() else {
-        return s.is_empty();
-    };
-    let Some(mut rest) = s.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for p in middle {
-        match rest.find(p) {
-            Some(i) => rest = &rest[i + p.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
+/// `*` matches any sequence of characters (spec: `types`/`not_types`);
+/// one implementation for `/sync` and `/messages`.
+pub use crate::rooms::event_filter::glob_match;
 
 impl Filter {
     /// Parses and validates a filter from JSON.
