@@ -300,8 +300,8 @@ pub fn run(a: &CompareArgs) -> anyhow::Result<()> {
     let peer_version = file
         .runs
         .iter()
-        .find(|r| r.label == a.peer)
-        .and_then(|r| r.server_header.clone())
+        .filter(|r| r.label == a.peer)
+        .find_map(|r| r.server_header.clone())
         .unwrap_or_else(|| "unknown".into());
     file.compare = Some(CompareInfo {
         peer: a.peer.clone(),
