@@ -174,7 +174,11 @@ async fn read_response(
     }
 }
 
-async fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, TransportError> {
+/// Reads a chunked body that starts at `buf[0]`; leftover bytes stay in `buf`.
+pub(crate) async fn read_chunked(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<u8>, TransportError> {
     let mut body = Vec::new();
     loop {
         let line_end = loop {

@@ -57,6 +57,9 @@ pub struct CompareArgs {
     /// Leave the peer running at the end even if this run started it.
     #[arg(long)]
     pub keep_peer: bool,
+    /// `sync-initial`: messages sent into each room during setup (E).
+    #[arg(long, default_value_t = 20)]
+    pub events: usize,
     /// users/rooms/connections/duration/warmup/seed/json apply to every run;
     /// --url, --server-pid, --label are set per server.
     #[command(flatten)]
@@ -218,7 +221,7 @@ fn wait_ready(base: &str, timeout: Duration, mut child: Option<&mut Child>) -> a
 }
 
 /// The scenario command for one server, with the shared parameters.
-fn command_for(name: &str, common: Common) -> anyhow::Result<Cmd> {
+fn command_for(name: &str, common: Common, events: usize) -> anyhow::Result<Cmd> {
     use crate::scenario::{mixed, send, sync};
     Ok(match name {
         "http" => Cmd::Http(common),
@@ -231,7 +234,7 @@ fn command_for(name: &str, common: Common) -> anyhow::Result<Cmd> {
             common,
             poll_timeout_ms: 30_000,
         }),
-        "sync-initial" => Cmd::SyncInitial(sync::InitialArgs { common, events: 20 }),
+        "sync-initial" => Cmd::SyncInitial(sync::InitialArgs { common, events }),
         "mixed" => Cmd::Mixed(mixed::MixedArgs {
             common,
             think_ms: 100,
@@ -267,7 +270,7 @@ fn git_rev() -> String {
 
 pub fn run(a: &CompareArgs) -> anyhow::Result<()> {
     for s in &a.scenarios {
-        command_for(s, a.common.clone())?;
+        command_for(s, a.common.clone(), a.events)?;
     }
     let hearth = start_hearth(a)?;
     let (peer, started_peer) = start_peer(a)?;
@@ -297,8 +300,8 @@ pub fn run(a: &CompareArgs) -> anyhow::Result<()> {
     let peer_version = file
         .runs
         .iter()
-        .find(|r| r.label == a.peer)
-        .and_then(|r| r.server_header.clone())
+        .filter(|r| r.label == a.peer)
+        .find_map(|r| r.server_header.clone())
         .unwrap_or_else(|| "unknown".into());
     file.compare = Some(CompareInfo {
         peer: a.peer.clone(),
@@ -335,7 +338,7 @@ fn run_rounds(a: &CompareArgs, hearth: &Server, peer: &Server) -> anyhow::Result
                     round + 1,
                     server.label
                 );
-                let cmd = command_for(name, common)?;
+                let cmd = command_for(name, common, a.events)?;
                 let report = crate::run_scenario(&cmd)
                     .unwrap_or_else(|| Err(anyhow::anyhow!("{name} is not a scenario")));
                 match report {

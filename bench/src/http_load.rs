@@ -164,8 +164,12 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, boo
                 let status = resp.code.unwrap_or(0);
                 let mut len = 0usize;
                 let mut keep = true;
+                let mut chunked = false;
                 for h in resp.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("content-length") {
+                    if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        // Synapse (Twisted) answers /versions chunked.
+                        chunked = h.value.eq_ignore_ascii_case(b"chunked");
+                    } else if h.name.eq_ignore_ascii_case("content-length") {
                         len = std::str::from_utf8(h.value)
                             .ok()
                             .and_then(|v| v.trim().parse().ok())
@@ -175,6 +179,11 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, boo
                     {
                         keep = false;
                     }
+                }
+                if chunked {
+                    buf.drain(..head_len);
+                    crate::client::read_chunked(s, buf).await.map_err(|e| e.0)?;
+                    return Ok((status, keep));
                 }
                 while buf.len() < head_len + len {
                     read_more(s, buf).await?;

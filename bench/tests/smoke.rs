@@ -1,8 +1,8 @@
 //! A short smoke run of the rig against a real hearth: `target/debug/hearth`
 //! (or `$HEARTH_BIN`) on a fresh database of a throwaway PostgreSQL cluster
 //! (`hearth::db::testing::TestCluster`), then `hearth-bench http` and `send`
-//! for about 2 s each: nonzero throughput, zero errors, valid JSON. A sync
-//! scenario must end cleanly whether or not hearth serves `/sync` yet.
+//! for about 2 s each, then `sync-idle` and a small `sync-fanout`: nonzero
+//! throughput, zero errors, valid JSON.
 //!
 //! Needs the hearth binary built first (`cargo build --bin hearth`).
 
@@ -143,8 +143,7 @@ fn http_send_and_sync_against_hearth() {
     assert!(res["server_cpu_s"].as_f64().unwrap() > 0.0, "{run}");
     assert!(res["peak_rss_mb"].as_f64().unwrap() > 0.0, "{run}");
 
-    // /sync may not exist yet: then every request is an error counted by
-    // status, and the run still ends cleanly with a report.
+    // hearth serves /sync: idle syncs and a small fan-out, no errors.
     let run = bench(&[
         "sync-idle",
         "--url",
@@ -160,5 +159,14 @@ fn http_send_and_sync_against_hearth() {
     ]);
     let m = &run["metrics"][0];
     assert_eq!(m["name"], "sync");
-    assert!(m["ok"].as_u64().unwrap() + errors(m) > 0, "{run}");
+    assert!(m["ok"].as_u64().unwrap() > 0, "{run}");
+    assert_eq!(errors(m), 0, "{run}");
+
+    let run = bench(&[&["sync-fanout", "--users", "3"][..], &common].concat());
+    let m = &run["metrics"][0];
+    assert_eq!(m["name"], "delivery");
+    assert!(m["ok"].as_u64().unwrap() >= 3, "{run}");
+    for m in run["metrics"].as_array().unwrap() {
+        assert_eq!(errors(m), 0, "{run}");
+    }
 }

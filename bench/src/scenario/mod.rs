@@ -116,6 +116,10 @@ pub fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
+/// Metrics that time the same responses as another metric (so they are not
+/// requests of their own for the CPU-per-1,000-requests figures).
+pub const DERIVED_METRICS: &[&str] = &["delivery-from-send"];
+
 pub type TaskFuture = Pin<Box<dyn Future<Output = Recorder>>>;
 
 /// Builds the tasks of one load thread: (thread index, window, progress).
@@ -166,8 +170,9 @@ pub fn drive(common: &Common, threads: usize, make: MakeTasks) -> anyhow::Result
     }
     let requests: u64 = merged
         .metrics
-        .values()
-        .map(|m| m.ok + m.error_count())
+        .iter()
+        .filter(|(name, _)| !DERIVED_METRICS.contains(&name.as_str()))
+        .map(|(_, m)| m.ok + m.error_count())
         .sum();
     let resources = watch.resources(&before, &after, requests, peak_rss);
     Ok(Measured {
