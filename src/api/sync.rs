@@ -85,7 +85,7 @@ pub async fn sync(state: Rc<ShardState>, req: Request) -> HandlerResult {
             .await
             .map_err(|e| MatrixError::unknown(e.to_string()))??
     };
-    let mut resp = Response::json(200, &out.body).with_header("X-Hearth-Sync", out.path);
+    let mut resp = Response::json_bytes(200, out.body).with_header("X-Hearth-Sync", out.path);
     if let Some((hits, misses)) = out.window {
         resp = resp.with_header(
             "X-Hearth-Sync-Window",

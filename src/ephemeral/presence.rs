@@ -157,6 +157,20 @@ fn apply(
 ) -> Option<i64> {
     let svc = service::get(state);
     let now = now_ms();
+    // A sync repeating the user's presence (nearly every sync): only the
+    // timestamps move and nothing visible changes, so update in place
+    // (no clones, nothing announced) — what the general path below does.
+    if from_sync && status_msg.is_none() {
+        if let Some(p) = svc.presence.borrow_mut().get_mut(user) {
+            if p.presence == presence && (presence != "online" || p.currently_active(now)) {
+                p.last_seen_ts = now;
+                if presence == "online" {
+                    p.last_active_ts = now;
+                }
+                return None;
+            }
+        }
+    }
     let old = svc.presence.borrow().get(user).cloned();
     let mut new = old.clone().unwrap_or(LocalPresence {
         presence: "offline".into(),

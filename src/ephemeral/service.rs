@@ -26,7 +26,9 @@ pub struct EphService {
     /// messages, with the mark it gave them (a sync at or past the mark
     /// acknowledges them, even one answered by the cheap path) and whether
     /// more were left waiting (the next sync must fetch them).
-    pub to_device_outstanding: RefCell<HashMap<(OwnedUserId, String), (ShardPos, bool)>>,
+    /// Keyed by user first so a sync can tell "nothing outstanding" with
+    /// one lookup and no allocation.
+    pub to_device_outstanding: RefCell<HashMap<OwnedUserId, HashMap<String, (ShardPos, bool)>>>,
 }
 
 thread_local! {

@@ -30,6 +30,7 @@ use lru::LruCache;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value};
 
+use crate::mesh::shard_for_user;
 use crate::primitives::SharedFuture;
 use crate::server::ShardState;
 use crate::stream::StreamToken;
@@ -169,6 +170,13 @@ pub async fn acknowledge_to_device(
     device: &str,
     since: &StreamToken,
 ) -> Result<(), EphError> {
+    // On the user's shard (where `/sync` runs) with nothing delivered
+    // unacknowledged: nothing to do, no allocation, no task.
+    if shard_for_user(user, state.mesh.n_shards()) == state.info.id
+        && !td::may_have_outstanding(state, user)
+    {
+        return Ok(());
+    }
     td::acknowledge(
         &state.mesh,
         user.to_owned(),

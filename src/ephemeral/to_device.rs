@@ -192,21 +192,48 @@ pub async fn acknowledge(
     .await
 }
 
+/// Whether `user` (of this shard) may have to-device messages delivered
+/// but not yet acknowledged: one lookup, no allocation, so a sync with
+/// nothing outstanding (nearly all) skips [`acknowledge`] entirely.
+pub fn may_have_outstanding(state: &ShardState, user: &UserId) -> bool {
+    service::get(state)
+        .to_device_outstanding
+        .borrow()
+        .contains_key(user)
+}
+
+fn outstanding_of(state: &ShardState, user: &UserId, device: &str) -> Option<(ShardPos, bool)> {
+    service::get(state)
+        .to_device_outstanding
+        .borrow()
+        .get(user)
+        .and_then(|d| d.get(device))
+        .copied()
+}
+
+fn clear_outstanding(state: &ShardState, user: &UserId, device: &str) {
+    let svc = service::get(state);
+    let mut map = svc.to_device_outstanding.borrow_mut();
+    if let Some(d) = map.get_mut(user) {
+        d.remove(device);
+        if d.is_empty() {
+            map.remove(user);
+        }
+    }
+}
+
 async fn ack(
     state: &ShardState,
     user: &UserId,
     device: &str,
     since: &StreamToken,
 ) -> Result<(), EphError> {
-    let svc = service::get(state);
-    let key = (user.to_owned(), device.to_owned());
     let at = since.get(state.stream.shard());
-    let entry = svc.to_device_outstanding.borrow().get(&key).copied();
-    if let Some((m, more)) = entry {
+    if let Some((m, more)) = outstanding_of(state, user, device) {
         if m.persisted <= at.persisted && m.ephemeral <= at.ephemeral {
             delete_acknowledged(state, user, device, at).await?;
             if !more {
-                svc.to_device_outstanding.borrow_mut().remove(&key);
+                clear_outstanding(state, user, device);
             }
         }
     }
@@ -238,10 +265,9 @@ async fn deliver(
     current: &StreamToken,
 ) -> Result<Vec<Value>, EphError> {
     let svc = service::get(state);
-    let key = (user.to_owned(), device.to_owned());
     let s = state.stream.shard();
     if let Some(since) = since {
-        let outstanding = svc.to_device_outstanding.borrow().contains_key(&key);
+        let outstanding = outstanding_of(state, user, device).is_some();
         if !outstanding && !state.notifier.ephemeral.to_device_changed(user, since) {
             return Ok(Vec::new()); // nothing delivered unacknowledged, nothing new
         }
@@ -274,7 +300,7 @@ async fn deliver(
         events.push(json!({"sender": sender, "type": kind, "content": content}));
     }
     let Some((last_shard, last_pos)) = last else {
-        svc.to_device_outstanding.borrow_mut().remove(&key);
+        clear_outstanding(state, user, device);
         return Ok(events);
     };
     let mark = current.get(s);
@@ -300,7 +326,9 @@ async fn deliver(
         .await?;
     svc.to_device_outstanding
         .borrow_mut()
-        .insert(key, (mark, more));
+        .entry(user.to_owned())
+        .or_default()
+        .insert(device.to_owned(), (mark, more));
     if more {
         bump_ephemeral(state, user, mark.ephemeral).await;
     }

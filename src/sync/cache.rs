@@ -31,6 +31,7 @@ use lru::LruCache;
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use serde_json::Value;
 
+use super::serve::RawServed;
 use crate::rooms::state::StateMap;
 use crate::rooms::timeline::TimelineEvent;
 use crate::stream::writer::Batch;
@@ -64,6 +65,9 @@ pub struct TlEvent {
     /// known: set from the announcement for message events (nothing to
     /// add), computed on first use for state events (`prev_content`).
     pub served: OnceCell<Arc<Value>>,
+    /// `served` serialised once for every viewer (`sync::serve::RawServed`;
+    /// `None` inside: this event always takes the per-viewer path).
+    pub raw: OnceCell<Option<Rc<RawServed>>>,
 }
 
 /// A served state event and the id its `prev_content` came from.
@@ -239,6 +243,7 @@ impl SyncCache {
                 event: ev.event.clone(),
                 full: OnceCell::new(),
                 served,
+                raw: OnceCell::new(),
             });
             let horizon = if skipped.contains(&room_id) {
                 *pos - 1

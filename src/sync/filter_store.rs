@@ -22,6 +22,9 @@ const CACHE: usize = 20_000;
 thread_local! {
     static PARSED: RefCell<LruCache<(OwnedUserId, i64), Rc<Filter>>> =
         RefCell::new(LruCache::new(NonZeroUsize::new(CACHE).unwrap_or(NonZeroUsize::MIN)));
+    /// The filter of a sync without `filter=` (most syncs): shared, not
+    /// rebuilt per request.
+    static DEFAULT: Rc<Filter> = Rc::new(Filter::default());
 }
 
 /// Stores `json` (already validated) for `user`; returns its id. Storing
@@ -84,7 +87,7 @@ pub async fn resolve(
     param: Option<&str>,
 ) -> Result<Rc<Filter>, SyncError> {
     let Some(p) = param else {
-        return Ok(Rc::new(Filter::default()));
+        return Ok(DEFAULT.with(Rc::clone));
     };
     if p.trim_start().starts_with('{') {
         let (f, _) = Filter::from_slice(p.as_bytes())?;

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use ruma::OwnedRoomId;
-use serde_json::{Map, Value};
 
 use crate::auth::Requester;
 use crate::http::MatrixError;
@@ -18,6 +17,7 @@ use crate::server::ShardState;
 use crate::stream::{Notifier, ShardPos, StreamToken};
 
 use super::cache::{self, SyncCache};
+use super::response::{RoomEntry, Rooms, SyncResponse};
 use super::timeline::{self, MemberChange};
 use super::{extensions, filter_store, response, SyncContext, SyncError};
 
@@ -38,7 +38,9 @@ pub struct SyncParams {
 /// What the handler answers (`Send`).
 #[derive(Debug)]
 pub struct SyncOutcome {
-    pub body: Value,
+    /// The serialised response body (serialised on the user's shard: the
+    /// cheap path renders it from a template without building a `Value`).
+    pub body: Vec<u8>,
     /// `cheap` (memory only) or `computed`: for metrics and tests.
     pub path: &'static str,
     /// Timeline window use while computing (`hits,misses`; may include
@@ -89,19 +91,19 @@ pub async fn sync(
     // keeps a user online (the presence timers take them offline).
     extensions::set_presence(&ctx, p.set_presence.as_deref().unwrap_or("online")).await?;
     extensions::acknowledge(&ctx).await?;
-    if let (Some(since), false) = (ctx.since.clone(), p.full_state) {
-        if !notifier.user_changed_since(&user, &since) {
+    if let (Some(since), false) = (ctx.since.as_ref(), p.full_state) {
+        if !notifier.user_changed_since(&user, since) {
             if !p.timeout.is_zero() {
                 notifier
-                    .wait_for_user(&user, &since, p.timeout.min(MAX_TIMEOUT))
+                    .wait_for_user(&user, since, p.timeout.min(MAX_TIMEOUT))
                     .await;
             }
             // Checked and read with no await in between: nothing for the
             // user up to the token returned.
-            if !notifier.user_changed_since(&user, &since) {
+            if !notifier.user_changed_since(&user, since) {
                 cache.count_cheap();
                 return Ok(SyncOutcome {
-                    body: response::empty(&notifier.current().max(&since)),
+                    body: response::empty_bytes(&notifier.current().max(since)),
                     path: "cheap",
                     window: None,
                 });
@@ -112,6 +114,11 @@ pub async fn sync(
     let before = cache.stats();
     let body = compute(&ctx, &cache, &notifier).await?;
     let after = cache.stats();
+    let mut bytes = Vec::with_capacity(4096);
+    serde_json::to_writer(&mut bytes, &body)
+        .map_err(|e| MatrixError::unknown(format!("failed to serialise sync: {e}")))?;
+    drop(body);
+    let body = bytes;
     Ok(SyncOutcome {
         body,
         path: "computed",
@@ -133,7 +140,7 @@ async fn compute(
     ctx: &SyncContext,
     cache: &SyncCache,
     notifier: &Notifier,
-) -> Result<Value, SyncError> {
+) -> Result<SyncResponse, SyncError> {
     let rooms = notifier.rooms_of(&ctx.user);
     let forgotten = forgotten(ctx, notifier, &rooms).await?;
     let work = rooms
@@ -141,21 +148,20 @@ async fn compute(
         .filter(|(r, _)| ctx.filter.allows_room(r.as_str()))
         .filter(|(r, _)| !forgotten.contains(r.as_str()))
         .map(|(room, m)| one_room(ctx, cache, notifier, room, m));
-    let (mut join, mut invite, mut leave, mut knock) =
-        (Map::new(), Map::new(), Map::new(), Map::new());
+    let mut out = Rooms::default();
     for r in join_all(work).await {
         let Some((section, room, v)) = r? else {
             continue;
         };
         let map = match section {
-            Section::Join => &mut join,
-            Section::Invite => &mut invite,
-            Section::Leave => &mut leave,
-            Section::Knock => &mut knock,
+            Section::Join => &mut out.join,
+            Section::Invite => &mut out.invite,
+            Section::Leave => &mut out.leave,
+            Section::Knock => &mut out.knock,
         };
         map.insert(room.to_string(), v);
     }
-    response::assemble(ctx, join, invite, leave, knock).await
+    response::assemble(ctx, out).await
 }
 
 /// The rooms the user forgot (`POST /forget`), left out of every section
@@ -186,7 +192,7 @@ async fn one_room(
     notifier: &Notifier,
     room: OwnedRoomId,
     membership: String,
-) -> Result<Option<(Section, OwnedRoomId, Value)>, SyncError> {
+) -> Result<Option<(Section, OwnedRoomId, RoomEntry)>, SyncError> {
     let user = ctx.user.as_str();
     let Some(since) = &ctx.since else {
         // Initial sync.
@@ -198,12 +204,14 @@ async fn one_room(
                 let all =
                     timeline::member_changes(&ctx.db, &room, user, None, &ctx.current).await?;
                 match (membership.as_str(), all.last()) {
-                    ("invite", Some(c)) => {
-                        Some((Section::Invite, response::invited(ctx, cache, c).await?))
-                    }
-                    ("knock", Some(c)) => {
-                        Some((Section::Knock, response::knocked(ctx, cache, c).await?))
-                    }
+                    ("invite", Some(c)) => Some((
+                        Section::Invite,
+                        RoomEntry::Tree(response::invited(ctx, cache, c).await?),
+                    )),
+                    ("knock", Some(c)) => Some((
+                        Section::Knock,
+                        RoomEntry::Tree(response::knocked(ctx, cache, c).await?),
+                    )),
                     (_, Some(c)) if ctx.filter.room.include_leave => Some((
                         Section::Leave,
                         response::left(ctx, cache, &room, c, true).await?,
@@ -237,12 +245,14 @@ async fn one_room(
                 .await?
                 .map(|v| (Section::Join, v))
         }
-        ("invite", Some(c)) if c.membership == "invite" => {
-            Some((Section::Invite, response::invited(ctx, cache, c).await?))
-        }
-        ("knock", Some(c)) if c.membership == "knock" => {
-            Some((Section::Knock, response::knocked(ctx, cache, c).await?))
-        }
+        ("invite", Some(c)) if c.membership == "invite" => Some((
+            Section::Invite,
+            RoomEntry::Tree(response::invited(ctx, cache, c).await?),
+        )),
+        ("knock", Some(c)) if c.membership == "knock" => Some((
+            Section::Knock,
+            RoomEntry::Tree(response::knocked(ctx, cache, c).await?),
+        )),
         ("leave" | "ban", Some(c)) if c.membership == "leave" || c.membership == "ban" => {
             // Joined within the range: the client never had its state.
             let full = ctx.full_state || changes.iter().any(|c| c.membership == "join");

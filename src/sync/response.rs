@@ -1,18 +1,20 @@
 //! The sync response (client-server API "GET /sync", `sync.yaml`): the
 //! sections of each room and the fields clients need even when empty.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use ruma::{OwnedRoomId, RoomId};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{json, Value};
 
 use crate::mesh::shard_for_room;
 use crate::rooms::state::StateMap;
 use crate::stream::StreamToken;
 
 use super::cache::SyncCache;
+use super::serve::ServedEvent;
 use super::timeline::{self, MemberChange};
 use super::{extensions, serve, SyncContext, SyncError};
 
@@ -27,23 +29,148 @@ const STRIPPED_TYPES: [&str; 6] = [
     "m.room.encryption",
 ];
 
+/// `{"events": [...]}`, the shape of every event list in a sync.
+#[derive(Debug, Serialize)]
+pub struct Events<T> {
+    pub events: Vec<T>,
+}
+
+impl<T> Default for Events<T> {
+    fn default() -> Self {
+        Events { events: Vec::new() }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Counts {
+    highlight_count: u64,
+    notification_count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimelineOut {
+    pub events: Vec<ServedEvent>,
+    pub limited: bool,
+    pub prev_batch: String,
+}
+
+/// A `rooms.join` entry (fields in the order a `serde_json::Map` keeps).
+#[derive(Debug, Serialize)]
+pub struct JoinedRoom {
+    account_data: Events<Value>,
+    ephemeral: Events<Value>,
+    state: Events<Value>,
+    summary: Value,
+    timeline: TimelineOut,
+    unread_notifications: Counts,
+}
+
+/// A `rooms.leave` entry.
+#[derive(Debug, Serialize)]
+pub struct LeftRoom {
+    account_data: Events<Value>,
+    state: Events<Value>,
+    timeline: TimelineOut,
+}
+
+/// One room of a section: typed (so shared raw event JSON is written as
+/// is) or a plain tree (invites, knocks).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum RoomEntry {
+    Joined(Box<JoinedRoom>),
+    Left(Box<LeftRoom>),
+    Tree(Value),
+}
+
+pub type Section = BTreeMap<String, RoomEntry>;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Rooms {
+    pub invite: Section,
+    pub join: Section,
+    pub knock: Section,
+    pub leave: Section,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct DeviceLists {
+    changed: [(); 0],
+    left: [(); 0],
+}
+
+#[derive(Debug, Default, Serialize)]
+struct OneTimeKeys {
+    signed_curve25519: u64,
+}
+
+/// The whole response, written with one `serde_json::to_writer` (no
+/// `Value` tree for the top level; fields in `serde_json::Map` order).
+#[derive(Debug, Serialize)]
+pub struct SyncResponse {
+    account_data: Events<Value>,
+    device_lists: DeviceLists,
+    device_one_time_keys_count: OneTimeKeys,
+    device_unused_fallback_key_types: [(); 0],
+    next_batch: String,
+    presence: Events<Value>,
+    rooms: Rooms,
+    to_device: Events<Value>,
+}
+
 /// The response with nothing new: every field clients require, empty.
-pub fn empty(next_batch: &StreamToken) -> Value {
-    json!({
-        "next_batch": next_batch.to_string(),
-        "rooms": {"join": {}, "invite": {}, "leave": {}, "knock": {}},
-        "account_data": {"events": []},
-        "presence": {"events": []},
-        "to_device": {"events": []},
-        "device_lists": {"changed": [], "left": []},
-        "device_one_time_keys_count": {"signed_curve25519": 0},
-        "device_unused_fallback_key_types": [],
+pub fn empty(next_batch: &StreamToken) -> SyncResponse {
+    SyncResponse {
+        account_data: Events::default(),
+        device_lists: DeviceLists::default(),
+        device_one_time_keys_count: OneTimeKeys::default(),
+        device_unused_fallback_key_types: [],
+        next_batch: next_batch.to_string(),
+        presence: Events::default(),
+        rooms: Rooms::default(),
+        to_device: Events::default(),
+    }
+}
+
+/// Stands for the token in the template [`empty_bytes`] is rendered from
+/// once; nothing else in the empty response can contain it.
+const TOKEN_MARK: &str = "@@next_batch@@";
+
+/// `empty`'s serialised body split around `next_batch`'s value: built once
+/// per process from [`empty`] itself, so the cheap path's bytes cannot
+/// drift from what the normal path returns for an empty sync.
+fn empty_template() -> &'static (Vec<u8>, Vec<u8>) {
+    static TEMPLATE: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let mut v = empty(&StreamToken::zero(0));
+        v.next_batch = TOKEN_MARK.to_owned();
+        // Invariant: plain structs of strings and numbers always serialise.
+        let text = serde_json::to_string(&v).unwrap_or_default();
+        match text.split_once(TOKEN_MARK) {
+            Some((a, b)) => (a.as_bytes().to_vec(), b.as_bytes().to_vec()),
+            // Unreachable (the mark is in `text`): fall back to no splice.
+            None => (text.into_bytes(), Vec::new()),
+        }
     })
+}
+
+/// The serialised [`empty`] response, byte for byte, without building
+/// it: the sync cheap path's body (a token is `s`, digits, `.` and `_`:
+/// nothing to escape).
+pub fn empty_bytes(next_batch: &StreamToken) -> Vec<u8> {
+    use std::io::Write;
+    let (head, tail) = empty_template();
+    let mut out = Vec::with_capacity(head.len() + tail.len() + 16 * next_batch.len().max(1));
+    out.extend_from_slice(head);
+    // Writing into a `Vec` cannot fail.
+    let _ = write!(out, "{next_batch}");
+    out.extend_from_slice(tail);
+    out
 }
 
 /// Timeline, state and `prev_batch` of a joined or left room.
 struct Body {
-    timeline: Vec<Value>,
+    timeline: Vec<ServedEvent>,
     limited: bool,
     prev_batch: String,
     state: Vec<Value>,
@@ -168,7 +295,7 @@ async fn body(
         }
     };
     Ok(Body {
-        timeline: serve::personalize(ctx, &tl).await?,
+        timeline: serve::personalize_timeline(ctx, &slice.events, &tl).await?,
         limited: slice.limited,
         prev_batch: prev_batch.to_string(),
         state: serve::personalize(ctx, &state_events).await?,
@@ -214,7 +341,7 @@ pub async fn joined(
     room: &OwnedRoomId,
     newly_joined: bool,
     membership_changed: bool,
-) -> Result<Option<Value>, SyncError> {
+) -> Result<Option<RoomEntry>, SyncError> {
     let full = ctx.is_initial() || ctx.full_state || newly_joined;
     let vis = ctx.is_initial() || newly_joined || membership_changed;
     let b = body(ctx, cache, room, &ctx.current, full, vis).await?;
@@ -233,14 +360,20 @@ pub async fn joined(
     } else {
         json!({})
     };
-    Ok(Some(json!({
-        "timeline": {"events": b.timeline, "limited": b.limited, "prev_batch": b.prev_batch},
-        "state": {"events": b.state},
-        "ephemeral": {"events": ephemeral},
-        "account_data": {"events": account_data},
-        "unread_notifications": {"highlight_count": 0, "notification_count": 0},
-        "summary": summary,
-    })))
+    Ok(Some(RoomEntry::Joined(Box::new(JoinedRoom {
+        account_data: Events {
+            events: account_data,
+        },
+        ephemeral: Events { events: ephemeral },
+        state: Events { events: b.state },
+        summary,
+        timeline: TimelineOut {
+            events: b.timeline,
+            limited: b.limited,
+            prev_batch: b.prev_batch,
+        },
+        unread_notifications: Counts::default(),
+    }))))
 }
 
 /// A `rooms.leave` entry: the timeline up to the user's leave (or ban).
@@ -250,15 +383,21 @@ pub async fn left(
     room: &OwnedRoomId,
     leave: &MemberChange,
     full: bool,
-) -> Result<Value, SyncError> {
+) -> Result<RoomEntry, SyncError> {
     let upper = timeline::with_persisted(&ctx.current, leave.shard, leave.pos);
     let b = body(ctx, cache, room, &upper, full || ctx.is_initial(), true).await?;
     let account_data = extensions::room_account_data(ctx, room).await?;
-    Ok(json!({
-        "timeline": {"events": b.timeline, "limited": b.limited, "prev_batch": b.prev_batch},
-        "state": {"events": b.state},
-        "account_data": {"events": account_data},
-    }))
+    Ok(RoomEntry::Left(Box::new(LeftRoom {
+        account_data: Events {
+            events: account_data,
+        },
+        state: Events { events: b.state },
+        timeline: TimelineOut {
+            events: b.timeline,
+            limited: b.limited,
+            prev_batch: b.prev_batch,
+        },
+    })))
 }
 
 fn stripped(e: &Value) -> Value {
@@ -328,17 +467,55 @@ pub async fn knocked(
 }
 
 /// Assembles the top-level response.
-pub async fn assemble(
-    ctx: &SyncContext,
-    join: Map<String, Value>,
-    invite: Map<String, Value>,
-    leave: Map<String, Value>,
-    knock: Map<String, Value>,
-) -> Result<Value, SyncError> {
+pub async fn assemble(ctx: &SyncContext, rooms: Rooms) -> Result<SyncResponse, SyncError> {
     let mut out = empty(&ctx.current);
-    out["rooms"] = json!({"join": join, "invite": invite, "leave": leave, "knock": knock});
-    out["account_data"]["events"] = extensions::account_data(ctx).await?.into();
-    out["presence"]["events"] = extensions::presence(ctx).await?.into();
-    out["to_device"]["events"] = extensions::to_device(ctx).await?.into();
+    out.rooms = rooms;
+    out.account_data.events = extensions::account_data(ctx).await?;
+    out.presence.events = extensions::presence(ctx).await?;
+    out.to_device.events = extensions::to_device(ctx).await?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::ShardPos;
+
+    #[test]
+    fn empty_bytes_match_the_serialised_empty_response() {
+        let toks = [
+            StreamToken::zero(0),
+            StreamToken::zero(1),
+            StreamToken::from_positions(vec![
+                ShardPos {
+                    persisted: 105,
+                    ephemeral: 1_732_480_000_123,
+                },
+                ShardPos {
+                    persisted: 88,
+                    ephemeral: 0,
+                },
+            ]),
+        ];
+        for t in &toks {
+            // What `assemble` returns for a sync with nothing in it.
+            let expected = serde_json::to_vec(&empty(t)).unwrap();
+            // The shape clients rely on, unchanged.
+            let old = json!({
+                "next_batch": t.to_string(),
+                "rooms": {"join": {}, "invite": {}, "leave": {}, "knock": {}},
+                "account_data": {"events": []},
+                "presence": {"events": []},
+                "to_device": {"events": []},
+                "device_lists": {"changed": [], "left": []},
+                "device_one_time_keys_count": {"signed_curve25519": 0},
+                "device_unused_fallback_key_types": [],
+            });
+            assert_eq!(serde_json::from_slice::<Value>(&expected).unwrap(), old);
+            assert_eq!(
+                String::from_utf8(empty_bytes(t)).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+    }
 }

@@ -20,6 +20,8 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::db::Pool;
@@ -193,6 +195,124 @@ pub async fn personalize(
         .collect())
 }
 
+/// Stands for `unsigned.age` in a [`RawServed`] while it is split; used
+/// only if it occurs exactly once in the serialised event.
+const AGE_MARK: &str = "\"@@hearth-age@@\"";
+
+/// A timeline event's viewer-independent served form, serialised once and
+/// shared by every viewer (a message reaching 1,000 parked syncs is
+/// rendered once, not cloned and serialised 1,000 times): `head`, then the
+/// viewer's `age` and `tail` when the event has an `unsigned` object.
+#[derive(Debug)]
+pub struct RawServed {
+    head: String,
+    /// `(origin_server_ts, text after age)`.
+    tail: Option<(i64, String)>,
+}
+
+impl RawServed {
+    /// `None` when the event needs per-viewer work beyond `age`
+    /// (`redacted_because` has an age of its own) or the split is not
+    /// unambiguous.
+    pub fn new(base: &Value) -> Option<RawServed> {
+        if base
+            .get("unsigned")
+            .and_then(|u| u.get("redacted_because"))
+            .is_some()
+        {
+            return None;
+        }
+        let ts = base["origin_server_ts"].as_i64();
+        let mut v = base.clone();
+        let spliced = match (ts, v.get_mut("unsigned")) {
+            (Some(_), Some(Value::Object(u))) => {
+                u.insert("age".into(), AGE_MARK.trim_matches('"').into());
+                true
+            }
+            _ => false,
+        };
+        let text = serde_json::to_string(&v).ok()?;
+        if !spliced {
+            return Some(RawServed {
+                head: text,
+                tail: None,
+            });
+        }
+        if text.matches(AGE_MARK).count() != 1 {
+            return None;
+        }
+        let (head, tail) = text.split_once(AGE_MARK)?;
+        Some(RawServed {
+            head: head.to_owned(),
+            tail: Some((ts?, tail.to_owned())),
+        })
+    }
+
+    /// The event as `viewer-independent form + age at `now``, as raw JSON.
+    pub fn render(&self, now: i64) -> Option<Box<RawValue>> {
+        let text = match &self.tail {
+            None => self.head.clone(),
+            Some((ts, tail)) => {
+                let mut t = String::with_capacity(self.head.len() + tail.len() + 20);
+                t.push_str(&self.head);
+                // Writing into a `String` cannot fail.
+                let _ = std::fmt::Write::write_fmt(&mut t, format_args!("{}", (now - ts).max(0)));
+                t.push_str(tail);
+                t
+            }
+        };
+        RawValue::from_string(text).ok()
+    }
+}
+
+/// A served event in a response: shared raw JSON, or a per-viewer tree.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ServedEvent {
+    Raw(Box<RawValue>),
+    Tree(Value),
+}
+
+/// [`personalize`] for a timeline (`bases` from [`timeline_bases`] for
+/// `events`): events other users sent are spliced in from their shared
+/// serialised form; the user's own (which may need `transaction_id`),
+/// redacted ones, fresh uncached reads and filters with `event_fields` go
+/// through [`personalize`].
+pub async fn personalize_timeline(
+    ctx: &SyncContext,
+    events: &[Rc<TlEvent>],
+    bases: &[Arc<Value>],
+) -> Result<Vec<ServedEvent>, SyncError> {
+    let now = crate::auth::now_ms();
+    let fast = ctx.filter.event_fields.is_none() && events.len() == bases.len();
+    let mut out: Vec<Option<ServedEvent>> = Vec::with_capacity(bases.len());
+    let mut slow: Vec<Arc<Value>> = Vec::new();
+    for (i, base) in bases.iter().enumerate() {
+        let raw = events.get(i).filter(|e| {
+            fast && e.sender != ctx.user.as_str()
+                && e.served.get().is_some_and(|s| Arc::ptr_eq(s, base))
+        });
+        let rendered = raw.and_then(|e| {
+            e.raw
+                .get_or_init(|| RawServed::new(base).map(Rc::new))
+                .as_ref()
+                .and_then(|r| r.render(now))
+        });
+        match rendered {
+            Some(r) => out.push(Some(ServedEvent::Raw(r))),
+            None => {
+                out.push(None);
+                slow.push(base.clone());
+            }
+        }
+    }
+    let mut slow = personalize(ctx, &slow).await?.into_iter();
+    Ok(out
+        .into_iter()
+        .filter_map(|o| o.or_else(|| slow.next().map(ServedEvent::Tree)))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +330,33 @@ mod tests {
         let mut bare = json!({"origin_server_ts": 1});
         set_age(&mut bare, 5);
         assert!(bare.get("unsigned").is_none());
+    }
+
+    #[test]
+    fn raw_served_renders_like_the_tree_path() {
+        let base = json!({
+            "type": "m.room.message", "event_id": "$e", "sender": "@a:x",
+            "origin_server_ts": 1000, "content": {"body": "\"@@hearth-age@@\" hi"},
+            "unsigned": {"x": 1},
+        });
+        // The mark occurs in the content too: not split, per-viewer path.
+        assert!(RawServed::new(&base).is_none());
+        let mut base = base;
+        base["content"]["body"] = "hi".into();
+        let raw = RawServed::new(&base).unwrap();
+        let mut tree = base.clone();
+        set_age(&mut tree, 1500);
+        let got: Value = serde_json::from_str(raw.render(1500).unwrap().get()).unwrap();
+        assert_eq!(got, tree);
+        // No `unsigned`: served as is.
+        let bare = json!({"origin_server_ts": 1, "type": "t"});
+        let raw = RawServed::new(&bare).unwrap();
+        assert_eq!(
+            raw.render(9).unwrap().get(),
+            serde_json::to_string(&bare).unwrap()
+        );
+        // `redacted_because` carries its own age: per-viewer path.
+        let red = json!({"origin_server_ts": 1, "unsigned": {"redacted_because": {}}});
+        assert!(RawServed::new(&red).is_none());
     }
 }

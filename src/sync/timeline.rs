@@ -92,6 +92,7 @@ fn row_event(r: &Row) -> Result<TlEvent, SyncError> {
         membership,
         full: OnceCell::new(),
         served: OnceCell::new(),
+        raw: OnceCell::new(),
     })
 }
 
