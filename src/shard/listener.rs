@@ -11,7 +11,14 @@ const BACKLOG: i32 = 4096;
 
 /// Bind `count` sockets to `addr` with `SO_REUSEPORT`. With port 0 the first
 /// socket picks the port and the rest join it, so all shards share one port.
+///
+/// A fixed port already listened on by anyone (another hearth included) is
+/// refused with `AddrInUse`: `SO_REUSEPORT` alone would let a second server
+/// of the same user join the port and take half its connections.
 pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
+    if addr.port() != 0 {
+        probe_free(addr)?;
+    }
     let mut out = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count.max(1) {
@@ -22,6 +29,15 @@ pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListe
         out.push(l);
     }
     Ok(out)
+}
+
+/// Binds (without `SO_REUSEPORT`) and drops a socket: fails if any socket
+/// listens on `addr`. `SO_REUSEADDR` keeps connections in TIME_WAIT from a
+/// previous run from blocking a restart.
+fn probe_free(addr: SocketAddr) -> io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())
 }
 
 fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -45,5 +61,17 @@ mod tests {
         let port = ls[0].local_addr().unwrap().port();
         assert_ne!(port, 0);
         assert!(ls.iter().all(|l| l.local_addr().unwrap().port() == port));
+    }
+
+    /// Found by the bench rig: a second server on the same port started
+    /// without error and took half the connections.
+    #[test]
+    fn a_port_in_use_is_refused_even_by_reuseport() {
+        let first = bind_reuseport("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = first[0].local_addr().unwrap();
+        let err = bind_reuseport(addr, 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        drop(first);
+        assert!(bind_reuseport(addr, 2).is_ok(), "free again once closed");
     }
 }
