@@ -17,6 +17,9 @@ use crate::stream::{Change, Pos, RoomChange, ShardPos};
 use super::presence::LocalPresence;
 use super::typing::Typing;
 
+/// Per device: the to-device mark a sync gave it and whether more wait.
+pub type DeviceMarks = HashMap<String, (ShardPos, bool)>;
+
 /// See the module doc.
 pub struct EphService {
     pub typing: Rc<Typing>,
@@ -28,7 +31,7 @@ pub struct EphService {
     /// more were left waiting (the next sync must fetch them).
     /// Keyed by user first so a sync can tell "nothing outstanding" with
     /// one lookup and no allocation.
-    pub to_device_outstanding: RefCell<HashMap<OwnedUserId, HashMap<String, (ShardPos, bool)>>>,
+    pub to_device_outstanding: RefCell<HashMap<OwnedUserId, DeviceMarks>>,
 }
 
 thread_local! {
