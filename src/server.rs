@@ -256,6 +256,10 @@ async fn shard_main(
     // Until then peers' jobs wait in their rings (backpressure, not errors).
     state.mesh.spawn_receiver();
     monoio::spawn(stream.clone().run_announcer(state.mesh.clone()));
+    if id == 0 {
+        // Database-wide housekeeping runs once, on shard 0.
+        monoio::spawn(crate::rooms::txn::run_expiry(state.db.clone()));
+    }
     let shutdown = http::Shutdown::new();
     {
         let shutdown = shutdown.clone();

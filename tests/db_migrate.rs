@@ -150,3 +150,34 @@ fn applies_a_lower_version_that_landed_late() {
         assert_eq!(n, 3);
     })
 }
+
+/// `txn_ids` rows expire after a day (migration 8 + `rooms::txn::expire`).
+#[test]
+fn transaction_ids_expire() {
+    run(async {
+        let cfg = fresh_db().await;
+        let c = Connection::connect(&cfg).await.unwrap();
+        migrate(&c).await.unwrap();
+        c.batch_execute(
+            "INSERT INTO txn_ids (user_id, device_id, room_id, txn_id, event_id, created_at) \
+             VALUES ('@a:h', 'D', '!r:h', 'old', '$old', now() - interval '25 hours'), \
+                    ('@a:h', 'D', '!r:h', 'new', '$new', now())",
+        )
+        .await
+        .unwrap();
+        let pool = hearth::db::Pool::connect(cfg, hearth::db::PoolConfig::default())
+            .await
+            .unwrap();
+        let n = hearth::rooms::txn::expire(&pool, hearth::rooms::txn::KEEP_HOURS)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let left: String = c
+            .query_one("SELECT string_agg(txn_id, ',') FROM txn_ids", &[])
+            .await
+            .unwrap()
+            .get(0)
+            .unwrap();
+        assert_eq!(left, "new");
+    })
+}

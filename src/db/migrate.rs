@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "sync",
         sql: include_str!("../../migrations/0007_sync.sql"),
     },
+    Migration {
+        version: 8,
+        name: "txn_expiry",
+        sql: include_str!("../../migrations/0008_txn_expiry.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

@@ -23,6 +23,7 @@ pub mod serve;
 pub mod service;
 pub mod state;
 pub mod timeline;
+pub mod txn;
 pub mod visibility;
 
 use crate::db::DbError;
