@@ -32,6 +32,8 @@ use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use serde_json::Value;
 
 use super::serve::RawServed;
+use crate::db::Pool;
+use crate::primitives::FutureCache;
 use crate::rooms::state::StateMap;
 use crate::rooms::timeline::TimelineEvent;
 use crate::stream::writer::Batch;
@@ -118,7 +120,9 @@ pub struct SyncCache {
     startup: StreamToken,
     windows: RefCell<LruCache<OwnedRoomId, Window>>,
     member_changes: RefCell<LruCache<(OwnedUserId, OwnedRoomId), (usize, i64)>>,
-    snapshots: RefCell<LruCache<i64, Rc<StateMap>>>,
+    /// Deduplicates concurrent loads: a fan-out wakes hundreds of syncs that
+    /// want the same snapshot at once (one query, not hundreds).
+    snapshots: FutureCache<i64, Rc<StateMap>, String>,
     /// Served state events by id.
     events: RefCell<LruCache<String, ServedState>>,
     /// Bumped on every redaction: a served form read before it may be stale.
@@ -157,7 +161,7 @@ impl SyncCache {
             startup,
             windows: RefCell::new(LruCache::new(cap(WINDOW_ROOMS))),
             member_changes: RefCell::new(LruCache::new(cap(MEMBER_CHANGES))),
-            snapshots: RefCell::new(LruCache::new(cap(SNAPSHOTS))),
+            snapshots: FutureCache::new("sync-snapshots", SNAPSHOTS),
             events: RefCell::new(LruCache::new(cap(EVENTS))),
             redactions: Cell::new(0),
             stats: Cell::new(CacheStats::default()),
@@ -326,7 +330,7 @@ impl SyncCache {
     }
 
     pub fn snapshot(&self, id: i64) -> Option<Rc<StateMap>> {
-        let hit = self.snapshots.borrow_mut().get(&id).cloned();
+        let hit = self.snapshots.get_if_present(&id);
         self.bump(|s| match hit {
             Some(_) => s.snapshot_hits += 1,
             None => s.snapshot_misses += 1,
@@ -335,7 +339,23 @@ impl SyncCache {
     }
 
     pub fn put_snapshot(&self, id: i64, state: Rc<StateMap>) {
-        self.snapshots.borrow_mut().put(id, state);
+        self.snapshots.insert(id, state);
+    }
+
+    /// Snapshot `id`, loaded once however many syncs ask at the same time.
+    pub async fn load_snapshot(&self, db: &Pool, id: i64) -> Result<Rc<StateMap>, String> {
+        if let Some(s) = self.snapshot(id) {
+            return Ok(s);
+        }
+        let db = db.clone();
+        self.snapshots
+            .get_or_load(id, move || async move {
+                crate::rooms::state::load(&db, id)
+                    .await
+                    .map(Rc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .await
     }
 
     /// Drops what a redaction of `target` makes stale (unknown target:

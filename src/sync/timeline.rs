@@ -15,7 +15,7 @@ use ruma::OwnedRoomId;
 use serde_json::{Map, Value};
 
 use crate::db::{Pool, Row};
-use crate::rooms::state::{self, StateMap};
+use crate::rooms::state::StateMap;
 use crate::rooms::timeline::{TimelineEvent, EVENT_COLUMNS};
 use crate::stream::StreamToken;
 
@@ -221,12 +221,10 @@ pub async fn state_at(
 
 /// A state snapshot by id, cached.
 pub async fn snapshot(db: &Pool, cache: &SyncCache, id: i64) -> Result<Rc<StateMap>, SyncError> {
-    if let Some(s) = cache.snapshot(id) {
-        return Ok(s);
-    }
-    let s = Rc::new(state::load(db, id).await?);
-    cache.put_snapshot(id, s.clone());
-    Ok(s)
+    cache
+        .load_snapshot(db, id)
+        .await
+        .map_err(|e| SyncError::Internal(format!("loading state snapshot {id}: {e}")))
 }
 
 /// One of the user's member events.
