@@ -245,13 +245,18 @@ pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<RunReport> {
             let room = &fx.rooms[0];
             let mut conn = Conn::new(target.addr, &target.host_header);
             while !window.over() {
-                // Wait (up to 2 s) until every member has a sync in flight,
-                // then give the server a moment to park them.
+                // Wait until every member has a sync in flight (up to 2 s
+                // between rounds; before the first round up to 60 s, since
+                // K first syncs can take seconds and a send racing them
+                // measures the setup, not the fan-out), then give the
+                // server a moment to park them.
                 let t = Instant::now();
-                while fan.borrow().parked < k
-                    && t.elapsed() < Duration::from_secs(2)
-                    && !window.over()
-                {
+                let cap = if fan.borrow().round == 0 {
+                    Duration::from_secs(60)
+                } else {
+                    Duration::from_secs(2)
+                };
+                while fan.borrow().parked < k && t.elapsed() < cap && !window.over() {
                     monoio::time::sleep(Duration::from_millis(5)).await;
                 }
                 monoio::time::sleep(Duration::from_millis(20)).await;
