@@ -12,6 +12,11 @@ use crate::config::{LogFormat, LogSection};
 /// which keeps tests that start several servers in one process simple.
 pub fn init(cfg: &LogSection) {
     let mut directives = cfg.level.clone();
+    // ruma's auth rules log every accepted event at INFO: a line per event
+    // sent, at fan-out rates. Quiet unless the operator names the target.
+    if !directives.contains("ruma_state_res") {
+        directives.push_str(",ruma_state_res=warn");
+    }
     if !cfg.access_log {
         directives.push_str(",hearth::access=off");
     }
