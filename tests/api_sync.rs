@@ -8,52 +8,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{json_request, request, Hearth, Opts, Resp};
+use common::{assert_err, call, enc, json_request, ok, register, request, Hearth, Opts, Resp, V3};
 use hearth::db::testing::{TestCluster, TestDb};
 use hearth::mesh::{shard_for_room, shard_for_user};
 use ruma::{RoomId, UserId};
 use serde_json::{json, Value};
-
-const V3: &str = "/_matrix/client/v3";
-
-fn call(h: &Hearth, m: &str, path: &str, token: &str, body: Option<Value>) -> Resp {
-    json_request(h, m, &format!("{V3}{path}"), Some(token), body.as_ref())
-}
-
-fn ok(r: Resp) -> Value {
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()
-}
-
-fn assert_err(r: &Resp, status: u16, errcode: &str) {
-    let body = String::from_utf8_lossy(&r.body);
-    assert_eq!(r.status, status, "{body}");
-    assert_eq!(r.json()["errcode"], errcode, "{body}");
-}
-
-fn register(h: &Hearth, user: &str) -> String {
-    let body = json!({"username": user, "password": "pw", "auth": {"type": "m.login.dummy"}});
-    let r = json_request(h, "POST", &format!("{V3}/register"), None, Some(&body));
-    let r = if r.status == 401 {
-        let mut body = body;
-        body["auth"]["session"] = r.json()["session"].clone();
-        json_request(h, "POST", &format!("{V3}/register"), None, Some(&body))
-    } else {
-        r
-    };
-    ok(r)["access_token"].as_str().unwrap().to_owned()
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 fn sync_raw(h: &Hearth, token: &str, query: &str) -> Resp {
     call(h, "GET", &format!("/sync?{query}"), token, None)
