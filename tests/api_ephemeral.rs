@@ -11,28 +11,11 @@ use common::{assert_err, call, json_request, ok, request, Hearth, Opts, V3};
 use hearth::db::testing::{TestCluster, TestDb};
 use serde_json::{json, Value};
 
-struct User {
-    token: String,
-    id: String,
-    device: String,
-}
+/// A registered user (token, id, device).
+type User = common::Registered;
 
 fn register(h: &Hearth, name: &str) -> User {
-    let body = json!({"username": name, "password": "pw", "auth": {"type": "m.login.dummy"}});
-    let r = json_request(h, "POST", &format!("{V3}/register"), None, Some(&body));
-    let r = if r.status == 401 {
-        let mut body = body;
-        body["auth"]["session"] = r.json()["session"].clone();
-        json_request(h, "POST", &format!("{V3}/register"), None, Some(&body))
-    } else {
-        r
-    };
-    let v = ok(r);
-    User {
-        token: v["access_token"].as_str().unwrap().to_owned(),
-        id: v["user_id"].as_str().unwrap().to_owned(),
-        device: v["device_id"].as_str().unwrap().to_owned(),
-    }
+    common::register_user(h, name)
 }
 
 fn psql(db: &TestDb, sql: &str) -> String {

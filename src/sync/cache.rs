@@ -408,6 +408,21 @@ mod tests {
     use crate::stream::EventChange;
     use serde_json::json;
 
+    /// A batch holding one redaction of `redacts` at `pos` in `!r:h`.
+    fn redaction_batch(pos: i64, redacts: &str) -> Batch {
+        let mut b = batch(0, "!r:h", pos, None);
+        if let Change::Room {
+            what: RoomChange::Event(ev),
+            ..
+        } = &mut b.changes[0]
+        {
+            let ev = Arc::make_mut(ev);
+            ev.event_type = "m.room.redaction".into();
+            ev.event = Arc::new(json!({ "content": { "redacts": redacts } }));
+        }
+        b
+    }
+
     fn batch(shard: usize, room: &str, pos: i64, member: Option<&str>) -> Batch {
         let ev = EventChange {
             event_id: format!("$e{pos}").try_into().unwrap(),
@@ -523,16 +538,7 @@ mod tests {
         let room: OwnedRoomId = "!r:h".try_into().unwrap();
         c.apply(&batch(0, "!r:h", 5, None), before(4), &All);
         assert!(c.range(&room, &tok(4), &tok(5)).is_some());
-        let mut b = batch(0, "!r:h", 6, None);
-        if let Change::Room {
-            what: RoomChange::Event(ev),
-            ..
-        } = &mut b.changes[0]
-        {
-            let ev = Arc::make_mut(ev);
-            ev.event_type = "m.room.redaction".into();
-            ev.event = Arc::new(json!({"content": {"redacts": "$e5"}}));
-        }
+        let b = redaction_batch(6, "$e5");
         c.apply(&b, before(5), &All);
         assert!(c.range(&room, &tok(4), &tok(6)).is_none());
         c.apply(&batch(0, "!r:h", 7, None), before(6), &All);
@@ -548,16 +554,7 @@ mod tests {
         c.put_event("$name1".into(), v("$name1"), None, e0);
         c.put_event("$name2".into(), v("$name2"), Some("$name1".into()), e0);
         c.put_event("$topic".into(), v("$topic"), None, e0);
-        let mut b = batch(0, "!r:h", 6, None);
-        if let Change::Room {
-            what: RoomChange::Event(ev),
-            ..
-        } = &mut b.changes[0]
-        {
-            let ev = Arc::make_mut(ev);
-            ev.event_type = "m.room.redaction".into();
-            ev.event = Arc::new(json!({"content": {"redacts": "$name1"}}));
-        }
+        let b = redaction_batch(6, "$name1");
         c.apply(&b, before(5), &All);
         assert!(c.event("$name1").is_none(), "the target");
         assert!(c.event("$name2").is_none(), "its prev_content came from it");
