@@ -13,6 +13,15 @@ if (!baseUrl) {
     console.error("usage: node basic.mjs BASE_URL");
     process.exit(2);
 }
+// Every non-2xx answer is printed, so a failure names the request behind it
+// (the SDK tolerates some, e.g. a 404 on /capabilities).
+const realFetch = globalThis.fetch;
+globalThis.fetch = async (url, opts) => {
+    const r = await realFetch(url, opts);
+    if (!r.ok) console.log(`HTTP ${r.status} ${opts?.method ?? "GET"} ${url} ${await r.clone().text()}`);
+    return r;
+};
+
 const DEADLINE_MS = 60_000;
 logger.setLevel?.("warn");
 
