@@ -125,3 +125,420 @@ fn versions_claim_no_unstable_feature() {
         "{unstable:?}"
     );
 }
+
+fn ids(set: &Value, kind: &str) -> Vec<String> {
+    set[kind]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn rule_path(kind: &str, id: &str) -> String {
+    format!("/pushrules/global/{kind}/{}", common::enc(id))
+}
+
+fn global_account_data(sync: &Value, kind: &str) -> Option<Value> {
+    sync["account_data"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == kind)
+        .map(|e| e["content"].clone())
+}
+
+#[test]
+fn push_rules_defaults_edits_errors_sync_and_restart() {
+    let db = TestCluster::shared().fresh_database();
+    let opts = Opts::shards(2).env("HEARTH_DATABASE__URL", &db.url());
+    let h = Hearth::start(opts.clone());
+    let alice = common::register_user(&h, "alice");
+    let bob = common::register_user(&h, "bob");
+    let a = alice.token.as_str();
+
+    let r = json_request(&h, "GET", &format!("{V3}/pushrules/"), None, None);
+    assert_err(&r, 401, "M_MISSING_TOKEN");
+
+    // The spec's server-default rules, for this user.
+    let all = ok(call(&h, "GET", "/pushrules/", a, None));
+    let global = all["global"].clone();
+    assert_eq!(ok(call(&h, "GET", "/pushrules/global/", a, None)), global);
+    // Every kind is listed, empty or not (clients iterate them).
+    for kind in ["override", "content", "room", "sender", "underride"] {
+        assert!(global[kind].is_array(), "{kind} in {global}");
+    }
+    let over = ids(&global, "override");
+    assert_eq!(over[0], ".m.rule.master");
+    for id in [
+        ".m.rule.suppress_notices",
+        ".m.rule.invite_for_me",
+        ".m.rule.member_event",
+        ".m.rule.is_user_mention",
+        ".m.rule.is_room_mention",
+        ".m.rule.tombstone",
+        ".m.rule.reaction",
+    ] {
+        assert!(over.contains(&id.to_owned()), "{id} in {over:?}");
+    }
+    let under = ids(&global, "underride");
+    for id in [
+        ".m.rule.call",
+        ".m.rule.encrypted_room_one_to_one",
+        ".m.rule.room_one_to_one",
+        ".m.rule.message",
+        ".m.rule.encrypted",
+    ] {
+        assert!(under.contains(&id.to_owned()), "{id} in {under:?}");
+    }
+    let invite = ok(call(
+        &h,
+        "GET",
+        &rule_path("override", ".m.rule.invite_for_me"),
+        a,
+        None,
+    ));
+    assert!(invite.to_string().contains(&alice.id), "{invite}");
+    let master = ok(call(
+        &h,
+        "GET",
+        &rule_path("override", ".m.rule.master"),
+        a,
+        None,
+    ));
+    assert_eq!(master["default"], true);
+    assert_eq!(master["enabled"], false);
+
+    // Unknown rules and kinds.
+    let r = call(&h, "GET", &rule_path("override", "nope"), a, None);
+    assert_err(&r, 404, "M_NOT_FOUND");
+    let r = call(&h, "GET", &rule_path("bogus", "x"), a, None);
+    assert_err(&r, 400, "M_INVALID_PARAM");
+    let r = call(
+        &h,
+        "GET",
+        &format!("{}/enabled", rule_path("override", "nope")),
+        a,
+        None,
+    );
+    assert_err(&r, 404, "M_NOT_FOUND");
+    let r = call(
+        &h,
+        "GET",
+        &format!("{}/actions", rule_path("override", "nope")),
+        a,
+        None,
+    );
+    assert_err(&r, 404, "M_NOT_FOUND");
+    let r = call(
+        &h,
+        "PUT",
+        &format!("{}/enabled", rule_path("override", "nope")),
+        a,
+        Some(json!({"enabled": true})),
+    );
+    assert_err(&r, 404, "M_NOT_FOUND");
+
+    // Adding user rules, ordered with before/after.
+    let cake = json!({"pattern": "cake*lie", "actions": ["notify"]});
+    ok(call(
+        &h,
+        "PUT",
+        &rule_path("content", "cake"),
+        a,
+        Some(cake.clone()),
+    ));
+    ok(call(
+        &h,
+        "PUT",
+        &rule_path("content", "pie"),
+        a,
+        Some(cake.clone()),
+    ));
+    ok(call(
+        &h,
+        "PUT",
+        &format!("{}?after=cake", rule_path("content", "tart")),
+        a,
+        Some(cake.clone()),
+    ));
+    ok(call(
+        &h,
+        "PUT",
+        &format!("{}?before=pie", rule_path("content", "scone")),
+        a,
+        Some(cake.clone()),
+    ));
+    let set = ok(call(&h, "GET", "/pushrules/global/", a, None));
+    assert_eq!(ids(&set, "content")[..4], ["scone", "pie", "cake", "tart"]);
+    let got = ok(call(&h, "GET", &rule_path("content", "cake"), a, None));
+    assert_eq!(got["pattern"], "cake*lie");
+    assert_eq!(got["actions"], json!(["notify"]));
+    assert_eq!(got["enabled"], true);
+    assert_eq!(got["default"], false);
+    // Replacing keeps the place.
+    ok(call(
+        &h,
+        "PUT",
+        &rule_path("content", "cake"),
+        a,
+        Some(json!({"pattern": "cake", "actions": []})),
+    ));
+    let set = ok(call(&h, "GET", "/pushrules/global/", a, None));
+    assert_eq!(ids(&set, "content")[..4], ["scone", "pie", "cake", "tart"]);
+
+    // Override rules go after .m.rule.master; room and sender rules take ids.
+    ok(call(
+        &h,
+        "PUT",
+        &rule_path("override", "quiet"),
+        a,
+        Some(json!({"actions": [], "conditions": [
+            {"kind": "event_match", "key": "content.body", "pattern": "shh"}
+        ]})),
+    ));
+    let set = ok(call(&h, "GET", "/pushrules/global/", a, None));
+    assert_eq!(ids(&set, "override")[..2], [".m.rule.master", "quiet"]);
+    ok(call(
+        &h,
+        "PUT",
+        &rule_path("room", "!r:localhost"),
+        a,
+        Some(json!({"actions": ["notify", {"set_tweak": "sound", "value": "default"}]})),
+    ));
+    ok(call(
+        &h,
+        "PUT",
+        &rule_path("sender", &bob.id),
+        a,
+        Some(json!({"actions": []})),
+    ));
+    let room_rule = ok(call(&h, "GET", &rule_path("room", "!r:localhost"), a, None));
+    assert_eq!(room_rule["actions"][1]["set_tweak"], "sound");
+
+    // Refused PUTs.
+    for (path, body, status, code) in [
+        (
+            rule_path("content", ".m.mine"),
+            cake.clone(),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            rule_path("content", "a\\b"),
+            cake.clone(),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            format!("{}?before=nope", rule_path("content", "x")),
+            cake.clone(),
+            400,
+            "M_UNKNOWN",
+        ),
+        (
+            format!(
+                "{}?after=.m.rule.contains_user_name",
+                rule_path("content", "x")
+            ),
+            cake.clone(),
+            400,
+            "M_UNKNOWN",
+        ),
+        (
+            format!("{}?before=cake&after=tart", rule_path("content", "x")),
+            cake.clone(),
+            400,
+            "M_UNKNOWN",
+        ),
+        (
+            rule_path("content", "x"),
+            json!({"actions": ["notify"]}),
+            400,
+            "M_BAD_JSON",
+        ),
+        (
+            rule_path("override", "x"),
+            json!({"pattern": "p"}),
+            400,
+            "M_BAD_JSON",
+        ),
+        (
+            rule_path("override", "x"),
+            json!({"actions": ["fly"]}),
+            400,
+            "M_BAD_JSON",
+        ),
+        (
+            rule_path("override", "x"),
+            json!({"actions": [], "conditions": 1}),
+            400,
+            "M_BAD_JSON",
+        ),
+        (
+            rule_path("room", "not-a-room"),
+            json!({"actions": []}),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            rule_path("sender", "bob"),
+            json!({"actions": []}),
+            400,
+            "M_INVALID_PARAM",
+        ),
+    ] {
+        let r = call(&h, "PUT", &path, a, Some(body));
+        assert_err(&r, status, code);
+    }
+    let r = common::request(
+        &h,
+        "PUT",
+        &format!("{V3}{}", rule_path("content", "x")),
+        Some(a),
+        b"",
+    );
+    assert_err(&r, 400, "M_NOT_JSON");
+    let set = ok(call(&h, "GET", "/pushrules/global/", a, None));
+    assert!(!ids(&set, "content").contains(&"x".to_owned()));
+
+    // enabled and actions, on default and user rules.
+    let master_enabled = format!("{}/enabled", rule_path("override", ".m.rule.master"));
+    ok(call(
+        &h,
+        "PUT",
+        &master_enabled,
+        a,
+        Some(json!({"enabled": true})),
+    ));
+    assert_eq!(
+        ok(call(&h, "GET", &master_enabled, a, None)),
+        json!({"enabled": true})
+    );
+    let r = call(
+        &h,
+        "PUT",
+        &master_enabled,
+        a,
+        Some(json!({"enabled": "yes"})),
+    );
+    assert_err(&r, 400, "M_BAD_JSON");
+    let msg_actions = format!("{}/actions", rule_path("underride", ".m.rule.message"));
+    ok(call(
+        &h,
+        "PUT",
+        &msg_actions,
+        a,
+        Some(json!({"actions": []})),
+    ));
+    assert_eq!(
+        ok(call(&h, "GET", &msg_actions, a, None)),
+        json!({"actions": []})
+    );
+    let r = call(
+        &h,
+        "PUT",
+        &msg_actions,
+        a,
+        Some(json!({"actions": "notify"})),
+    );
+    assert_err(&r, 400, "M_BAD_JSON");
+    let pie_enabled = format!("{}/enabled", rule_path("content", "pie"));
+    ok(call(
+        &h,
+        "PUT",
+        &pie_enabled,
+        a,
+        Some(json!({"enabled": false})),
+    ));
+    // Replacing a rule keeps whether it is enabled (ruma, as Synapse).
+    ok(call(
+        &h,
+        "PUT",
+        &rule_path("content", "pie"),
+        a,
+        Some(cake.clone()),
+    ));
+    assert_eq!(
+        ok(call(&h, "GET", &pie_enabled, a, None)),
+        json!({"enabled": false})
+    );
+
+    // Deleting: user rules go, server-default rules stay.
+    let r = call(
+        &h,
+        "DELETE",
+        &rule_path("override", ".m.rule.master"),
+        a,
+        None,
+    );
+    assert_err(&r, 400, "M_UNKNOWN");
+    ok(call(&h, "DELETE", &rule_path("content", "tart"), a, None));
+    let r = call(&h, "GET", &rule_path("content", "tart"), a, None);
+    assert_err(&r, 404, "M_NOT_FOUND");
+    let r = call(&h, "DELETE", &rule_path("content", "tart"), a, None);
+    assert_err(&r, 404, "M_NOT_FOUND");
+
+    // Each user has their own rules.
+    let bobs = ok(call(&h, "GET", "/pushrules/global/", &bob.token, None));
+    assert!(!ids(&bobs, "content").contains(&"cake".to_owned()));
+    let r = call(&h, "GET", &master_enabled, &bob.token, None);
+    assert_eq!(ok(r), json!({"enabled": false}));
+
+    // The set is the user's m.push_rules account data: in /sync, readable,
+    // not writable directly.
+    let sync = ok(call(&h, "GET", "/sync", a, None));
+    let in_sync = global_account_data(&sync, "m.push_rules").expect("m.push_rules in /sync");
+    let set = ok(call(&h, "GET", "/pushrules/", a, None));
+    assert_eq!(in_sync, set);
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    ok(call(&h, "DELETE", &rule_path("content", "scone"), a, None));
+    let sync = ok(call(
+        &h,
+        "GET",
+        &format!("/sync?since={since}&timeout=5000"),
+        a,
+        None,
+    ));
+    let in_sync = global_account_data(&sync, "m.push_rules").expect("changed m.push_rules");
+    assert!(!ids(&in_sync["global"], "content").contains(&"scone".to_owned()));
+    let uid = common::enc(&alice.id);
+    let r = call(
+        &h,
+        "PUT",
+        &format!("/user/{uid}/account_data/m.push_rules"),
+        a,
+        Some(json!({"global": {}})),
+    );
+    assert_eq!(r.status, 405);
+
+    // Concurrent changes of one user are none of them lost.
+    let addr = h.addr;
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let t = alice.token.clone();
+            std::thread::spawn(move || {
+                let body = json!({"pattern": format!("w{i}"), "actions": ["notify"]});
+                common::request_to(
+                    addr,
+                    "PUT",
+                    &format!("{V3}/pushrules/global/content/w{i}"),
+                    Some(&t),
+                    body.to_string().as_bytes(),
+                )
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap().status, 200);
+    }
+    let before_restart = ok(call(&h, "GET", "/pushrules/", a, None));
+    let content = ids(&before_restart["global"], "content");
+    for i in 0..8 {
+        assert!(content.contains(&format!("w{i}")), "w{i} in {content:?}");
+    }
+
+    // Durable: a new process on the same database serves the same rules.
+    drop(h);
+    let h = Hearth::start(opts);
+    assert_eq!(ok(call(&h, "GET", "/pushrules/", a, None)), before_restart);
+}
