@@ -542,3 +542,147 @@ fn push_rules_defaults_edits_errors_sync_and_restart() {
     let h = Hearth::start(opts);
     assert_eq!(ok(call(&h, "GET", "/pushrules/", a, None)), before_restart);
 }
+
+fn pusher(app_id: &str, pushkey: &str, lang: &str) -> Value {
+    json!({
+        "kind": "http", "app_id": app_id, "pushkey": pushkey,
+        "app_display_name": "Mat Rix", "device_display_name": "iPhone 9",
+        "profile_tag": "xxyyzz", "lang": lang,
+        "data": {"url": "https://push.example/_matrix/push/v1/notify", "format": "event_id_only", "custom": 1},
+    })
+}
+
+fn pushkeys(h: &Hearth, token: &str) -> Vec<(String, String)> {
+    let list = ok(call(h, "GET", "/pushers", token, None))["pushers"].clone();
+    let mut keys: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["app_id"].as_str().unwrap().to_owned(),
+                p["pushkey"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn keys(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, k)| (a.to_string(), k.to_string()))
+        .collect()
+}
+
+#[test]
+fn pushers_set_list_replace_delete_and_notifications() {
+    let h = start();
+    let r = json_request(&h, "GET", &format!("{V3}/pushers"), None, None);
+    assert_err(&r, 401, "M_MISSING_TOKEN");
+    let r = json_request(&h, "GET", &format!("{V3}/notifications"), None, None);
+    assert_err(&r, 401, "M_MISSING_TOKEN");
+    let alice = common::register(&h, "alice");
+    let bob = common::register(&h, "bob");
+    let a = alice.as_str();
+
+    assert_eq!(
+        ok(call(&h, "GET", "/pushers", a, None)),
+        json!({"pushers": []})
+    );
+    ok(call(
+        &h,
+        "POST",
+        "/pushers/set",
+        a,
+        Some(pusher("app", "k1", "en")),
+    ));
+    let list = ok(call(&h, "GET", "/pushers", a, None));
+    assert_eq!(
+        list,
+        json!({"pushers": [{
+            "app_id": "app", "pushkey": "k1", "kind": "http",
+            "app_display_name": "Mat Rix", "device_display_name": "iPhone 9",
+            "profile_tag": "xxyyzz", "lang": "en",
+            "data": {"url": "https://push.example/_matrix/push/v1/notify", "format": "event_id_only", "custom": 1},
+        }]})
+    );
+    // Same app id and pushkey: updated, not added.
+    ok(call(
+        &h,
+        "POST",
+        "/pushers/set",
+        a,
+        Some(pusher("app", "k1", "fr")),
+    ));
+    let list = ok(call(&h, "GET", "/pushers", a, None));
+    assert_eq!(list["pushers"].as_array().unwrap().len(), 1);
+    assert_eq!(list["pushers"][0]["lang"], "fr");
+    ok(call(
+        &h,
+        "POST",
+        "/pushers/set",
+        a,
+        Some(pusher("app", "k2", "en")),
+    ));
+    assert_eq!(pushkeys(&h, a), keys(&[("app", "k1"), ("app", "k2")]));
+    assert!(pushkeys(&h, &bob).is_empty());
+
+    // Another user with the same app id and pushkey: `append: true` keeps
+    // alice's, the default (`append: false`) removes it.
+    let mut appended = pusher("app", "k1", "en");
+    appended["append"] = json!(true);
+    ok(call(&h, "POST", "/pushers/set", &bob, Some(appended)));
+    assert_eq!(pushkeys(&h, a), keys(&[("app", "k1"), ("app", "k2")]));
+    ok(call(
+        &h,
+        "POST",
+        "/pushers/set",
+        &bob,
+        Some(pusher("app", "k2", "en")),
+    ));
+    assert_eq!(pushkeys(&h, a), keys(&[("app", "k1")]));
+    assert_eq!(pushkeys(&h, &bob), keys(&[("app", "k1"), ("app", "k2")]));
+
+    // `kind: null` deletes (and deleting what is not there is fine).
+    let del = json!({"kind": null, "app_id": "app", "pushkey": "k1"});
+    ok(call(&h, "POST", "/pushers/set", a, Some(del.clone())));
+    ok(call(&h, "POST", "/pushers/set", a, Some(del)));
+    assert!(pushkeys(&h, a).is_empty());
+    assert_eq!(pushkeys(&h, &bob).len(), 2);
+
+    // Refused bodies.
+    let mut no_lang = pusher("app", "k3", "en");
+    no_lang.as_object_mut().unwrap().remove("lang");
+    let mut bad_url = pusher("app", "k3", "en");
+    bad_url["data"]["url"] = json!("https://push.example/somewhere");
+    let mut email = pusher("m.email", "a@example.org", "en");
+    email["kind"] = json!("email");
+    for (body, status, code) in [
+        (no_lang, 400, "M_MISSING_PARAM"),
+        (
+            json!({"app_id": "app", "pushkey": "k"}),
+            400,
+            "M_MISSING_PARAM",
+        ),
+        (bad_url, 400, "M_INVALID_PARAM"),
+        (email, 400, "M_INVALID_PARAM"),
+        (
+            json!({"kind": "http", "app_id": 1, "pushkey": "k"}),
+            400,
+            "M_BAD_JSON",
+        ),
+    ] {
+        let r = call(&h, "POST", "/pushers/set", a, Some(body));
+        assert_err(&r, status, code);
+    }
+    let r = common::request(&h, "POST", &format!("{V3}/pushers/set"), Some(a), b"");
+    assert_err(&r, 400, "M_NOT_JSON");
+    assert!(pushkeys(&h, a).is_empty());
+
+    // No rule is evaluated yet: nothing has notified.
+    assert_eq!(
+        ok(call(&h, "GET", "/notifications?limit=5", a, None)),
+        json!({"notifications": []})
+    );
+}

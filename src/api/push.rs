@@ -14,13 +14,14 @@ use serde_json::{json, Map, Value};
 use crate::auth;
 use crate::events::RoomVersion;
 use crate::http::{HandlerResult, MatrixError, Method, Request, Response, Router};
+use crate::push::pushers::{self, PusherError};
 use crate::push::rules::{self, Edit, RuleError};
 use crate::push::store::{self, PushError};
 use crate::server::ShardState;
 
 /// Registers this module's client routes (v3 and r0).
 pub fn routes(r: Router<ShardState>) -> Router<ShardState> {
-    use Method::{Delete, Get, Put};
+    use Method::{Delete, Get, Post, Put};
     const RULE: &str = "/pushrules/global/{kind}/{ruleId}";
     let r = super::client(r, Get, "/capabilities", capabilities);
     let r = super::client(r, Get, "/pushrules/", all_rules);
@@ -35,6 +36,7 @@ pub fn routes(r: Router<ShardState>) -> Router<ShardState> {
     let r = super::client(r, Get, &format!("{RULE}/actions"), get_actions);
     let r = super::client(r, Put, &format!("{RULE}/actions"), put_actions);
     let r = super::client(r, Get, "/pushers", pushers);
+    let r = super::client(r, Post, "/pushers/set", set_pusher);
     super::client(r, Get, "/notifications", notifications)
 }
 
@@ -168,10 +170,32 @@ async fn put_actions(state: Rc<ShardState>, req: Request) -> HandlerResult {
     change(&state, me.user_id, edit).await
 }
 
-/// `GET /pushers`: no pusher can be set yet, so the list is empty.
+fn pusher_error(e: PusherError) -> MatrixError {
+    match e {
+        PusherError::MissingParam(m) => MatrixError::missing_param(m),
+        PusherError::InvalidParam(m) => MatrixError::invalid_param(m),
+        PusherError::BadJson(m) => MatrixError::bad_json(m),
+    }
+}
+
+/// `GET /pushers`: the requester's pushers.
 async fn pushers(state: Rc<ShardState>, req: Request) -> HandlerResult {
-    auth::require_user(&state, &req).await?;
-    Ok(Response::json(200, &json!({ "pushers": [] })))
+    let me = auth::require_user(&state, &req).await?;
+    let list: Vec<Value> = pushers::list(&state.db, &me.user_id)
+        .await?
+        .iter()
+        .map(pushers::Pusher::to_json)
+        .collect();
+    Ok(Response::json(200, &json!({ "pushers": list })))
+}
+
+/// `POST /pushers/set`: create, update or (`kind: null`) delete a pusher.
+async fn set_pusher(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let me = auth::require_user(&state, &req).await?;
+    let body: Map<String, Value> = req.json()?;
+    let change = pushers::parse(&body).map_err(pusher_error)?;
+    pushers::set(&state.mesh, me.user_id, me.device_id, change).await?;
+    Ok(Response::json(200, &json!({})))
 }
 
 /// `GET /notifications`: no rule is evaluated yet, so nothing has notified.
