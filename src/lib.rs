@@ -11,6 +11,7 @@ pub mod db;
 pub mod ephemeral;
 pub mod events;
 pub mod http;
+pub mod keys;
 pub mod mesh;
 pub mod observability;
 pub mod primitives;

@@ -4,6 +4,7 @@ mod account;
 mod devices;
 mod directory;
 mod ephemeral;
+mod keys;
 mod login;
 mod profile;
 mod push;
@@ -238,6 +239,7 @@ fn ephemeral_routes(r: Router<ShardState>) -> Router<ShardState> {
         "/sendToDevice/{eventType}/{txnId}",
         e::send_to_device,
     );
+    let r = keys::routes(r);
     push::routes(r)
 }
 
