@@ -334,3 +334,84 @@ fn sync_carries_the_devices_key_counts() {
     );
     assert_eq!(v["device_unused_fallback_key_types"], json!([]));
 }
+
+/// A second session of `user` (password "pw").
+fn login(h: &Hearth, user: &str, id: &str) -> Registered {
+    let body = json!({
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": user},
+        "password": "pw",
+    });
+    let v = ok(common::json_request(
+        h,
+        "POST",
+        "/_matrix/client/v3/login",
+        None,
+        Some(&body),
+    ));
+    Registered {
+        token: v["access_token"].as_str().unwrap().to_owned(),
+        id: id.to_owned(),
+        device: v["device_id"].as_str().unwrap().to_owned(),
+    }
+}
+
+#[test]
+fn deleting_or_logging_out_a_device_removes_its_keys() {
+    let h = start();
+    let alice = common::register_user(&h, "alice");
+    let bob = common::register_user(&h, "bob");
+    let second = login(&h, "alice", &alice.id);
+    for r in [&alice, &second] {
+        let kp = key_pair(&r.device);
+        ok(upload(
+            &h,
+            r,
+            json!({
+                "device_keys": device_keys(r, &kp),
+                "one_time_keys": otks(r, &kp, &["O1"]),
+                "fallback_keys": {"signed_curve25519:F": signed(&r.id, &kp, json!({"key": "Zg", "fallback": true}))},
+            }),
+        ));
+    }
+    let query = || {
+        ok(call(
+            &h,
+            "POST",
+            "/keys/query",
+            &bob.token,
+            Some(json!({"device_keys": {alice.id.clone(): []}})),
+        ))["device_keys"][&alice.id]
+            .clone()
+    };
+    assert_eq!(query().as_object().unwrap().len(), 2);
+
+    // Logout removes the first device's keys...
+    ok(call(&h, "POST", "/logout", &alice.token, Some(json!({}))));
+    let left = query();
+    assert_eq!(
+        left.as_object().unwrap().keys().collect::<Vec<_>>(),
+        [&second.device]
+    );
+    assert_eq!(claim_one(&h, &bob, &alice)["one_time_keys"], json!({}));
+
+    // ...and deleting the second (through UIA) removes its keys too.
+    let path = format!("/devices/{}", second.device);
+    let r = call(&h, "DELETE", &path, &second.token, Some(json!({})));
+    assert_eq!(r.status, 401);
+    let session = r.json()["session"].clone();
+    ok(call(
+        &h,
+        "DELETE",
+        &path,
+        &second.token,
+        Some(json!({"auth": {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "alice"},
+            "password": "pw",
+            "session": session,
+        }})),
+    ));
+    assert_eq!(query(), json!({}));
+    assert_eq!(claim_one(&h, &bob, &second)["one_time_keys"], json!({}));
+}
