@@ -36,3 +36,13 @@ CREATE TABLE e2e_fallback_keys (
     PRIMARY KEY (user_id, device_id, algorithm),
     FOREIGN KEY (user_id, device_id) REFERENCES devices (user_id, device_id) ON DELETE CASCADE
 );
+
+-- Device list changes (a device's keys uploaded), at the stream position of
+-- the user's shard that announced them: `/keys/changes` (and later
+-- `/sync` `device_lists.changed`) read what changed between two tokens.
+CREATE TABLE e2e_device_list_changes (
+    user_id      text NOT NULL,
+    stream_shard integer NOT NULL,
+    stream_pos   bigint NOT NULL,
+    PRIMARY KEY (stream_shard, stream_pos, user_id)
+);

@@ -415,3 +415,75 @@ fn deleting_or_logging_out_a_device_removes_its_keys() {
     assert_eq!(query(), json!({}));
     assert_eq!(claim_one(&h, &bob, &second)["one_time_keys"], json!({}));
 }
+
+#[test]
+fn changes_lists_users_sharing_a_room_whose_keys_changed() {
+    let h = start();
+    let alice = common::register_user(&h, "alice");
+    let bob = common::register_user(&h, "bob");
+    let carol = common::register_user(&h, "carol");
+    let room = ok(call(
+        &h,
+        "POST",
+        "/createRoom",
+        &alice.token,
+        Some(json!({"preset": "public_chat"})),
+    ))["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(call(
+        &h,
+        "POST",
+        &format!("/join/{}", common::enc(&room)),
+        &bob.token,
+        Some(json!({})),
+    ));
+    let next_batch = |r: &Registered| {
+        ok(call(&h, "GET", "/sync?timeout=0", &r.token, None))["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let from = next_batch(&alice);
+    for r in [&bob, &carol] {
+        let kp = key_pair(&r.device);
+        ok(upload(&h, r, json!({"device_keys": device_keys(r, &kp)})));
+    }
+    // One-time keys alone are no device list change.
+    let kp = key_pair(&alice.device);
+    ok(upload(
+        &h,
+        &alice,
+        json!({"one_time_keys": otks(&alice, &kp, &["X"])}),
+    ));
+    let to = next_batch(&alice);
+    let path = format!("/keys/changes?from={from}&to={to}");
+    let v = ok(call(&h, "GET", &path, &alice.token, None));
+    // Bob shares a room with Alice; Carol does not.
+    assert_eq!(v["changed"], json!([bob.id]), "{v:#}");
+    assert_eq!(v["left"], json!([]));
+    // Nothing between `to` and itself.
+    let path = format!("/keys/changes?from={to}&to={to}");
+    assert_eq!(
+        ok(call(&h, "GET", &path, &alice.token, None))["changed"],
+        json!([])
+    );
+
+    let r = call(
+        &h,
+        "GET",
+        "/keys/changes?from=nope&to=s0.0",
+        &alice.token,
+        None,
+    );
+    assert_err(&r, 400, "M_INVALID_PARAM");
+    let r = call(
+        &h,
+        "GET",
+        &format!("/keys/changes?from={from}"),
+        &alice.token,
+        None,
+    );
+    assert_err(&r, 400, "M_MISSING_PARAM");
+}

@@ -21,13 +21,14 @@ use crate::keys::store::{self, UploadKey};
 use crate::keys::{validate, KeysError};
 use crate::mesh::shard_for_user;
 use crate::server::{current_shard, ShardState};
-use crate::stream::{Change, Pos, UserChange};
+use crate::stream::{Change, Pos, StreamToken, UserChange};
 
 /// Registers this module's client routes (v3 and r0).
 pub fn routes(r: Router<ShardState>) -> Router<ShardState> {
     use Method::Post;
     let r = super::client(r, Post, "/keys/upload", upload);
     let r = super::client(r, Post, "/keys/query", query);
+    let r = super::client(r, Method::Get, "/keys/changes", changes);
     super::client(r, Post, "/keys/claim", claim)
 }
 
@@ -110,6 +111,10 @@ async fn upload(state: Rc<ShardState>, req: Request) -> HandlerResult {
             let Some(st) = current_shard() else {
                 return Err(MatrixError::unknown("shard state not available"));
             };
+            let ticket = st.stream.allocate();
+            let pos = ticket.pos();
+            let shard = i32::try_from(st.stream.shard())
+                .map_err(|_| MatrixError::unknown("shard id out of range"))?;
             let counts = store::upload(
                 &st.db,
                 me.user_id.as_str(),
@@ -118,10 +123,18 @@ async fn upload(state: Rc<ShardState>, req: Request) -> HandlerResult {
                 &one_time,
                 &fallback,
                 now_ms(),
+                (shard, pos),
             )
             .await
             .map_err(keys_error)?;
-            announced(&st, poke(&st, &me.user_id)).await;
+            // Committed: announce it (waits until every shard applied it).
+            ticket
+                .publish(vec![Change::User {
+                    user_id: me.user_id,
+                    pos: Pos::Persisted(pos),
+                    what: UserChange::Poke,
+                }])
+                .await;
             Ok(counts)
         })
         .await
@@ -240,5 +253,33 @@ async fn claim(state: Rc<ShardState>, req: Request) -> HandlerResult {
     Ok(Response::json(
         200,
         &json!({ "one_time_keys": out, "failures": failures }),
+    ))
+}
+
+/// `GET /keys/changes?from=&to=`: users (sharing a room with the requester)
+/// whose device keys changed between two sync tokens. `left` stays empty
+/// until membership-driven device lists land.
+async fn changes(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let me = auth::require_user(&state, &req).await?;
+    let token = |name: &str| -> Result<StreamToken, MatrixError> {
+        let Some(v) = req.query_param(name) else {
+            return Err(MatrixError::missing_param(format!("'{name}' is required")));
+        };
+        StreamToken::parse(&v)
+            .map_err(|_| MatrixError::invalid_param(format!("'{name}' is not a sync token")))
+    };
+    let (from, to) = (token("from")?, token("to")?);
+    let n = state.mesh.n_shards();
+    let changed = store::changed_users(
+        &state.db,
+        me.user_id.as_str(),
+        &from.persisted_vec(n),
+        &to.persisted_vec(n),
+    )
+    .await
+    .map_err(keys_error)?;
+    Ok(Response::json(
+        200,
+        &json!({ "changed": changed, "left": [] }),
     ))
 }

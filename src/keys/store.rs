@@ -37,7 +37,10 @@ fn columns(keys: &[UploadKey]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
 /// Stores an upload atomically (one round trip): device keys replace the
 /// old ones, one-time keys already present are kept as they are (a retried
 /// upload is harmless), a fallback key replaces the device's previous one
-/// of its algorithm and is unused again. Returns the one-time key counts.
+/// of its algorithm and is unused again. New device keys are recorded as a
+/// device list change at `change` (`(stream_shard, stream_pos)`). Returns
+/// the one-time key counts.
+#[allow(clippy::too_many_arguments)]
 pub async fn upload(
     db: &Pool,
     user: &str,
@@ -46,12 +49,15 @@ pub async fn upload(
     one_time: &[UploadKey],
     fallback: &[UploadKey],
     now: i64,
+    change: (i32, i64),
 ) -> Result<KeyCounts, KeysError> {
     let (oa, oi, oj) = columns(one_time);
     let (fa, fi, fj) = columns(fallback);
     let dk: [&dyn ToSql; 4] = [&user, &device, &device_keys, &now];
     let otk: [&dyn ToSql; 5] = [&user, &device, &oa, &oi, &oj];
     let fbk: [&dyn ToSql; 5] = [&user, &device, &fa, &fi, &fj];
+    let changed = device_keys.is_some();
+    let chg: [&dyn ToSql; 4] = [&user, &change.0, &change.1, &changed];
     db.pipeline_transaction(&[
         (
             "INSERT INTO e2e_device_keys (user_id, device_id, key_json, updated_ts) \
@@ -72,6 +78,11 @@ pub async fn upload(
              ON CONFLICT (user_id, device_id, algorithm) DO UPDATE \
              SET key_id = excluded.key_id, key_json = excluded.key_json, used = false",
             &fbk,
+        ),
+        (
+            "INSERT INTO e2e_device_list_changes (user_id, stream_shard, stream_pos) \
+             SELECT $1, $2, $3 WHERE $4",
+            &chg,
         ),
     ])
     .await?;
@@ -212,4 +223,33 @@ pub fn query_answer(
         }
     }
     out
+}
+
+/// Users whose device keys changed after `from` and at or before `to`
+/// (per-shard persisted positions) and who are `me` or share a joined room
+/// with `me` (spec `GET /keys/changes`).
+pub async fn changed_users(
+    db: &Pool,
+    me: &str,
+    from: &[i64],
+    to: &[i64],
+) -> Result<Vec<String>, KeysError> {
+    let rows = db
+        .query(
+            "SELECT DISTINCT c.user_id FROM e2e_device_list_changes c \
+             JOIN unnest($1::bigint[], $2::bigint[]) WITH ORDINALITY AS w(lo, hi, n) \
+               ON c.stream_shard = w.n - 1 \
+             WHERE c.stream_pos > w.lo AND c.stream_pos <= w.hi \
+               AND (c.user_id = $3 OR EXISTS ( \
+                 SELECT 1 FROM current_state a JOIN current_state b ON a.room_id = b.room_id \
+                 WHERE a.type = 'm.room.member' AND a.state_key = $3 AND a.membership = 'join' \
+                   AND b.type = 'm.room.member' AND b.state_key = c.user_id \
+                   AND b.membership = 'join')) \
+             ORDER BY c.user_id",
+            &[&from, &to, &me],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| r.get::<String>(0).map_err(KeysError::from))
+        .collect()
 }
