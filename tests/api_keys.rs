@@ -457,6 +457,47 @@ fn changes_lists_users_sharing_a_room_whose_keys_changed() {
         &alice,
         json!({"one_time_keys": otks(&alice, &kp, &["X"])}),
     ));
+    // Alice's sync since then is woken and lists Bob (not Carol, not
+    // herself: her one-time keys are no device list change).
+    let v = ok(call(
+        &h,
+        "GET",
+        &format!("/sync?timeout=0&since={from}"),
+        &alice.token,
+        None,
+    ));
+    assert_eq!(v["device_lists"]["changed"], json!([bob.id]), "{v:#}");
+    let after = v["next_batch"].as_str().unwrap().to_owned();
+    let v = ok(call(
+        &h,
+        "GET",
+        &format!("/sync?timeout=0&since={after}"),
+        &alice.token,
+        None,
+    ));
+    assert_eq!(v["device_lists"]["changed"], json!([]), "{v:#}");
+    // A long poll is woken by a room peer's new device keys.
+    let addr = h.addr;
+    let (tok, since) = (alice.token.clone(), after.clone());
+    let poll = std::thread::spawn(move || {
+        ok(common::request_to(
+            addr,
+            "GET",
+            &format!("/_matrix/client/v3/sync?timeout=20000&since={since}"),
+            Some(&tok),
+            b"",
+        ))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let kp2 = key_pair(&bob.device);
+    ok(upload(
+        &h,
+        &bob,
+        json!({"device_keys": device_keys(&bob, &kp2)}),
+    ));
+    let v = poll.join().unwrap();
+    assert_eq!(v["device_lists"]["changed"], json!([bob.id]), "{v:#}");
+
     let to = next_batch(&alice);
     let path = format!("/keys/changes?from={from}&to={to}");
     let v = ok(call(&h, "GET", &path, &alice.token, None));

@@ -104,6 +104,7 @@ async fn upload(state: Rc<ShardState>, req: Request) -> HandlerResult {
         // MSC2732's prefix, still sent by some clients.
         fallback = parse_keys(&body, "org.matrix.msc2732.fallback_keys")?;
     }
+    let changed = device_keys.is_some();
     let target = shard_for_user(&me.user_id, state.mesh.n_shards());
     let counts = state
         .mesh
@@ -127,14 +128,34 @@ async fn upload(state: Rc<ShardState>, req: Request) -> HandlerResult {
             )
             .await
             .map_err(keys_error)?;
+            // New device keys concern everyone sharing a room (their
+            // `device_lists.changed`); counts only the uploader.
+            let mut woken = vec![me.user_id.clone()];
+            if changed {
+                // Already committed: on error, announce to the uploader only.
+                let peers = store::room_peers(&st.db, me.user_id.as_str())
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "device list change: room peers unknown");
+                        Vec::new()
+                    });
+                woken.extend(
+                    peers
+                        .iter()
+                        .filter_map(|p| UserId::parse(p.as_str()).ok())
+                        .filter(|p| *p != me.user_id),
+                );
+            }
             // Committed: announce it (waits until every shard applied it).
-            ticket
-                .publish(vec![Change::User {
-                    user_id: me.user_id,
+            let changes = woken
+                .into_iter()
+                .map(|user_id| Change::User {
+                    user_id,
                     pos: Pos::Persisted(pos),
                     what: UserChange::Poke,
-                }])
-                .await;
+                })
+                .collect();
+            ticket.publish(changes).await;
             Ok(counts)
         })
         .await

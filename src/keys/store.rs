@@ -253,3 +253,20 @@ pub async fn changed_users(
         .map(|r| r.get::<String>(0).map_err(KeysError::from))
         .collect()
 }
+
+/// Users in a joined room with `user` (`user` included): whom a change of
+/// `user`'s device list concerns.
+pub async fn room_peers(db: &Pool, user: &str) -> Result<Vec<String>, KeysError> {
+    let rows = db
+        .query(
+            "SELECT DISTINCT b.state_key FROM current_state a \
+             JOIN current_state b ON a.room_id = b.room_id \
+             WHERE a.type = 'm.room.member' AND a.state_key = $1 AND a.membership = 'join' \
+               AND b.type = 'm.room.member' AND b.membership = 'join'",
+            &[&user],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| r.get::<String>(0).map_err(KeysError::from))
+        .collect()
+}

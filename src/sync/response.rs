@@ -95,7 +95,7 @@ pub struct Rooms {
 
 #[derive(Debug, Default, Serialize)]
 struct DeviceLists {
-    changed: [(); 0],
+    changed: Vec<String>,
     left: [(); 0],
 }
 
@@ -476,6 +476,7 @@ pub async fn assemble(ctx: &SyncContext, rooms: Rooms) -> Result<SyncResponse, S
     out.to_device.events = extensions::to_device(ctx).await?;
     let (counts, fallback) = extensions::key_counts(ctx).await?;
     out.device_one_time_keys_count = Some(counts);
+    out.device_lists.changed = extensions::device_lists_changed(ctx).await?;
     out.device_unused_fallback_key_types = Some(fallback);
     Ok(out)
 }
