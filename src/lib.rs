@@ -14,6 +14,7 @@ pub mod http;
 pub mod mesh;
 pub mod observability;
 pub mod primitives;
+pub mod push;
 pub mod rooms;
 pub mod server;
 pub mod shard;

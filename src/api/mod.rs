@@ -7,6 +7,7 @@ mod ephemeral;
 mod gaps;
 mod login;
 mod profile;
+mod push;
 mod rooms;
 mod sync;
 mod timeline;
@@ -233,12 +234,13 @@ fn ephemeral_routes(r: Router<ShardState>) -> Router<ShardState> {
     );
     let r = client(r, Put, "/presence/{userId}/status", e::put_presence);
     let r = client(r, Get, "/presence/{userId}/status", e::get_presence);
-    client(
+    let r = client(
         r,
         Put,
         "/sendToDevice/{eventType}/{txnId}",
         e::send_to_device,
-    )
+    );
+    push::routes(r)
 }
 
 /// Routes served on `kind = "federation"` listeners.

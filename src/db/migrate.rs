@@ -60,6 +60,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "txn_expiry",
         sql: include_str!("../../migrations/0008_txn_expiry.sql"),
     },
+    Migration {
+        version: 10,
+        name: "push",
+        sql: include_str!("../../migrations/0010_push.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:
