@@ -15,7 +15,7 @@ use crate::auth::{self, password, tokens, username, AuthError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::server::ShardState;
 
-use super::util::{client_ip, json_body, validate_device_id};
+use super::util::{client_ip, json_body, optional_json_body, validate_device_id};
 
 fn ensure_registration_enabled(state: &ShardState) -> Result<(), MatrixError> {
     if state.config.registration.enabled {
@@ -216,7 +216,7 @@ struct DeactivateBody {
 /// profile, devices and tokens; the id stays taken.
 pub async fn deactivate(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let me = auth::require_user(&state, &req).await?;
-    let body: DeactivateBody = json_body(&req)?;
+    let body: DeactivateBody = optional_json_body(&req)?;
     let flow = Uia {
         flows: vec![vec![uia::PASSWORD]],
         uri: &req.path,

@@ -4,6 +4,7 @@ mod account;
 mod devices;
 mod directory;
 mod ephemeral;
+mod gaps;
 mod keys;
 mod login;
 mod profile;
@@ -179,6 +180,7 @@ pub fn client_router() -> Router<ShardState> {
         "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event",
         timeline::timestamp_to_event,
     );
+    let r = gaps::routes(r);
     ephemeral_routes(r)
 }
 
