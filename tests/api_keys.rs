@@ -385,9 +385,39 @@ fn deleting_or_logging_out_a_device_removes_its_keys() {
             .clone()
     };
     assert_eq!(query().as_object().unwrap().len(), 2);
+    // Bob shares a room with Alice: he is told her device list changed.
+    let room = ok(call(
+        &h,
+        "POST",
+        "/createRoom",
+        &second.token,
+        Some(json!({"preset": "public_chat"})),
+    ))["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(call(
+        &h,
+        "POST",
+        &format!("/join/{}", common::enc(&room)),
+        &bob.token,
+        Some(json!({})),
+    ));
+    let bob_since = ok(call(&h, "GET", "/sync?timeout=0", &bob.token, None))["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // Logout removes the first device's keys...
     ok(call(&h, "POST", "/logout", &alice.token, Some(json!({}))));
+    let v = ok(call(
+        &h,
+        "GET",
+        &format!("/sync?timeout=0&since={bob_since}"),
+        &bob.token,
+        None,
+    ));
+    assert_eq!(v["device_lists"]["changed"], json!([alice.id]), "{v:#}");
     let left = query();
     assert_eq!(
         left.as_object().unwrap().keys().collect::<Vec<_>>(),

@@ -200,6 +200,7 @@ pub async fn change_password(state: Rc<ShardState>, req: Request) -> HandlerResu
         if logout {
             let dead = store::delete_other_devices(&st.db, &user, Some(&keep)).await?;
             auth::invalidate_tokens(&st, dead).await;
+            super::keys::devices_removed(&st, &user).await;
         }
         Ok(())
     })

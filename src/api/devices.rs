@@ -102,6 +102,7 @@ async fn delete_with_uia(
     auth::on_user_shard(state, &me.user_id, move |st| async move {
         let dead = store::delete_devices(&st.db, &user, &devices).await?;
         auth::invalidate_tokens(&st, dead).await;
+        super::keys::devices_removed(&st, &user).await;
         Ok(())
     })
     .await?;

@@ -21,7 +21,7 @@ use crate::keys::store::{self, UploadKey};
 use crate::keys::{validate, KeysError};
 use crate::mesh::shard_for_user;
 use crate::server::{current_shard, ShardState};
-use crate::stream::{Change, Pos, StreamToken, UserChange};
+use crate::stream::{Change, Pos, StreamToken, Ticket, UserChange};
 
 /// Registers this module's client routes (v3 and r0).
 pub fn routes(r: Router<ShardState>) -> Router<ShardState> {
@@ -56,6 +56,55 @@ fn poke(state: &ShardState, user: &UserId) -> i64 {
 /// would let the user's next sync take the cheap path and miss the change.
 async fn announced(state: &ShardState, pos: i64) {
     state.stream.wait_ephemeral(pos).await;
+}
+
+/// Announces a committed key change of `user` at `ticket`'s position. A
+/// device list change (`device_list`) concerns everyone sharing a joined
+/// room (their `device_lists.changed`); other changes only `user`. Runs
+/// on the user's shard; returns once every shard applied it.
+async fn announce(st: &ShardState, ticket: Ticket, user: &UserId, device_list: bool) {
+    let pos = ticket.pos();
+    let mut woken = vec![user.to_owned()];
+    if device_list {
+        // Already committed: on error, announce to `user` only.
+        let peers = store::room_peers(&st.db, user.as_str())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "device list change: room peers unknown");
+                Vec::new()
+            });
+        woken.extend(
+            peers
+                .iter()
+                .filter_map(|p| UserId::parse(p.as_str()).ok())
+                .filter(|p| p != user),
+        );
+    }
+    let changes = woken
+        .into_iter()
+        .map(|user_id| Change::User {
+            user_id,
+            pos: Pos::Persisted(pos),
+            what: UserChange::Poke,
+        })
+        .collect();
+    ticket.publish(changes).await;
+}
+
+/// Records and announces that `user`'s device list changed after a device
+/// was deleted or logged out (its keys went with it, by cascade): room
+/// peers see the user in `device_lists.changed` and query again. Call on
+/// the user's shard, after the deletion committed.
+pub(super) async fn devices_removed(st: &ShardState, user: &UserId) {
+    let ticket = st.stream.allocate();
+    let Ok(shard) = i32::try_from(st.stream.shard()) else {
+        return;
+    };
+    if let Err(e) = store::record_change(&st.db, user.as_str(), shard, ticket.pos()).await {
+        tracing::warn!(error = %e, %user, "device list change not recorded");
+        return; // the ticket's drop leaves a gap
+    }
+    announce(st, ticket, user, true).await;
 }
 
 /// `one_time_keys` / `fallback_keys` of an upload, checked.
@@ -128,34 +177,7 @@ async fn upload(state: Rc<ShardState>, req: Request) -> HandlerResult {
             )
             .await
             .map_err(keys_error)?;
-            // New device keys concern everyone sharing a room (their
-            // `device_lists.changed`); counts only the uploader.
-            let mut woken = vec![me.user_id.clone()];
-            if changed {
-                // Already committed: on error, announce to the uploader only.
-                let peers = store::room_peers(&st.db, me.user_id.as_str())
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "device list change: room peers unknown");
-                        Vec::new()
-                    });
-                woken.extend(
-                    peers
-                        .iter()
-                        .filter_map(|p| UserId::parse(p.as_str()).ok())
-                        .filter(|p| *p != me.user_id),
-                );
-            }
-            // Committed: announce it (waits until every shard applied it).
-            let changes = woken
-                .into_iter()
-                .map(|user_id| Change::User {
-                    user_id,
-                    pos: Pos::Persisted(pos),
-                    what: UserChange::Poke,
-                })
-                .collect();
-            ticket.publish(changes).await;
+            announce(&st, ticket, &me.user_id, changed).await;
             Ok(counts)
         })
         .await

@@ -270,3 +270,15 @@ pub async fn room_peers(db: &Pool, user: &str) -> Result<Vec<String>, KeysError>
         .map(|r| r.get::<String>(0).map_err(KeysError::from))
         .collect()
 }
+
+/// Records a device list change of `user` (a device deleted) at a stream
+/// position of the user's shard.
+pub async fn record_change(db: &Pool, user: &str, shard: i32, pos: i64) -> Result<(), KeysError> {
+    db.execute(
+        "INSERT INTO e2e_device_list_changes (user_id, stream_shard, stream_pos) \
+         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        &[&user, &shard, &pos],
+    )
+    .await?;
+    Ok(())
+}
