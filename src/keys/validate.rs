@@ -78,6 +78,24 @@ mod tests {
     }
 
     #[test]
+    fn a_self_signature_is_verified_over_the_canonical_json() {
+        use ruma::signatures::{sign_json, Ed25519KeyPair};
+        let kp = Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), "D".into()).unwrap();
+        let public = Base64::<Standard, Vec<u8>>::new(kp.public_key().to_vec()).encode();
+        let keys = json!({"user_id": "@a:x", "device_id": "D", "algorithms": ["m.megolm.v1.aes-sha2"],
+                          "keys": {"ed25519:D": public}});
+        let mut obj: CanonicalJsonObject =
+            ruma::canonical_json::try_from_json_map(keys.as_object().unwrap().clone()).unwrap();
+        sign_json("@a:x", &kp, &mut obj).unwrap();
+        let mut signed = serde_json::to_value(obj).unwrap();
+        // `unsigned` is outside the signature (spec "Signing JSON").
+        signed["unsigned"] = json!({"device_display_name": "phone"});
+        assert!(device_keys(signed.as_object().unwrap(), "@a:x", "D").is_ok());
+        signed["algorithms"] = json!([]);
+        assert!(device_keys(signed.as_object().unwrap(), "@a:x", "D").is_err());
+    }
+
+    #[test]
     fn key_ids() {
         assert_eq!(
             split_key_id("signed_curve25519:AAAA").unwrap(),
