@@ -129,9 +129,9 @@ fn main() -> ExitCode {
             match hearth::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    // The log is up (stdout): one line there, not a second
-                    // copy on stderr.
-                    tracing::error!("{e:#}");
+                    // Once, on stderr, where a failed start is looked for
+                    // (the log on stdout would make it a second copy).
+                    eprintln!("hearth: {e:#}");
                     ExitCode::FAILURE
                 }
             }
