@@ -18,7 +18,7 @@ use crate::rooms::member_profile::state_content;
 use crate::rooms::{client, EventRequest, RoomError};
 use crate::server::ShardState;
 
-use super::util::json_body;
+use crate::api::util::json_body;
 
 fn room_param(req: &Request) -> Result<OwnedRoomId, MatrixError> {
     let raw = req.param_str("roomId")?;

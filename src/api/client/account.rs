@@ -15,7 +15,7 @@ use crate::auth::{self, password, tokens, username, AuthError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::server::ShardState;
 
-use super::util::{client_ip, json_body, validate_device_id};
+use crate::api::util::{client_ip, json_body, validate_device_id};
 
 fn ensure_registration_enabled(state: &ShardState) -> Result<(), MatrixError> {
     if state.config.registration.enabled {

@@ -21,7 +21,7 @@ use crate::ephemeral::{presence, service, EphError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::server::ShardState;
 
-use super::util::json_body;
+use crate::api::util::json_body;
 
 fn empty() -> HandlerResult {
     Ok(Response::json(200, &json!({})))

@@ -11,7 +11,7 @@ use crate::auth::{self, Requester};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::server::ShardState;
 
-use super::util::json_body;
+use crate::api::util::json_body;
 
 /// Synapse's limit on device display names.
 const MAX_DEVICE_NAME_LEN: usize = 100;

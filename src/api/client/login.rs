@@ -11,7 +11,7 @@ use crate::auth::{self, password, username, AuthError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::server::ShardState;
 
-use super::util::{client_ip, validate_device_id};
+use crate::api::util::{client_ip, validate_device_id};
 
 /// `GET /login`: the login types we support.
 pub async fn flows(_state: Rc<ShardState>, _req: Request) -> HandlerResult {

@@ -18,7 +18,7 @@ use crate::rooms::timeline::{Dir, PageToken};
 use crate::rooms::{client, forget, EventRequest, Viewer};
 use crate::server::ShardState;
 
-use super::util::json_body;
+use crate::api::util::json_body;
 
 /// Default `limit` of `/messages` and `/context` (spec: 10).
 const DEFAULT_LIMIT: usize = 10;

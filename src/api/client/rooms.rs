@@ -15,7 +15,7 @@ use crate::rooms::EventRequest;
 use crate::rooms::{alias, client};
 use crate::server::ShardState;
 
-use super::util::json_body;
+use crate::api::util::json_body;
 
 /// Spec "Size limits": 64 KiB per event; a bigger body can never fit.
 const MAX_EVENT_BODY: usize = 65_536;
