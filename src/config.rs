@@ -66,6 +66,26 @@ pub struct Config {
     pub log: LogSection,
     #[serde(default)]
     pub registration: RegistrationSection,
+    #[serde(default)]
+    pub voip: VoipSection,
+}
+
+/// TURN servers handed to clients by `GET /voip/turnServer` (spec "Voice
+/// over IP"). With `turn_shared_secret` the credentials are the TURN REST
+/// ones (coturn `use-auth-secret`), else the fixed username and password.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoipSection {
+    pub turn_uris: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_shared_secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_password: Option<String>,
+    /// Lifetime of the credentials (Synapse default: one day).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_user_lifetime_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

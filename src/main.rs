@@ -129,8 +129,9 @@ fn main() -> ExitCode {
             match hearth::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    // The log is up (stdout): one line there, not a second
+                    // copy on stderr.
                     tracing::error!("{e:#}");
-                    eprintln!("hearth: {e:#}");
                     ExitCode::FAILURE
                 }
             }

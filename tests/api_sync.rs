@@ -113,8 +113,11 @@ fn assert_shape(v: &Value) {
     }
     assert!(v["device_lists"]["changed"].is_array());
     assert!(v["device_lists"]["left"].is_array());
-    assert_eq!(v["device_one_time_keys_count"]["signed_curve25519"], 0);
-    assert!(v["device_unused_fallback_key_types"].is_array());
+    // Absent on the cheap path (= unchanged); real values when computed.
+    if let Some(c) = v.get("device_one_time_keys_count") {
+        assert_eq!(c["signed_curve25519"], 0);
+        assert!(v["device_unused_fallback_key_types"].is_array());
+    }
     assert!(v["next_batch"].as_str().unwrap().starts_with('s'));
 }
 

@@ -282,16 +282,55 @@ fn clear_errors_for_bad_locations() {
     );
 
     if is_root() {
-        // A root-only parent blocks the postgres user: say so, don't fail obscurely.
+        // A root-only parent blocks the postgres user. With a cluster already
+        // there (root can see it, postgres cannot): say so, don't fail
+        // obscurely, and never start an empty one elsewhere.
         let blocked = tmp.path().join("blocked");
-        std::fs::create_dir(&blocked).unwrap();
+        std::fs::create_dir_all(blocked.join("data/postgres")).unwrap();
         std::fs::set_permissions(&blocked, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let err = Cluster::ensure(ClusterConfig::new(blocked.join("data")))
-            .err()
-            .expect("blocked");
+        let mut cfg = ClusterConfig::new(blocked.join("data"));
+        cfg.relocate_root = tmp.path().join("relocated");
+        let err = Cluster::ensure(cfg).err().expect("blocked");
         assert!(matches!(err, ClusterError::NotTraversable { .. }), "{err}");
         assert!(err.to_string().contains("chmod o+x"), "{err}");
+        assert!(!tmp.path().join("relocated").exists());
     }
+}
+
+/// Root running from a clone in a 0700 home (`/root`): no cluster there yet,
+/// so it goes to the relocation root, `data_dir/postgres` links to it, the
+/// home keeps its mode, and the next start finds the same cluster.
+#[test]
+fn root_with_unreachable_data_dir_relocates_the_cluster() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tmp();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = home.join("hearth-data");
+    let mut cfg = embedded_cfg(&data);
+    cfg.relocate_root = tmp.path().join("relocated");
+    let cluster = Cluster::ensure(cfg.clone()).expect("relocated cluster starts");
+    assert!(cluster.pgdata().starts_with(tmp.path().join("relocated")));
+    assert_eq!(
+        std::fs::read_link(data.join("postgres")).unwrap(),
+        cluster.pgdata()
+    );
+    cluster.psql("hearth", "CREATE TABLE kept (x int)").unwrap();
+    cluster.stop().unwrap();
+    drop(cluster);
+    let again = Cluster::ensure(cfg).expect("restarts");
+    assert_eq!(
+        again.psql("hearth", "SELECT count(*) FROM kept").unwrap(),
+        "0"
+    );
+    again.stop().unwrap();
+    assert_eq!(
+        std::fs::metadata(&home).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 }
 
 #[test]
@@ -462,5 +501,37 @@ fn killed_test_process_leaves_nothing_behind() {
     assert!(
         wait_until(Duration::from_secs(20), || !root.exists()),
         "reaper removed {root:?}"
+    );
+}
+
+/// A start-up failure of the embedded cluster is printed once, not once per
+/// error-chain link and again on stderr.
+#[test]
+fn serve_prints_a_cluster_error_once() {
+    let tmp = tmp();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("postgres")).unwrap();
+    std::fs::write(data.join("postgres/stray"), "x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HEARTH_SERVER_NAME", "localhost")
+        .env("HEARTH_SHARDS", "1")
+        .env("HEARTH_DATA_DIR", &data)
+        .env("HEARTH_LISTENERS__0__PORT", "0")
+        .env("HEARTH_LISTENERS__0__ADDRESS", "127.0.0.1")
+        .output()
+        .expect("run hearth");
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        all.matches("holds no PostgreSQL cluster").count(),
+        1,
+        "{all}"
     );
 }

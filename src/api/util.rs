@@ -4,13 +4,29 @@ use serde::de::DeserializeOwned;
 
 use crate::http::{MatrixError, Request};
 
-/// The body as JSON; an empty body counts as `{}` (clients send none to
-/// e.g. `DELETE /devices/{id}` to start user-interactive auth).
+/// The body as JSON where the spec requires one: an empty body is 400
+/// `M_NOT_JSON`, as Synapse answers (it used to count as `{}`, so
+/// `/createRoom` and `/send` accepted nothing at all).
 pub fn json_body<T: DeserializeOwned>(req: &Request) -> Result<T, MatrixError> {
-    if req.body.iter().all(u8::is_ascii_whitespace) {
+    if is_empty(req) {
+        return Err(MatrixError::not_json("Content not JSON."));
+    }
+    req.json()
+}
+
+/// The body as JSON where it is optional; an empty body counts as `{}`.
+/// Clients send none to `POST /join`, `/leave`, `/logout`, to receipts, and
+/// to `DELETE /devices/{id}` or `/account/password` to start user-interactive
+/// auth (Element sends `{}`, others nothing).
+pub fn optional_json_body<T: DeserializeOwned>(req: &Request) -> Result<T, MatrixError> {
+    if is_empty(req) {
         return serde_json::from_slice(b"{}").map_err(MatrixError::from);
     }
     req.json()
+}
+
+fn is_empty(req: &Request) -> bool {
+    req.body.iter().all(u8::is_ascii_whitespace)
 }
 
 /// The peer address, recorded as a device's last-seen IP.

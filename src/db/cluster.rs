@@ -16,6 +16,7 @@
 //! Everything here is blocking process management: call it on the main thread
 //! before shards start; the supervisor runs on its own thread.
 
+mod relocate;
 mod supervisor;
 mod sys;
 
@@ -179,6 +180,9 @@ pub struct ClusterConfig {
     pub stop_timeout: Duration,
     /// What the postmaster does if hearth dies without stopping it.
     pub on_parent_death: ShutdownMode,
+    /// As root, where the cluster goes when the server user cannot reach
+    /// `data_dir` (see `relocate.rs`); tests point it at a temp dir.
+    pub relocate_root: PathBuf,
 }
 
 impl ClusterConfig {
@@ -197,6 +201,7 @@ impl ClusterConfig {
             start_timeout: Duration::from_secs(120),
             stop_timeout: Duration::from_secs(60),
             on_parent_death: ShutdownMode::Fast,
+            relocate_root: PathBuf::from(relocate::RELOCATED_ROOT),
         }
     }
 }
@@ -247,11 +252,9 @@ impl Cluster {
         sys::create_dirs_traversable(&cfg.data_dir)?;
         let data_dir = std::fs::canonicalize(&cfg.data_dir)
             .map_err(|e| ClusterError::io(format!("resolving {}", cfg.data_dir.display()), e))?;
-        let pgdata = data_dir.join("postgres");
-        let socket_dir = data_dir.join("pgsock");
-        if let Some(u) = &run_as {
-            sys::check_traversable(&pgdata, u)?;
-        }
+        // As root, an unreachable data dir moves the cluster (relocate.rs).
+        let relocate::Home { pgdata, socket_dir } =
+            relocate::resolve_in(&data_dir, run_as.as_ref(), &cfg.relocate_root)?;
         let socket_file = socket_dir.join(format!(".s.PGSQL.{}", cfg.port));
         let len = socket_file.as_os_str().len();
         if len > MAX_SOCKET_PATH {

@@ -60,6 +60,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "txn_expiry",
         sql: include_str!("../../migrations/0008_txn_expiry.sql"),
     },
+    Migration {
+        version: 9,
+        name: "e2ee_keys",
+        sql: include_str!("../../migrations/0009_e2ee_keys.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "push",
+        sql: include_str!("../../migrations/0010_push.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

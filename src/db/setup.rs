@@ -15,12 +15,26 @@ use crate::shard::driver::build_runtime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    // The inner error is in the message and deliberately not a `source`:
+    // `{e:#}` would print it twice (once per chain link).
     #[error("embedded PostgreSQL: {0}")]
-    Cluster(#[from] ClusterError),
+    Cluster(ClusterError),
     #[error("database: {0}")]
-    Db(#[from] DbError),
+    Db(DbError),
     #[error("cannot build a runtime for migrations: {0}")]
     Runtime(std::io::Error),
+}
+
+impl From<ClusterError> for SetupError {
+    fn from(e: ClusterError) -> Self {
+        SetupError::Cluster(e)
+    }
+}
+
+impl From<DbError> for SetupError {
+    fn from(e: DbError) -> Self {
+        SetupError::Db(e)
+    }
 }
 
 /// The database hearth talks to. Holding it keeps the embedded cluster (if

@@ -265,6 +265,21 @@ pub async fn get_event(
         .ok_or_else(|| RoomError::NotFound("event not found".into()).into())
 }
 
+/// Deprecated `GET /events/{eventId}`: the room is the event's own, then the
+/// same visibility checks as [`get_event`]; an unknown event is a 404.
+pub async fn get_event_any_room(
+    db: &Pool,
+    viewer: &Viewer,
+    event_id: &str,
+) -> Result<Value, HistoryError> {
+    let room_id = timeline::load_by_ids(db, &[event_id.to_owned()])
+        .await?
+        .remove(event_id)
+        .map(|e| e.pdu.room_id.to_string())
+        .ok_or_else(|| RoomError::NotFound("event not found".into()))?;
+    get_event(db, &room_id, viewer, event_id).await
+}
+
 /// `GET /rooms/{roomId}/context/{eventId}` (event_context.yaml): `limit`
 /// split as Synapse does (half before, the rest after); `state` is the
 /// state at the last event returned (only the senders' member events

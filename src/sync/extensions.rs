@@ -126,3 +126,38 @@ pub async fn acknowledge(ctx: &SyncContext) -> Result<(), SyncError> {
         .await
         .map_err(err)
 }
+
+/// `device_one_time_keys_count` and `device_unused_fallback_key_types` of
+/// the requesting device (every upload and claim pokes the user, so a
+/// sync after a change never takes the cheap path).
+pub async fn key_counts(
+    ctx: &SyncContext,
+) -> Result<(crate::keys::KeyCounts, Vec<String>), SyncError> {
+    let user = ctx.user.as_str();
+    let (counts, fallback) = futures_util::future::join(
+        crate::keys::store::counts(&ctx.db, user, &ctx.device_id),
+        crate::keys::store::unused_fallback(&ctx.db, user, &ctx.device_id),
+    )
+    .await;
+    let err = |e: crate::keys::KeysError| SyncError::Internal(e.to_string());
+    Ok((counts.map_err(err)?, fallback.map_err(err)?))
+}
+
+/// `device_lists.changed`: users sharing a joined room with the requester
+/// whose device keys changed since `ctx.since` (nothing on an initial sync:
+/// the client queries everyone then). A key upload pokes every such user,
+/// so this never hides behind the cheap path.
+pub async fn device_lists_changed(ctx: &SyncContext) -> Result<Vec<String>, SyncError> {
+    let Some(since) = &ctx.since else {
+        return Ok(Vec::new());
+    };
+    let n = ctx.current.len();
+    crate::keys::store::changed_users(
+        &ctx.db,
+        ctx.user.as_str(),
+        &since.persisted_vec(n),
+        &ctx.current.persisted_vec(n),
+    )
+    .await
+    .map_err(|e| SyncError::Internal(e.to_string()))
+}

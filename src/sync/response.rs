@@ -95,13 +95,8 @@ pub struct Rooms {
 
 #[derive(Debug, Default, Serialize)]
 struct DeviceLists {
-    changed: [(); 0],
+    changed: Vec<String>,
     left: [(); 0],
-}
-
-#[derive(Debug, Default, Serialize)]
-struct OneTimeKeys {
-    signed_curve25519: u64,
 }
 
 /// The whole response, written with one `serde_json::to_writer` (no
@@ -110,8 +105,14 @@ struct OneTimeKeys {
 pub struct SyncResponse {
     account_data: Events<Value>,
     device_lists: DeviceLists,
-    device_one_time_keys_count: OneTimeKeys,
-    device_unused_fallback_key_types: [(); 0],
+    /// `None` on the cheap path: an absent field means "unchanged" to
+    /// clients (matrix-js-sdk, matrix-rust-sdk), while a fixed 0 would make
+    /// them upload keys they already have. Key changes poke the user, so
+    /// the sync after one is computed and carries the real values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_one_time_keys_count: Option<crate::keys::KeyCounts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_unused_fallback_key_types: Option<Vec<String>>,
     next_batch: String,
     presence: Events<Value>,
     rooms: Rooms,
@@ -123,8 +124,8 @@ pub fn empty(next_batch: &StreamToken) -> SyncResponse {
     SyncResponse {
         account_data: Events::default(),
         device_lists: DeviceLists::default(),
-        device_one_time_keys_count: OneTimeKeys::default(),
-        device_unused_fallback_key_types: [],
+        device_one_time_keys_count: None,
+        device_unused_fallback_key_types: None,
         next_batch: next_batch.to_string(),
         presence: Events::default(),
         rooms: Rooms::default(),
@@ -473,6 +474,10 @@ pub async fn assemble(ctx: &SyncContext, rooms: Rooms) -> Result<SyncResponse, S
     out.account_data.events = extensions::account_data(ctx).await?;
     out.presence.events = extensions::presence(ctx).await?;
     out.to_device.events = extensions::to_device(ctx).await?;
+    let (counts, fallback) = extensions::key_counts(ctx).await?;
+    out.device_one_time_keys_count = Some(counts);
+    out.device_lists.changed = extensions::device_lists_changed(ctx).await?;
+    out.device_unused_fallback_key_types = Some(fallback);
     Ok(out)
 }
 
@@ -508,8 +513,6 @@ mod tests {
                 "presence": {"events": []},
                 "to_device": {"events": []},
                 "device_lists": {"changed": [], "left": []},
-                "device_one_time_keys_count": {"signed_curve25519": 0},
-                "device_unused_fallback_key_types": [],
             });
             assert_eq!(serde_json::from_slice::<Value>(&expected).unwrap(), old);
             assert_eq!(

@@ -15,7 +15,7 @@ use crate::auth::{self, password, tokens, username, AuthError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::server::ShardState;
 
-use crate::api::util::{client_ip, json_body, validate_device_id};
+use crate::api::util::{client_ip, json_body, optional_json_body, validate_device_id};
 
 fn ensure_registration_enabled(state: &ShardState) -> Result<(), MatrixError> {
     if state.config.registration.enabled {
@@ -200,6 +200,7 @@ pub async fn change_password(state: Rc<ShardState>, req: Request) -> HandlerResu
         if logout {
             let dead = store::delete_other_devices(&st.db, &user, Some(&keep)).await?;
             auth::invalidate_tokens(&st, dead).await;
+            super::keys::devices_removed(&st, &user).await;
         }
         Ok(())
     })
@@ -216,7 +217,7 @@ struct DeactivateBody {
 /// profile, devices and tokens; the id stays taken.
 pub async fn deactivate(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let me = auth::require_user(&state, &req).await?;
-    let body: DeactivateBody = json_body(&req)?;
+    let body: DeactivateBody = optional_json_body(&req)?;
     let flow = Uia {
         flows: vec![vec![uia::PASSWORD]],
         uri: &req.path,

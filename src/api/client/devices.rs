@@ -11,7 +11,7 @@ use crate::auth::{self, Requester};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::server::ShardState;
 
-use crate::api::util::json_body;
+use crate::api::util::{json_body, optional_json_body};
 
 /// Synapse's limit on device display names.
 const MAX_DEVICE_NAME_LEN: usize = 100;
@@ -102,6 +102,7 @@ async fn delete_with_uia(
     auth::on_user_shard(state, &me.user_id, move |st| async move {
         let dead = store::delete_devices(&st.db, &user, &devices).await?;
         auth::invalidate_tokens(&st, dead).await;
+        super::keys::devices_removed(&st, &user).await;
         Ok(())
     })
     .await?;
@@ -112,7 +113,7 @@ async fn delete_with_uia(
 pub async fn delete(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let me = auth::require_user(&state, &req).await?;
     let id = req.param_str("deviceId")?.into_owned();
-    let body: DeleteBody = json_body(&req)?;
+    let body: DeleteBody = optional_json_body(&req)?;
     delete_with_uia(&state, &req, me, body.auth.as_ref(), vec![id]).await
 }
 

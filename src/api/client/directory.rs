@@ -18,7 +18,7 @@ use crate::rooms::member_profile::state_content;
 use crate::rooms::{client, EventRequest, RoomError};
 use crate::server::ShardState;
 
-use crate::api::util::json_body;
+use crate::api::util::{json_body, optional_json_body};
 
 fn room_param(req: &Request) -> Result<OwnedRoomId, MatrixError> {
     let raw = req.param_str("roomId")?;
@@ -324,7 +324,7 @@ pub async fn public_rooms_get(state: Rc<ShardState>, req: Request) -> HandlerRes
 pub async fn public_rooms_post(state: Rc<ShardState>, req: Request) -> HandlerResult {
     auth::require_user(&state, &req).await?;
     check_server(&state, &req)?;
-    let body: PublicRoomsBody = json_body(&req)?;
+    let body: PublicRoomsBody = optional_json_body(&req)?;
     let filter = body.filter.unwrap_or_default();
     let q = ListQuery {
         limit: limit_of(body.limit)?,

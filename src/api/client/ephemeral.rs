@@ -21,7 +21,7 @@ use crate::ephemeral::{presence, service, EphError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::server::ShardState;
 
-use crate::api::util::json_body;
+use crate::api::util::{json_body, optional_json_body};
 
 fn empty() -> HandlerResult {
     Ok(Response::json(200, &json!({})))
@@ -82,7 +82,7 @@ pub async fn receipt(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let room = room_param(&req)?;
     let kind = ReceiptType::parse(&req.param_str("receiptType")?)?;
     let event = event_id(&req.param_str("eventId")?)?;
-    let body: Map<String, Value> = json_body(&req)?;
+    let body: Map<String, Value> = optional_json_body(&req)?;
     let thread_id = receipts::parse_thread_id(&body)?;
     if kind == ReceiptType::FullyRead {
         // Spec: `m.fully_read` here "effectively calls /read_markers".
@@ -119,7 +119,7 @@ async fn fully_read(
 pub async fn read_markers(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = auth::require_user(&state, &req).await?;
     let room = room_param(&req)?;
-    let body: Map<String, Value> = json_body(&req)?;
+    let body: Map<String, Value> = optional_json_body(&req)?;
     let field = |name: &str| -> Result<Option<OwnedEventId>, MatrixError> {
         match body.get(name) {
             None | Some(Value::Null) => Ok(None),

@@ -87,6 +87,7 @@ pub async fn logout(state: Rc<ShardState>, req: Request) -> HandlerResult {
     auth::on_user_shard(&state, &me.user_id, move |st| async move {
         let dead = store::delete_devices(&st.db, &user, &[me.device_id]).await?;
         auth::invalidate_tokens(&st, dead).await;
+        super::keys::devices_removed(&st, &user).await;
         Ok(())
     })
     .await?;
@@ -100,6 +101,7 @@ pub async fn logout_all(state: Rc<ShardState>, req: Request) -> HandlerResult {
     auth::on_user_shard(&state, &me.user_id, move |st| async move {
         let dead = store::delete_other_devices(&st.db, &user, None).await?;
         auth::invalidate_tokens(&st, dead).await;
+        super::keys::devices_removed(&st, &user).await;
         Ok(())
     })
     .await?;

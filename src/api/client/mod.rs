@@ -5,8 +5,11 @@ mod account;
 mod devices;
 mod directory;
 mod ephemeral;
+mod gaps;
+mod keys;
 mod login;
 mod profile;
+mod push;
 mod rooms;
 mod sync;
 mod timeline;
@@ -177,6 +180,7 @@ pub fn client_router() -> Router<ShardState> {
         "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event",
         timeline::timestamp_to_event,
     );
+    let r = gaps::routes(r);
     ephemeral_routes(r)
 }
 
@@ -231,10 +235,12 @@ fn ephemeral_routes(r: Router<ShardState>) -> Router<ShardState> {
     );
     let r = client(r, Put, "/presence/{userId}/status", e::put_presence);
     let r = client(r, Get, "/presence/{userId}/status", e::get_presence);
-    client(
+    let r = client(
         r,
         Put,
         "/sendToDevice/{eventType}/{txnId}",
         e::send_to_device,
-    )
+    );
+    let r = keys::routes(r);
+    push::routes(r)
 }

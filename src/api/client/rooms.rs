@@ -15,7 +15,7 @@ use crate::rooms::EventRequest;
 use crate::rooms::{alias, client};
 use crate::server::ShardState;
 
-use crate::api::util::json_body;
+use crate::api::util::{json_body, optional_json_body};
 
 /// Spec "Size limits": 64 KiB per event; a bigger body can never fit.
 const MAX_EVENT_BODY: usize = 65_536;
@@ -143,9 +143,18 @@ async fn membership(
     sender: OwnedUserId,
     target: &str,
     membership: &str,
+    reason: Option<String>,
 ) -> Result<(), MatrixError> {
-    client::set_membership(&state.mesh, room_id, sender, target, membership, None).await?;
+    client::set_membership(&state.mesh, room_id, sender, target, membership, reason).await?;
     Ok(())
+}
+
+/// The optional body of `POST /join` and `/leave`: clients send `{}`,
+/// `{"reason": …}` or nothing at all, so an empty body is `{}` here.
+#[derive(Deserialize, Default)]
+struct ReasonBody {
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 /// `POST /rooms/{roomId}/join` and `POST /join/{roomIdOrAlias}` (local
@@ -163,8 +172,17 @@ pub async fn join(state: Rc<ShardState>, req: Request) -> HandlerResult {
         OwnedRoomId::try_from(raw.as_ref())
             .map_err(|_| MatrixError::invalid_param("Invalid room id"))?
     };
+    let body: ReasonBody = optional_json_body(&req)?;
     let target = who.user_id.to_string();
-    membership(&state, room_id.clone(), who.user_id, &target, "join").await?;
+    membership(
+        &state,
+        room_id.clone(),
+        who.user_id,
+        &target,
+        "join",
+        body.reason,
+    )
+    .await?;
     Ok(Response::json(200, &json!({ "room_id": room_id })))
 }
 
@@ -172,14 +190,17 @@ pub async fn join(state: Rc<ShardState>, req: Request) -> HandlerResult {
 pub async fn leave(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = user(&state, &req).await?;
     let room_id = room_param(&req)?;
+    let body: ReasonBody = optional_json_body(&req)?;
     let target = who.user_id.to_string();
-    membership(&state, room_id, who.user_id, &target, "leave").await?;
+    membership(&state, room_id, who.user_id, &target, "leave", body.reason).await?;
     Ok(Response::json(200, &json!({})))
 }
 
 #[derive(Deserialize)]
 struct InviteBody {
     user_id: String,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 /// `POST /rooms/{roomId}/invite`.
@@ -189,7 +210,15 @@ pub async fn invite(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let body: InviteBody = json_body(&req)?;
     let target = OwnedUserId::try_from(body.user_id.as_str())
         .map_err(|_| MatrixError::invalid_param("Invalid user id"))?;
-    membership(&state, room_id, who.user_id, target.as_str(), "invite").await?;
+    membership(
+        &state,
+        room_id,
+        who.user_id,
+        target.as_str(),
+        "invite",
+        body.reason,
+    )
+    .await?;
     Ok(Response::json(200, &json!({})))
 }
 
