@@ -13,7 +13,7 @@ use crate::auth::store::{self, NewSession, NewUser};
 use crate::auth::uia::{self, Outcome, Uia};
 use crate::auth::{self, password, tokens, username, AuthError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
 use crate::api::util::{client_ip, json_body, optional_json_body, validate_device_id};
 

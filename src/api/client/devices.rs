@@ -9,7 +9,7 @@ use crate::auth::store;
 use crate::auth::uia::{self, Outcome, Uia};
 use crate::auth::{self, Requester};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
 use crate::api::util::{json_body, optional_json_body};
 

@@ -19,7 +19,7 @@ use crate::ephemeral::to_device::{self, Messages, Sender};
 use crate::ephemeral::typing::DEFAULT_TIMEOUT;
 use crate::ephemeral::{presence, service, EphError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
 use crate::api::util::{json_body, optional_json_body};
 

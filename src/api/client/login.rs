@@ -9,7 +9,7 @@ use crate::auth::store::{self, NewSession};
 use crate::auth::uia::password_credentials;
 use crate::auth::{self, password, username, AuthError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
 use crate::api::util::{client_ip, validate_device_id};
 

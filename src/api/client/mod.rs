@@ -19,7 +19,7 @@ use std::future::Future;
 use std::rc::Rc;
 
 use crate::http::{HandlerResult, Method, Request, Router};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
 /// Registers `path` (starting with `/`) under both `/_matrix/client/v3`
 /// and its legacy alias `/_matrix/client/r0`.

@@ -13,7 +13,7 @@ use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::rooms::create::{to_canonical_json, CreateRoomRequest};
 use crate::rooms::EventRequest;
 use crate::rooms::{alias, client};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
 use crate::api::util::{json_body, optional_json_body};
 

@@ -16,7 +16,7 @@ use crate::rooms::event_filter::{EventFilter, FilterError};
 use crate::rooms::history::{self, MessagesQuery};
 use crate::rooms::timeline::{Dir, PageToken};
 use crate::rooms::{client, forget, EventRequest, Viewer};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
 use crate::api::util::json_body;
 

@@ -3,7 +3,7 @@
 //! `kind = "federation"` listeners.
 
 use crate::http::{Method, Router};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
 /// Routes served on `kind = "federation"` listeners.
 pub fn federation_router() -> Router<ShardState> {
