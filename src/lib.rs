@@ -19,5 +19,6 @@ pub mod push;
 pub mod rooms;
 pub mod server;
 pub mod shard;
+pub mod shard_state;
 pub mod stream;
 pub mod sync;

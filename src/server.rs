@@ -20,7 +20,7 @@ use crate::http::{self, HttpConfig};
 use crate::mesh::{Mesh, MeshEndpoint};
 use crate::rooms::{self, Rooms};
 use crate::shard::{self, ShardInfo, ShardOptions, ShardStart};
-use crate::stream::{Notifier, StreamWriter};
+use crate::shard_state::{self, ShardState};
 
 /// Jobs in flight per ordered shard pair before senders wait (backpressure).
 const MESH_RING_CAPACITY: usize = 1024;
@@ -29,43 +29,6 @@ const MESH_RING_CAPACITY: usize = 1024;
 pub struct ShardPayload {
     listeners: Vec<(ListenerKind, TcpListener)>,
     mesh: MeshEndpoint,
-}
-
-/// Per-shard application state handed to every request handler. Lives on one
-/// shard only (`Rc`), so handlers read it without locks.
-pub struct ShardState {
-    pub info: ShardInfo,
-    pub config: Arc<Config>,
-    /// This shard's end of the mesh: `submit_to` other shards, broadcast.
-    pub mesh: Rc<MeshEndpoint>,
-    /// This shard's own small pool of PostgreSQL connections.
-    pub db: Pool,
-    /// This shard's group-commit writer: persistence of many concurrent
-    /// requests in one transaction per flush, each answered after COMMIT.
-    pub writer: GroupCommit,
-    /// The server's signing key, loaded once at start, shared by shards.
-    pub key: Arc<ServerKey>,
-    /// This shard's room service (also reachable as `rooms::local()` from
-    /// mesh jobs).
-    pub rooms: Rc<Rooms>,
-    /// Access-token cache; invalidated on every shard over the mesh.
-    pub auth: crate::auth::AuthState,
-    /// This shard's stream writer (positions, announcements).
-    pub stream: Rc<StreamWriter>,
-    /// What this shard knows of every stream; wakes parked syncs.
-    pub notifier: Rc<Notifier>,
-}
-
-thread_local! {
-    /// This thread's shard state, so mesh jobs (closures sent from other
-    /// shards, which cannot carry an `Rc`) reach the shard they run on.
-    static CURRENT_SHARD: std::cell::RefCell<Option<Rc<ShardState>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// The state of the shard running on this thread (`None` off the shards).
-pub fn current_shard() -> Option<Rc<ShardState>> {
-    CURRENT_SHARD.with(|c| c.borrow().clone())
 }
 
 impl From<&crate::config::HttpSection> for HttpConfig {
@@ -250,7 +213,7 @@ async fn shard_main(
         stream: stream.clone(),
         notifier,
     });
-    CURRENT_SHARD.with(|c| *c.borrow_mut() = Some(state.clone()));
+    shard_state::install(state.clone());
     // Only now may jobs from other shards run here: they reach this shard's
     // state (rooms, auth caches) through the thread-locals set just above.
     // Until then peers' jobs wait in their rings (backpressure, not errors).
@@ -299,5 +262,5 @@ async fn shard_main(
     // Peers' pending submits to this shard now fail fast instead of hanging.
     state.mesh.close();
     state.stream.release_all();
-    CURRENT_SHARD.with(|c| c.borrow_mut().take());
+    shard_state::uninstall();
 }

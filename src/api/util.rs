@@ -1,4 +1,4 @@
-//! Small request helpers shared by the account endpoints.
+//! Small request helpers shared by the endpoints.
 
 use serde::de::DeserializeOwned;
 

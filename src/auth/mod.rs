@@ -22,7 +22,7 @@ use ruma::OwnedUserId;
 use crate::http::{MatrixError, Request};
 use crate::mesh::{shard_for_user, BroadcastScope};
 use crate::primitives::{FutureCache, RealClock};
-use crate::server::{current_shard, ShardState};
+use crate::shard_state::{current_shard, Here, ShardState};
 
 pub use error::AuthError;
 
@@ -130,14 +130,7 @@ where
     T: Send + 'static,
 {
     let target = shard_for_user(user_id, state.mesh.n_shards());
-    state
-        .mesh
-        .submit_to(target, move || async move {
-            match current_shard() {
-                Some(s) => f(s).await,
-                None => Err(AuthError::Internal("shard state not available".into())),
-            }
-        })
+    crate::shard_state::on_shard(&state.mesh, target, Here::Spawn, f)
         .await
         .map_err(|e| AuthError::Internal(e.to_string()))?
 }

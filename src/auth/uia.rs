@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::{now_ms, password, store, tokens, username, AuthError};
 use crate::http::{MatrixError, Response};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
 pub const DUMMY: &str = "m.login.dummy";
 pub const PASSWORD: &str = "m.login.password";

@@ -30,7 +30,7 @@ use crate::db::DbError;
 use crate::http::MatrixError;
 use crate::mesh::{MeshEndpoint, MeshError};
 use crate::rooms::RoomError;
-use crate::server::{current_shard, ShardState};
+use crate::shard_state::{Here, OnShardError, ShardState};
 
 pub use cache::SyncCache;
 
@@ -87,18 +87,12 @@ where
 {
     // Already there (e.g. `/sync`'s presence on the user's own shard):
     // run inline, no task, no mesh hop.
-    if target == mesh.shard_id() {
-        if let Some(s) = current_shard() {
-            return f(s).await;
-        }
-    }
-    mesh.submit_to(target, move || async move {
-        match current_shard() {
-            Some(s) => f(s).await,
-            None => Err(EphError::Internal("shard state not available".into())),
-        }
-    })
-    .await?
+    crate::shard_state::on_shard(mesh, target, Here::Inline, f)
+        .await
+        .map_err(|e| match e {
+            OnShardError::Mesh(e) => EphError::from(e),
+            OnShardError::NoState => EphError::Internal(e.to_string()),
+        })?
 }
 
 /// Wall-clock milliseconds since the Unix epoch.

@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 
 use crate::db::Pool;
 use crate::mesh::{shard_for_user, MeshEndpoint};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 use crate::stream::{Change, Pos, PresenceUpdate, UserChange};
 
 use super::{now_ms, on_shard, service, EphError};
@@ -75,7 +75,7 @@ pub fn expired(
 pub async fn run_timers() {
     loop {
         monoio::time::sleep(TIMER_PERIOD).await;
-        let Some(state) = crate::server::current_shard() else {
+        let Some(state) = crate::shard_state::current_shard() else {
             return;
         };
         let svc = service::get(&state);

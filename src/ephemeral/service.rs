@@ -11,7 +11,7 @@ use std::sync::Arc;
 use ruma::{OwnedRoomId, OwnedUserId};
 
 use crate::primitives::RealClock;
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 use crate::stream::{Change, Pos, RoomChange, ShardPos};
 
 use super::presence::LocalPresence;

@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 
 use crate::mesh::shard_for_user;
 use crate::primitives::SharedFuture;
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 use crate::stream::StreamToken;
 
 use super::account_data::{self, AccountDataSync};

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 use crate::db::{SqlValue, Write};
 use crate::mesh::{shard_for_user, MeshEndpoint};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 use crate::stream::{Change, Pos, ShardPos, StreamToken, UserChange};
 
 use super::{now_ms, on_shard, service, shard_i32, EphError};

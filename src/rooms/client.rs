@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::db::Pool;
 use crate::mesh::{shard_for_room, MeshEndpoint};
+use crate::shard_state::{on_shard_with, Here, OnShardError};
 
 use super::create::{self, CreatePlan, CreateRoomRequest};
 use super::service::{local, EventRequest, Rooms};
@@ -26,8 +27,14 @@ where
     T: Send + 'static,
 {
     let owner = shard_for_room(room, mesh.n_shards());
-    mesh.submit_to(owner, move || async move { f(local()?).await })
-        .await?
+    on_shard_with(mesh, owner, Here::Spawn, || local().ok(), f)
+        .await
+        .map_err(|e| match e {
+            OnShardError::Mesh(e) => RoomError::Mesh(e),
+            OnShardError::NoState => {
+                RoomError::Internal("room service not started on this shard".into())
+            }
+        })?
 }
 
 /// `POST /createRoom`. Returns the new room's id once every initial event

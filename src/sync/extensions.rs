@@ -15,7 +15,7 @@ use ruma::RoomId;
 use serde_json::Value;
 
 use crate::ephemeral::{sync as eph, EphError};
-use crate::server::{current_shard, ShardState};
+use crate::shard_state::{current_shard, ShardState};
 
 use super::{SyncContext, SyncError};
 

@@ -13,7 +13,7 @@ use ruma::OwnedRoomId;
 
 use crate::auth::Requester;
 use crate::http::MatrixError;
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 use crate::stream::{Notifier, ShardPos, StreamToken};
 
 use super::cache::{self, SyncCache};
@@ -226,7 +226,7 @@ async fn one_room(
     let room_changed = notifier.room_changed_since(&room, since);
     // The user's own data in the room (account data, tags, read marker,
     // private receipt) changed although the room did not.
-    let own_changed = crate::server::current_shard().is_some_and(|state| {
+    let own_changed = crate::shard_state::current_shard().is_some_and(|state| {
         crate::ephemeral::sync::user_room_changed(&state, &ctx.user, &room, since)
     });
     if !(room_changed || own_changed || ctx.full_state && membership == "join") {

@@ -19,9 +19,9 @@ use crate::ephemeral::to_device::{self, Messages, Sender};
 use crate::ephemeral::typing::DEFAULT_TIMEOUT;
 use crate::ephemeral::{presence, service, EphError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
-use super::util::{json_body, optional_json_body};
+use crate::api::util::{json_body, optional_json_body};
 
 fn empty() -> HandlerResult {
     Ok(Response::json(200, &json!({})))

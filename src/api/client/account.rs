@@ -13,9 +13,9 @@ use crate::auth::store::{self, NewSession, NewUser};
 use crate::auth::uia::{self, Outcome, Uia};
 use crate::auth::{self, password, tokens, username, AuthError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
-use super::util::{client_ip, json_body, optional_json_body, validate_device_id};
+use crate::api::util::{client_ip, json_body, optional_json_body, validate_device_id};
 
 fn ensure_registration_enabled(state: &ShardState) -> Result<(), MatrixError> {
     if state.config.registration.enabled {

@@ -17,7 +17,7 @@ use crate::http::{HandlerResult, MatrixError, Method, Request, Response, Router}
 use crate::push::pushers::{self, PusherError};
 use crate::push::rules::{self, Edit, RuleError};
 use crate::push::store::{self, PushError};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
 /// Registers this module's client routes (v3 and r0).
 pub fn routes(r: Router<ShardState>) -> Router<ShardState> {

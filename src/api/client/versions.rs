@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 
 use crate::http::{HandlerResult, Request, Response};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
 /// The spec versions hearth targets, as Synapse lists them: clients pick the
 /// newest they share with us.

@@ -14,7 +14,7 @@ use crate::auth;
 use crate::auth::store::{self, ProfileField};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::rooms::member_profile;
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
 /// Synapse's limits.
 const MAX_DISPLAYNAME_LEN: usize = 256;

@@ -16,9 +16,9 @@ use crate::rooms::event_filter::{EventFilter, FilterError};
 use crate::rooms::history::{self, MessagesQuery};
 use crate::rooms::timeline::{Dir, PageToken};
 use crate::rooms::{client, forget, EventRequest, Viewer};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
-use super::util::json_body;
+use crate::api::util::json_body;
 
 /// Default `limit` of `/messages` and `/context` (spec: 10).
 const DEFAULT_LIMIT: usize = 10;

@@ -16,9 +16,9 @@ use crate::rooms::alias::{self, AliasError};
 use crate::rooms::directory::{self, ListQuery, ListToken};
 use crate::rooms::member_profile::state_content;
 use crate::rooms::{client, EventRequest, RoomError};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
-use super::util::{json_body, optional_json_body};
+use crate::api::util::{json_body, optional_json_body};
 
 fn room_param(req: &Request) -> Result<OwnedRoomId, MatrixError> {
     let raw = req.param_str("roomId")?;

@@ -13,9 +13,9 @@ use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::rooms::create::{to_canonical_json, CreateRoomRequest};
 use crate::rooms::EventRequest;
 use crate::rooms::{alias, client};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
-use super::util::{json_body, optional_json_body};
+use crate::api::util::{json_body, optional_json_body};
 
 /// Spec "Size limits": 64 KiB per event; a bigger body can never fit.
 const MAX_EVENT_BODY: usize = 65_536;

@@ -9,9 +9,9 @@ use crate::auth::store::{self, NewSession};
 use crate::auth::uia::password_credentials;
 use crate::auth::{self, password, username, AuthError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
-use super::util::{client_ip, validate_device_id};
+use crate::api::util::{client_ip, validate_device_id};
 
 /// `GET /login`: the login types we support.
 pub async fn flows(_state: Rc<ShardState>, _req: Request) -> HandlerResult {

@@ -9,9 +9,9 @@ use crate::auth::store;
 use crate::auth::uia::{self, Outcome, Uia};
 use crate::auth::{self, Requester};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
-use super::util::{json_body, optional_json_body};
+use crate::api::util::{json_body, optional_json_body};
 
 /// Synapse's limit on device display names.
 const MAX_DEVICE_NAME_LEN: usize = 100;

@@ -14,7 +14,7 @@ use crate::config::VoipSection;
 use crate::http::{HandlerResult, MatrixError, Method, Request, Response, Router};
 use crate::rooms::history;
 use crate::rooms::Viewer;
-use crate::server::ShardState;
+use crate::shard_state::ShardState;
 
 /// Synapse's `turn_user_lifetime` default: one day.
 const DEFAULT_TURN_LIFETIME_MS: u64 = 86_400_000;

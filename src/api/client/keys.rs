@@ -20,7 +20,7 @@ use crate::http::{HandlerResult, MatrixError, Method, Request, Response, Router}
 use crate::keys::store::{self, UploadKey};
 use crate::keys::{validate, KeysError};
 use crate::mesh::shard_for_user;
-use crate::server::{current_shard, ShardState};
+use crate::shard_state::{on_shard, Here, ShardState};
 use crate::stream::{Change, Pos, StreamToken, Ticket, UserChange};
 
 /// Registers this module's client routes (v3 and r0).
@@ -155,33 +155,28 @@ async fn upload(state: Rc<ShardState>, req: Request) -> HandlerResult {
     }
     let changed = device_keys.is_some();
     let target = shard_for_user(&me.user_id, state.mesh.n_shards());
-    let counts = state
-        .mesh
-        .submit_to(target, move || async move {
-            let Some(st) = current_shard() else {
-                return Err(MatrixError::unknown("shard state not available"));
-            };
-            let ticket = st.stream.allocate();
-            let pos = ticket.pos();
-            let shard = i32::try_from(st.stream.shard())
-                .map_err(|_| MatrixError::unknown("shard id out of range"))?;
-            let counts = store::upload(
-                &st.db,
-                me.user_id.as_str(),
-                &me.device_id,
-                device_keys,
-                &one_time,
-                &fallback,
-                now_ms(),
-                (shard, pos),
-            )
-            .await
-            .map_err(keys_error)?;
-            announce(&st, ticket, &me.user_id, changed).await;
-            Ok(counts)
-        })
+    let counts = on_shard(&state.mesh, target, Here::Spawn, move |st| async move {
+        let ticket = st.stream.allocate();
+        let pos = ticket.pos();
+        let shard = i32::try_from(st.stream.shard())
+            .map_err(|_| MatrixError::unknown("shard id out of range"))?;
+        let counts = store::upload(
+            &st.db,
+            me.user_id.as_str(),
+            &me.device_id,
+            device_keys,
+            &one_time,
+            &fallback,
+            now_ms(),
+            (shard, pos),
+        )
         .await
-        .map_err(|e| MatrixError::unknown(e.to_string()))??;
+        .map_err(keys_error)?;
+        announce(&st, ticket, &me.user_id, changed).await;
+        Ok::<_, MatrixError>(counts)
+    })
+    .await
+    .map_err(|e| MatrixError::unknown(e.to_string()))??;
     Ok(Response::json(
         200,
         &json!({ "one_time_key_counts": counts }),

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::auth;
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::mesh::shard_for_user;
-use crate::server::{current_shard, ShardState};
+use crate::shard_state::{on_shard, Here, ShardState};
 use crate::stream::StreamToken;
 use crate::sync::filter::Filter;
 use crate::sync::handler::{self, SyncOutcome, SyncParams};
@@ -71,20 +71,11 @@ pub async fn sync(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = auth::require_user(&state, &req).await?;
     let p = params(&req)?;
     let target = shard_for_user(&who.user_id, state.mesh.n_shards());
-    let out: SyncOutcome = if target == state.info.id {
-        handler::sync(state.clone(), who, p).await?
-    } else {
-        state
-            .mesh
-            .submit_to(target, move || async move {
-                match current_shard() {
-                    Some(s) => handler::sync(s, who, p).await,
-                    None => Err(MatrixError::unknown("shard state not available")),
-                }
-            })
-            .await
-            .map_err(|e| MatrixError::unknown(e.to_string()))??
-    };
+    let out: SyncOutcome = on_shard(&state.mesh, target, Here::Inline, move |s| {
+        handler::sync(s, who, p)
+    })
+    .await
+    .map_err(|e| MatrixError::unknown(e.to_string()))??;
     let mut resp = Response::json_bytes(200, out.body).with_header("X-Hearth-Sync", out.path);
     if let Some((hits, misses)) = out.window {
         resp = resp.with_header(
