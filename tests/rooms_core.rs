@@ -211,7 +211,12 @@ fn rooms_are_written_on_their_owner_shard() {
     with_shards(|_cfg, mesh, rooms| async move {
         let alice = user("@alice:localhost");
         let mut owners = [0usize; 2];
-        for i in 0..8 {
+        // Room ids are hashes (v12), so 8 rooms all land on one shard about
+        // once in 128 runs: keep creating (bounded) until both own one.
+        for i in 0..64 {
+            if i >= 8 && owners[0] > 0 && owners[1] > 0 {
+                break;
+            }
             let room = create_room(&mesh, alice.clone(), CreateRoomRequest::default())
                 .await
                 .unwrap();
