@@ -27,7 +27,6 @@ use std::future::Future;
 use std::rc::Rc;
 
 use crate::db::DbError;
-use crate::http::MatrixError;
 use crate::mesh::{MeshEndpoint, MeshError};
 use crate::rooms::RoomError;
 use crate::shard_state::{Here, OnShardError, ShardState};
@@ -61,18 +60,13 @@ pub enum EphError {
     Internal(String),
 }
 
-impl From<EphError> for MatrixError {
-    fn from(e: EphError) -> MatrixError {
-        match e {
-            EphError::NotFound(m) => MatrixError::not_found(m),
-            EphError::Forbidden(m) => MatrixError::forbidden(m),
-            EphError::InvalidParam(m) => MatrixError::invalid_param(m),
-            EphError::BadJson(m) => MatrixError::bad_json(m),
-            EphError::NotAllowed(m) => MatrixError::bad_json(m).with_status(405),
-            EphError::Room(e) => MatrixError::from(e),
-            EphError::Db(e) => MatrixError::from(e),
-            EphError::Mesh(e) => MatrixError::unknown(e.to_string()),
-            EphError::Internal(m) => MatrixError::unknown(m),
+impl crate::error::Retryable for EphError {
+    fn retryable(&self) -> bool {
+        match self {
+            EphError::Room(e) => e.retryable(),
+            EphError::Db(e) => e.retryable(),
+            EphError::Mesh(e) => e.retryable(),
+            _ => false,
         }
     }
 }

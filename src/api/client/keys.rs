@@ -175,8 +175,7 @@ async fn upload(state: Rc<ShardState>, req: Request) -> HandlerResult {
         announce(&st, ticket, &me.user_id, changed).await;
         Ok::<_, MatrixError>(counts)
     })
-    .await
-    .map_err(|e| MatrixError::unknown(e.to_string()))??;
+    .await??;
     Ok(Response::json(
         200,
         &json!({ "one_time_key_counts": counts }),
