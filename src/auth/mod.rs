@@ -133,9 +133,3 @@ where
         .await
         .map_err(|e| AuthError::Internal(e.to_string()))?
 }
-
-/// Milliseconds since the Unix epoch, for `*_ts` columns.
-pub fn now_ms() -> i64 {
-    use crate::primitives::Clock;
-    i64::try_from(RealClock.now_ms()).unwrap_or(i64::MAX)
-}

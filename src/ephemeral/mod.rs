@@ -10,7 +10,7 @@
 //! Durable data (receipts, account data, to-device) is committed before the
 //! client is answered and announced with a persisted position; typing and
 //! presence live in memory and are announced with an ephemeral position.
-//! Every shard's notifier feeds a [`SyncCache`] with what `/sync` reads from
+//! Every shard's notifier feeds a [`EphemeralCache`] with what `/sync` reads from
 //! memory (typing sets, presence, "last changed" positions); the rest is read
 //! from PostgreSQL by the functions in [`sync`].
 
@@ -31,7 +31,7 @@ use crate::mesh::{MeshEndpoint, MeshError};
 use crate::rooms::RoomError;
 use crate::shard_state::{Here, OnShardError, ShardState};
 
-pub use cache::SyncCache;
+pub use cache::EphemeralCache;
 
 /// Errors of the ephemeral/per-user endpoints, mapped to Matrix errors at
 /// the HTTP edge.
@@ -87,12 +87,6 @@ where
             OnShardError::Mesh(e) => EphError::from(e),
             OnShardError::NoState => EphError::Internal(e.to_string()),
         })?
-}
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    use crate::primitives::Clock;
-    crate::primitives::RealClock.now_ms()
 }
 
 /// The shard id as the `stream_shard` column wants it.

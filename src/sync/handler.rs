@@ -16,7 +16,7 @@ use crate::shard_state::ShardState;
 use crate::stream::{Notifier, ShardPos, StreamToken};
 
 use super::cache::{self, SyncCache};
-use super::response::{RoomEntry, Rooms, SyncResponse};
+use super::response::{RoomEntry, SyncResponse, SyncRooms};
 use super::timeline::{self, MemberChange};
 use super::{extensions, filter_store, response, SyncContext, SyncError};
 
@@ -147,7 +147,7 @@ async fn compute(
         .filter(|(r, _)| ctx.filter.allows_room(r.as_str()))
         .filter(|(r, _)| !forgotten.contains(r.as_str()))
         .map(|(room, m)| one_room(ctx, cache, notifier, room, m));
-    let mut out = Rooms::default();
+    let mut out = SyncRooms::default();
     for r in join_all(work).await {
         let Some((section, room, v)) = r? else {
             continue;

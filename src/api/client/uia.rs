@@ -13,8 +13,9 @@ use std::sync::Arc;
 use ruma::UserId;
 use serde_json::{json, Map, Value};
 
-use crate::auth::{now_ms, password, store, tokens, username, AuthError};
+use crate::auth::{password, store, tokens, username, AuthError};
 use crate::http::{MatrixError, Response};
+use crate::primitives::unix_ms_i64 as now_ms;
 use crate::shard_state::ShardState;
 
 pub const DUMMY: &str = "m.login.dummy";
