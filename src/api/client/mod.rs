@@ -15,6 +15,7 @@ mod sync;
 mod timeline;
 pub mod uia;
 pub(super) mod versions;
+mod well_known;
 
 use std::future::Future;
 use std::rc::Rc;
@@ -182,6 +183,7 @@ pub fn client_router() -> Router<ShardState> {
         timeline::timestamp_to_event,
     );
     let r = gaps::routes(r);
+    let r = well_known::routes(r);
     ephemeral_routes(r)
 }
 
