@@ -421,6 +421,11 @@ impl Config {
                 }
             }
         }
+        if let Some(s) = &self.well_known.server {
+            if ruma::ServerName::parse(s).is_err() {
+                return Err(key_err("well_known.server", "not a valid server name"));
+            }
+        }
         for (i, t) in f.trusted_key_servers.iter().enumerate() {
             if ruma::ServerName::parse(&t.server_name).is_err() {
                 return Err(key_err(

@@ -158,7 +158,7 @@ fn version_keys_reuse_and_limits_over_tls() {
             own.keypair.public_key().to_vec()
         );
         assert!(
-            keys.valid_until_ts > now + 3600_000,
+            keys.valid_until_ts > now + 3_600_000,
             "valid for about a day"
         );
         assert!(json_of(&r.body)["old_verify_keys"]
