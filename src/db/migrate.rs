@@ -70,6 +70,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "push",
         sql: include_str!("../../migrations/0010_push.sql"),
     },
+    Migration {
+        version: 12,
+        name: "cross_signing_backup",
+        sql: include_str!("../../migrations/0012_cross_signing_backup.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:
