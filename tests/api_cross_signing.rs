@@ -443,3 +443,49 @@ fn cross_signing_changes_reach_device_lists() {
     ));
     assert_eq!(v["device_lists"]["changed"], json!([]), "{v:#}");
 }
+
+#[test]
+fn signatures_of_a_removed_device_are_forgotten() {
+    let h = start();
+    let alice = common::register_user(&h, "alice");
+    let login = |device: Option<&str>| {
+        let mut body = json!({"type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw"});
+        if let Some(d) = device {
+            body["device_id"] = json!(d);
+        }
+        let v = ok(common::json_request(
+            &h,
+            "POST",
+            "/_matrix/client/v3/login",
+            None,
+            Some(&body),
+        ));
+        Registered {
+            token: v["access_token"].as_str().unwrap().to_owned(),
+            id: alice.id.clone(),
+            device: v["device_id"].as_str().unwrap().to_owned(),
+        }
+    };
+    let phone = login(Some("PHONE"));
+    let (_, keys) = upload_device(&h, &phone);
+    let a = identity(&alice.id);
+    ok(upload_signing(&h, &alice, a.body.clone()));
+    let sig = only_signed_by(&alice.id, &a.ssk.0, &keys);
+    let v = upload_sigs(&h, &alice, json!({alice.id.clone(): {"PHONE": sig}}));
+    assert_eq!(v["failures"], json!({}));
+    let ssk_id = format!("ed25519:{}", a.ssk.1);
+    let signed_by_ssk = || {
+        let q = query(&h, &alice, &[&alice.id]);
+        q["device_keys"][&alice.id]["PHONE"]["signatures"][&alice.id]
+            .get(&ssk_id)
+            .is_some()
+    };
+    assert!(signed_by_ssk());
+
+    // Logged out, then a new login reuses the device id with new keys.
+    ok(call(&h, "POST", "/logout", &phone.token, Some(json!({}))));
+    let again = login(Some("PHONE"));
+    upload_device(&h, &again);
+    assert!(!signed_by_ssk(), "an old signature shows on the new keys");
+}

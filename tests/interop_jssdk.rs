@@ -1,6 +1,8 @@
 //! Interop with matrix-js-sdk (the SDK inside Element Web), from npm, pinned
 //! by `tests/interop/js/package-lock.json`: runs `tests/interop/js/basic.mjs`
-//! in Node against the real binary (2 shards) and real PostgreSQL.
+//! (unencrypted) and `e2ee.mjs` (its Rust crypto, matrix-sdk-crypto-wasm:
+//! encrypted messages both ways, cross-signing, key backup restored on a new
+//! device) in Node against the real binary (2 shards) and real PostgreSQL.
 //!
 //! The test installs its packages by calling `scripts/ensure-node-deps.sh`
 //! (idempotent; a no-op when node_modules matches the lock file). A missing

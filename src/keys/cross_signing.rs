@@ -408,7 +408,10 @@ mod tests {
             check_upload(ME, vec![master.clone(), unsigned], None),
             Err(KeysError::InvalidSignature(_))
         ));
-        assert!(is_replay(&[master.clone()], &[master.clone(), ssk]));
+        assert!(is_replay(
+            std::slice::from_ref(&master),
+            &[master.clone(), ssk]
+        ));
         assert!(!is_replay(&[], &[master]));
     }
 

@@ -185,3 +185,19 @@ pub async fn signatures_for(
     }
     Ok(out)
 }
+
+/// Forgets signatures of `user`'s devices that are gone (deleted, logged
+/// out): a device id can be used again by a later login, and an old
+/// signature must not show up on the new device's keys.
+pub async fn forget_device_signatures(db: &Pool, user: &str) -> Result<(), KeysError> {
+    db.execute(
+        "DELETE FROM e2e_cross_signing_signatures s WHERE s.target_user = $1 \
+           AND NOT EXISTS (SELECT 1 FROM devices d \
+                           WHERE d.user_id = $1 AND d.device_id = s.target_key_id) \
+           AND NOT EXISTS (SELECT 1 FROM e2e_cross_signing_keys k \
+                           WHERE k.user_id = $1 AND k.public_key = s.target_key_id)",
+        &[&user],
+    )
+    .await?;
+    Ok(())
+}

@@ -101,14 +101,18 @@ pub(super) async fn announce(st: &ShardState, ticket: Ticket, user: &UserId, dev
 }
 
 /// Records and announces that `user`'s device list changed after a device
-/// was deleted or logged out (its keys went with it, by cascade): room
-/// peers see the user in `device_lists.changed` and query again. Call on
+/// was deleted or logged out (its keys went with it, by cascade, and the
+/// signatures of it are forgotten): room peers see the user in
+/// `device_lists.changed` and query again. Call on
 /// the user's shard, after the deletion committed.
 pub(super) async fn devices_removed(st: &ShardState, user: &UserId) {
     let ticket = st.stream.allocate();
     let Ok(shard) = i32::try_from(st.stream.shard()) else {
         return;
     };
+    if let Err(e) = cross_store::forget_device_signatures(&st.db, user.as_str()).await {
+        tracing::warn!(error = %e, %user, "signatures of removed devices not forgotten");
+    }
     if let Err(e) = store::record_change(&st.db, user.as_str(), shard, ticket.pos()).await {
         tracing::warn!(error = %e, %user, "device list change not recorded");
         return; // the ticket's drop leaves a gap
