@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::validate::{signed_part, verify_signed};
 use super::KeysError;
@@ -182,9 +182,8 @@ pub struct NewSignature {
     pub visible_to: Option<String>,
 }
 
-fn failure(code: &str, msg: &str) -> Value {
-    json!({"errcode": code, "error": msg})
-}
+/// Why one signed object of an upload was refused (its `failures` entry).
+pub type Failure = (String, String, KeysError);
 
 fn signature_of<'a>(obj: &'a Map<String, Value>, signer: &str, key_id: &str) -> Option<&'a str> {
     obj.get("signatures")?.get(signer)?.get(key_id)?.as_str()
@@ -198,7 +197,7 @@ fn check_one(
     key_id: &str,
     obj: &Map<String, Value>,
     view: &SignerView,
-) -> Result<Vec<NewSignature>, Value> {
+) -> Result<Vec<NewSignature>, KeysError> {
     let new = |signer_key_id: &str, visible_to: Option<String>| NewSignature {
         target_user: target.to_owned(),
         target_key_id: key_id.to_owned(),
@@ -212,23 +211,22 @@ fn check_one(
         if signed_part(stored) == signed_part(obj) {
             Ok(())
         } else {
-            Err(failure(
-                "M_INVALID_SIGNATURE",
-                "the signed object does not match the stored key",
+            Err(KeysError::InvalidSignature(
+                "the signed object does not match the stored key".into(),
             ))
         }
     };
-    let invalid = |_| failure("M_INVALID_SIGNATURE", "invalid signature");
+    let invalid = |_| KeysError::InvalidSignature("invalid signature".into());
     if target != me {
         // Another user's master key, signed with my user-signing key.
         let usk = view
             .own(KeyType::UserSigning)
-            .ok_or_else(|| failure("M_MISSING_PARAM", "no user-signing key uploaded"))?;
+            .ok_or_else(|| KeysError::MissingParam("no user-signing key uploaded".into()))?;
         let master = view
             .masters
             .get(target)
             .filter(|m| m.public == key_id)
-            .ok_or_else(|| failure("M_NOT_FOUND", "unknown master key"))?;
+            .ok_or_else(|| KeysError::NotFound("unknown master key".into()))?;
         matches(&master.json)?;
         verify_signed(obj, me, &usk.key_id(), &usk.public).map_err(invalid)?;
         return Ok(vec![new(&usk.key_id(), Some(me.to_owned()))]);
@@ -252,12 +250,12 @@ fn check_one(
                 .devices
                 .get(device)
                 .and_then(|d| d.get("keys")?.get(sig_id)?.as_str())
-                .ok_or_else(|| failure("M_NOT_FOUND", "unknown signing device"))?;
+                .ok_or_else(|| KeysError::NotFound("unknown signing device".into()))?;
             verify_signed(obj, me, sig_id, public).map_err(invalid)?;
             out.push(new(sig_id, None));
         }
         if out.is_empty() {
-            return Err(failure("M_INVALID_SIGNATURE", "no device signature"));
+            return Err(KeysError::InvalidSignature("no device signature".into()));
         }
         return Ok(out);
     }
@@ -265,56 +263,51 @@ fn check_one(
     let device = view
         .devices
         .get(key_id)
-        .ok_or_else(|| failure("M_NOT_FOUND", "unknown device or key"))?;
+        .ok_or_else(|| KeysError::NotFound("unknown device or key".into()))?;
     let ssk = view
         .own(KeyType::SelfSigning)
-        .ok_or_else(|| failure("M_MISSING_PARAM", "no self-signing key uploaded"))?;
+        .ok_or_else(|| KeysError::MissingParam("no self-signing key uploaded".into()))?;
     matches(device)?;
     verify_signed(obj, me, &ssk.key_id(), &ssk.public).map_err(invalid)?;
     Ok(vec![new(&ssk.key_id(), None)])
 }
 
 /// Checks every signed object of a `/keys/signatures/upload` body by `me`
-/// (local users only: `remote` are answered as failures until federation
-/// lands). Returns the accepted signatures and the `failures` map.
+/// (local users only: remote ones are refused until federation lands).
+/// Returns the accepted signatures and the refusals, `(user, key id,
+/// why)`, for the answer's `failures`.
 pub fn check_signatures(
     me: &str,
     body: &Map<String, Value>,
     view: &SignerView,
     is_local: impl Fn(&str) -> bool,
-) -> (Vec<NewSignature>, Map<String, Value>) {
+) -> (Vec<NewSignature>, Vec<Failure>) {
     let mut accepted = Vec::new();
-    let mut failures = Map::new();
+    let mut failures = Vec::new();
     for (target, keys) in body {
-        let mut fails = Map::new();
         let Some(keys) = keys.as_object() else {
-            failures.insert(
+            failures.push((
                 target.clone(),
-                json!({"": failure("M_BAD_JSON", "expected a map of key ids")}),
-            );
+                String::new(),
+                KeysError::InvalidParam("expected a map of key ids".into()),
+            ));
             continue;
         };
         for (key_id, obj) in keys {
             let outcome = if !is_local(target) {
-                Err(failure(
-                    "M_UNRECOGNIZED",
-                    "signatures of remote keys are not supported yet",
+                Err(KeysError::Unsupported(
+                    "signatures of remote keys are not supported yet".into(),
                 ))
             } else {
                 match obj.as_object() {
                     Some(o) => check_one(me, target, key_id, o, view),
-                    None => Err(failure("M_BAD_JSON", "expected a signed object")),
+                    None => Err(KeysError::InvalidParam("expected a signed object".into())),
                 }
             };
             match outcome {
                 Ok(s) => accepted.extend(s),
-                Err(e) => {
-                    fails.insert(key_id.clone(), e);
-                }
+                Err(e) => failures.push((target.clone(), key_id.clone(), e)),
             }
-        }
-        if !fails.is_empty() {
-            failures.insert(target.clone(), Value::Object(fails));
         }
     }
     (accepted, failures)
@@ -350,6 +343,7 @@ mod tests {
     use ruma::serde::Base64;
     use ruma::signatures::{sign_json, Ed25519KeyPair};
     use ruma::CanonicalJsonObject;
+    use serde_json::json;
 
     const ME: &str = "@a:x";
 
@@ -430,14 +424,17 @@ mod tests {
         let (ok, fails) = check_signatures(ME, body.as_object().unwrap(), &view, |_| true);
         assert_eq!(ok.len(), 1);
         assert_eq!(ok[0].target_key_id, "D");
-        assert_eq!(fails[ME]["E"]["errcode"], "M_NOT_FOUND");
+        assert!(matches!(&fails[..], [(u, k, KeysError::NotFound(_))] if u == ME && k == "E"));
         // Tampered: the object differs from the stored keys.
         let mut other = sign(&sk, device.clone());
         other["algorithms"] = json!(["x"]);
         let body = json!({ME: {"D": other}});
         let (ok, fails) = check_signatures(ME, body.as_object().unwrap(), &view, |_| true);
         assert!(ok.is_empty());
-        assert_eq!(fails[ME]["D"]["errcode"], "M_INVALID_SIGNATURE");
+        assert!(matches!(
+            &fails[..],
+            [(_, _, KeysError::InvalidSignature(_))]
+        ));
         // Signed by another key.
         let (bad_key, _) = pair();
         let mut forged = sign(&bad_key, device.clone());
@@ -451,7 +448,10 @@ mod tests {
         forged["signatures"] = json!({ME: {format!("ed25519:{sp}"): sig}});
         let body = json!({ME: {"D": forged}});
         let (_, fails) = check_signatures(ME, body.as_object().unwrap(), &view, |_| true);
-        assert_eq!(fails[ME]["D"]["errcode"], "M_INVALID_SIGNATURE");
+        assert!(matches!(
+            &fails[..],
+            [(_, _, KeysError::InvalidSignature(_))]
+        ));
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum KeysError {
     /// Not allowed for this user (`M_FORBIDDEN`).
     #[error("{0}")]
     Forbidden(String),
+    /// Not supported yet (remote users' keys before federation).
+    #[error("{0}")]
+    Unsupported(String),
     /// No such backup version, room or session (`M_NOT_FOUND`).
     #[error("{0}")]
     NotFound(String),

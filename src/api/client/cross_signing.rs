@@ -13,12 +13,13 @@ use ruma::UserId;
 use serde_json::{json, Map, Value};
 
 use super::keys::{announce, keys_error};
-use crate::auth::uia::{self, Outcome, Uia};
-use crate::auth::{self, now_ms};
+use super::uia::{self, Outcome, Uia};
+use crate::auth;
 use crate::http::{HandlerResult, MatrixError, Method, Request, Response, Router};
 use crate::keys::cross_signing::{self, CrossKey, KeyType, SignerView};
 use crate::keys::cross_store;
 use crate::mesh::shard_for_user;
+use crate::primitives::unix_ms_i64 as now_ms;
 use crate::shard_state::{on_shard, Here, ShardState};
 
 /// Registers this module's client routes (v3 and r0).
@@ -163,7 +164,8 @@ async fn upload_signatures(state: Rc<ShardState>, req: Request) -> HandlerResult
             devices: devices.map_err(keys_error)?,
             masters,
         };
-        let (accepted, failures) = cross_signing::check_signatures(me, &body, &view, is_local);
+        let (accepted, refused) = cross_signing::check_signatures(me, &body, &view, is_local);
+        let failures = failures_json(refused);
         if !accepted.is_empty() {
             let shard = i32::try_from(st.stream.shard())
                 .map_err(|_| MatrixError::unknown("shard id out of range"))?;
@@ -179,4 +181,17 @@ async fn upload_signatures(state: Rc<ShardState>, req: Request) -> HandlerResult
     .await
     .map_err(|e| MatrixError::unknown(e.to_string()))??;
     Ok(Response::json(200, &json!({ "failures": failures })))
+}
+
+/// The `failures` map of the answer: `{user: {key_id: {errcode, error}}}`.
+fn failures_json(refused: Vec<cross_signing::Failure>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (user, key_id, why) in refused {
+        let e = keys_error(why);
+        let entry = out.entry(user).or_insert_with(|| Value::Object(Map::new()));
+        if let Some(m) = entry.as_object_mut() {
+            m.insert(key_id, json!({"errcode": e.errcode, "error": e.error}));
+        }
+    }
+    out
 }

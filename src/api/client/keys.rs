@@ -15,12 +15,13 @@ use futures_util::future::join_all;
 use ruma::UserId;
 use serde_json::{json, Map, Value};
 
-use crate::auth::{self, now_ms};
+use crate::auth;
 use crate::http::{HandlerResult, MatrixError, Method, Request, Response, Router};
 use crate::keys::cross_signing::{self, KeyType};
 use crate::keys::store::{self, UploadKey};
 use crate::keys::{cross_store, validate, KeysError};
 use crate::mesh::shard_for_user;
+use crate::primitives::unix_ms_i64 as now_ms;
 use crate::shard_state::{on_shard, Here, ShardState};
 use crate::stream::{Change, Pos, StreamToken, Ticket, UserChange};
 
@@ -40,6 +41,7 @@ pub(super) fn keys_error(e: KeysError) -> MatrixError {
         KeysError::InvalidSignature(m) => MatrixError::new(400, "M_INVALID_SIGNATURE", m),
         KeysError::Forbidden(m) => MatrixError::forbidden(m),
         KeysError::NotFound(m) => MatrixError::not_found(m),
+        KeysError::Unsupported(m) => MatrixError::new(400, "M_UNRECOGNIZED", m),
         KeysError::WrongBackupVersion(current) => {
             MatrixError::new(403, "M_WRONG_ROOM_KEYS_VERSION", "Wrong backup version.")
                 .with_field("current_version", current)
@@ -188,8 +190,7 @@ async fn upload(state: Rc<ShardState>, req: Request) -> HandlerResult {
         announce(&st, ticket, &me.user_id, changed).await;
         Ok::<_, MatrixError>(counts)
     })
-    .await
-    .map_err(|e| MatrixError::unknown(e.to_string()))??;
+    .await??;
     Ok(Response::json(
         200,
         &json!({ "one_time_key_counts": counts }),
