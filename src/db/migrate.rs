@@ -75,6 +75,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "cross_signing_backup",
         sql: include_str!("../../migrations/0012_cross_signing_backup.sql"),
     },
+    Migration {
+        version: 16,
+        name: "token_hashes",
+        sql: include_str!("../../migrations/0016_token_hashes.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:
