@@ -366,3 +366,34 @@ fn uploads_to_an_old_or_unknown_version_are_refused() {
     );
     ok(put_session(&h, &alice, &v1, "s", data(0, 0, false, "x")));
 }
+
+#[test]
+fn racing_uploads_of_one_session_keep_the_best_key() {
+    let h = start();
+    let alice = common::register_user(&h, "alice");
+    let v = create(&h, &alice, "k");
+    // Eight uploads at once (on whichever shard each connection lands),
+    // first_message_index 1 to 8: whatever the order, index 1 is kept.
+    let addr = h.addr;
+    let path = format!("{}{}", common::V3, keys_path(&v, Some(ROOM), Some("s")));
+    std::thread::scope(|s| {
+        for fmi in 1..=8 {
+            let (path, token) = (&path, &alice.token);
+            s.spawn(move || {
+                let body = data(fmi, 0, false, &fmi.to_string()).to_string();
+                ok(common::request_to(
+                    addr,
+                    "PUT",
+                    path,
+                    Some(token),
+                    body.as_bytes(),
+                ))
+            });
+        }
+    });
+    let got = get_session(&h, &alice, &v, "s");
+    assert_eq!(got["first_message_index"], 1, "{got}");
+    assert_eq!(got["session_data"]["ciphertext"], "1");
+    let info = ok(call(&h, "GET", "/room_keys/version", &alice.token, None));
+    assert_eq!(info["count"], 1);
+}
