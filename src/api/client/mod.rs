@@ -2,10 +2,12 @@
 //! router served by `kind = "client"` listeners.
 
 mod account;
+mod cross_signing;
 mod devices;
 mod directory;
 mod ephemeral;
 mod gaps;
+mod key_backup;
 mod keys;
 mod login;
 mod profile;
@@ -245,5 +247,7 @@ fn ephemeral_routes(r: Router<ShardState>) -> Router<ShardState> {
         e::send_to_device,
     );
     let r = keys::routes(r);
+    let r = cross_signing::routes(r);
+    let r = key_backup::routes(r);
     push::routes(r)
 }
