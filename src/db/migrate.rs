@@ -70,6 +70,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "push",
         sql: include_str!("../../migrations/0010_push.sql"),
     },
+    Migration {
+        version: 11,
+        name: "event_graph",
+        sql: include_str!("../../migrations/0011_event_graph.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

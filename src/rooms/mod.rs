@@ -19,6 +19,7 @@ pub mod history;
 pub mod member_profile;
 pub mod pdu;
 pub mod redaction;
+pub mod resolve;
 pub mod serve;
 pub mod service;
 pub mod state;
