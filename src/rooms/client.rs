@@ -215,7 +215,12 @@ pub async fn get_event(
         require_joined(&rooms, &room_id, user.as_str())
             .await
             .map_err(|_| not_found())?;
-        let p = rooms.event(&event_id).await?.ok_or_else(not_found)?;
+        // The timeline only (`rooms.event` also knows soft-failed events).
+        let p = super::timeline::load_by_ids(&rooms.db, &[event_id.to_string()])
+            .await?
+            .remove(event_id.as_str())
+            .ok_or_else(not_found)?
+            .pdu;
         if p.room_id != room_id {
             return Err(not_found());
         }
