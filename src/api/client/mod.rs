@@ -6,6 +6,7 @@ mod devices;
 mod directory;
 mod ephemeral;
 mod gaps;
+mod inject;
 mod keys;
 mod login;
 mod profile;
@@ -242,5 +243,6 @@ fn ephemeral_routes(r: Router<ShardState>) -> Router<ShardState> {
         e::send_to_device,
     );
     let r = keys::routes(r);
+    let r = inject::routes(r);
     push::routes(r)
 }
