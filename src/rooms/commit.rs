@@ -180,7 +180,7 @@ impl Rooms {
             for e in &extremities[..extremities.len() - 1] {
                 inputs.push((e.snapshot, resolver.load(e.snapshot).await?));
             }
-            resolver.resolve(head.version, &inputs).await?
+            resolver.resolve(head.version, &inputs, Some(&pdu)).await?
         };
         let (cur_snap, cur_write) = if head.snapshot.is_some() && *current == head.state {
             (head.snapshot, None)

@@ -147,10 +147,13 @@ pub struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
+    /// `uncommitted`: an event of the states not stored yet (the one being
+    /// committed), which the database cannot supply.
     pub async fn resolve(
         &self,
         version: RoomVersion,
         inputs: &[(i64, Rc<StateMap>)],
+        uncommitted: Option<&Pdu>,
     ) -> Result<Rc<StateMap>, RoomError> {
         let mut key: Vec<i64> = inputs.iter().map(|(id, _)| *id).collect();
         key.sort_unstable();
@@ -169,7 +172,10 @@ impl Resolver<'_> {
         let resolved = match trivially_resolved(&states) {
             Some(s) => s,
             None => {
-                let events = load_for_resolution(self.db, &states).await?;
+                let mut events = load_for_resolution(self.db, &states).await?;
+                if let Some(p) = uncommitted {
+                    events.insert(p.event_id.clone(), p.clone());
+                }
                 let owned: Vec<StateMap> = states.iter().map(|s| (*s).clone()).collect();
                 let run = move || {
                     let refs: Vec<&StateMap> = owned.iter().collect();

@@ -178,7 +178,7 @@ impl Rooms {
         for (snap, _) in &usable {
             inputs.push((*snap, resolver.load(*snap).await?));
         }
-        let before = resolver.resolve(version, &inputs).await?;
+        let before = resolver.resolve(version, &inputs, None).await?;
         let depth = usable.iter().map(|(_, d)| *d).max().unwrap_or(0) + 1;
         let base = match inputs.first() {
             Some((id, m)) => state::head(&self.db, *id).await?.map(|h| (h, m.clone())),

@@ -374,3 +374,27 @@ fn auth_chain_and_subgraph() {
     let unrelated = conflicted_subgraph([&kick], &r.events);
     assert_eq!(unrelated.len(), 1);
 }
+
+#[test]
+fn concurrent_topics_the_later_wins() {
+    for v in VERSIONS {
+        let (mut r, tip) = Room::new(v, json!({ BOB: 50 }));
+        let bob = r.join(BOB, &tip);
+        let a = r.add(
+            ALICE,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "a"}),
+            &[&bob],
+        );
+        let b = r.add(
+            BOB,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "b"}),
+            &[&bob],
+        );
+        let s = r.resolved(&[&a, &b]);
+        assert_eq!(Room::get(&s, "m.room.topic", ""), Some(b), "v{v}");
+    }
+}

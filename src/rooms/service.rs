@@ -345,7 +345,7 @@ impl Rooms {
             for e in &prevs {
                 inputs.push((e.snapshot, resolver.load(e.snapshot).await?));
             }
-            let before = resolver.resolve(version, &inputs).await?;
+            let before = resolver.resolve(version, &inputs, None).await?;
             let base = match inputs.first() {
                 Some((id, m)) => state::head(&self.db, *id).await?.map(|h| (h, m.clone())),
                 None => None,

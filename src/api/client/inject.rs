@@ -3,7 +3,7 @@
 //! with `{"key": {"server", "key_id", "public_key"}?, "room_id", "pdu",
 //! "outlier"?}` fills the remote key store, applies the PDU and answers
 //! what became of it. Registered always, answers 404 `M_UNRECOGNIZED`
-//! unless the process was started with `HEARTH_TEST_INJECT_PDUS=1`
+//! unless the process was started with `HEARTHTEST_INJECT_PDUS=1`
 //! (tests/rooms_graph.rs does); it trusts whatever key it is given, so it
 //! must never be enabled in production.
 
@@ -22,7 +22,7 @@ use crate::rooms::receive::{Applied, Received};
 use crate::shard_state::ShardState;
 
 /// The environment variable enabling the route.
-pub const ENV: &str = "HEARTH_TEST_INJECT_PDUS";
+pub const ENV: &str = "HEARTHTEST_INJECT_PDUS";
 
 fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
