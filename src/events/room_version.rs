@@ -32,22 +32,13 @@ pub enum RoomVersion {
 #[error("unsupported room version {0:?}")]
 pub struct UnsupportedRoomVersion(pub String);
 
-impl UnsupportedRoomVersion {
-    /// The Matrix error code for this error (client-server API, "Other error codes").
-    pub const ERRCODE: &'static str = "M_UNSUPPORTED_ROOM_VERSION";
-}
-
 /// A room version of a room another server offers that hearth cannot take
 /// part in (1–5: state resolution v1 or event id formats ruma's state-res
-/// does not cover). Federation answers `400 M_INCOMPATIBLE_ROOM_VERSION`.
+/// does not cover). The federation edge answers `400
+/// M_INCOMPATIBLE_ROOM_VERSION`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("incompatible room version {0:?}")]
 pub struct IncompatibleRoomVersion(pub String);
-
-impl IncompatibleRoomVersion {
-    /// server-server-api "make_join": the version is not supported.
-    pub const ERRCODE: &'static str = "M_INCOMPATIBLE_ROOM_VERSION";
-}
 
 // Statics so `rules()` can hand out `&'static` references.
 static RULES_V6: RoomVersionRules = RoomVersionRules::V6;

@@ -298,9 +298,7 @@ impl Rooms {
                 pdu.event_id.to_string().into(),
                 pdu.room_id.to_string().into(),
                 reason.to_owned().into(),
-                i64::try_from(super::service::now_ms())
-                    .unwrap_or(i64::MAX)
-                    .into(),
+                crate::primitives::unix_ms_i64().into(),
             ],
         );
         self.writer.submit(w).await?;

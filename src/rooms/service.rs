@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
 use ruma::canonical_json::{self, CanonicalJsonObject};
@@ -91,12 +90,6 @@ pub fn local() -> Result<Rc<Rooms>, RoomError> {
     LOCAL
         .with(|l| l.borrow().clone())
         .ok_or_else(|| RoomError::Internal("room service not started on this shard".into()))
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn pdu_error(e: PduError) -> RoomError {
@@ -406,7 +399,7 @@ impl Rooms {
                 prev_events: prevs.iter().map(|e| e.event_id.clone()).collect(),
                 auth_events,
                 depth: u64::try_from(depth).unwrap_or_default(),
-                origin_server_ts: now_ms(),
+                origin_server_ts: crate::primitives::unix_ms(),
                 redacts: req.redacts.clone(),
             },
             &self.key,
