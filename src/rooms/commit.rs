@@ -63,15 +63,20 @@ impl Placement {
     }
 }
 
+/// Equal states, comparing pointers first (most events share the map).
+fn same(a: &Rc<StateMap>, b: &Rc<StateMap>) -> bool {
+    Rc::ptr_eq(a, b) || a == b
+}
+
 /// The event's own snapshot: the base's id when nothing changed, else a
 /// new one (delta against the base, or full).
 fn event_snapshot(
     id: i64,
     base: Option<&(SnapshotHead, Rc<StateMap>)>,
-    after: &StateMap,
+    after: &Rc<StateMap>,
 ) -> (SnapshotHead, Option<state::NewSnapshot>) {
     match base {
-        Some((h, m)) if **m == *after => (*h, None),
+        Some((h, m)) if same(m, after) => (*h, None),
         Some((h, m)) => {
             let plan = state::plan(id, Some(*h), m, after);
             (plan.head(), Some(plan))
@@ -123,15 +128,20 @@ impl Rooms {
             );
             return self.finish(w, pdu, ticket, None).await;
         };
-        // State after the event, and its snapshot.
-        let mut after = (*before).clone();
+        // State after the event, and its snapshot. A non-state event's is
+        // the state before it, shared (no copy of a big room's state).
         let prev_state = pdu
             .state_key
             .as_ref()
             .and_then(|k| before.get(&(pdu.kind.to_string(), k.clone())).cloned());
-        if let Some(k) = &pdu.state_key {
-            after.insert((pdu.kind.to_string(), k.clone()), event_id.clone());
-        }
+        let after = match &pdu.state_key {
+            Some(k) => {
+                let mut after = (*before).clone();
+                after.insert((pdu.kind.to_string(), k.clone()), event_id.clone());
+                Rc::new(after)
+            }
+            None => before.clone(),
+        };
         let (ev_snap, ev_write) = event_snapshot(
             state::snapshot_id(self.shard, stream),
             place.base.as_ref(),
@@ -140,7 +150,6 @@ impl Rooms {
         if let Some(snap) = &ev_write {
             w = state::write(w, &room, snap);
         }
-        let after = Rc::new(after);
         if place.fate == Fate::SoftFailed {
             w = w.statement(
                 "INSERT INTO graph_events (event_id, room_id, json, depth, snapshot_id, status, \
@@ -182,9 +191,9 @@ impl Rooms {
             }
             resolver.resolve(head.version, &inputs, Some(&pdu)).await?
         };
-        let (cur_snap, cur_write) = if head.snapshot.is_some() && *current == head.state {
+        let (cur_snap, cur_write) = if head.snapshot.is_some() && same(&current, &head.state) {
             (head.snapshot, None)
-        } else if current == after {
+        } else if same(&current, &after) {
             (Some(ev_snap), None)
         } else {
             let plan = state::plan(
@@ -239,9 +248,11 @@ impl Rooms {
                 vec![room.clone().into(), cur_id.into()],
             );
         }
-        w = self
-            .current_state_rows(w, &room, &head.state, &current, &pdu)
-            .await?;
+        if !same(&current, &head.state) {
+            w = self
+                .current_state_rows(w, &room, &head.state, &current, &pdu)
+                .await?;
+        }
         let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
         w = w
             .statement(
@@ -267,7 +278,7 @@ impl Rooms {
         }
         let new_head = RoomHead {
             version: head.version,
-            state: (*current).clone(),
+            state: current,
             snapshot: cur_snap,
             extremities,
         };

@@ -191,7 +191,7 @@ impl Rooms {
             return self.reject(&head, &pdu, was_outlier, reason).await;
         }
         // 6. Auth against the current state: soft failure.
-        let fate = if *before == head.state {
+        let fate = if *before == *head.state {
             Fate::Timeline
         } else {
             let now = self.auth_state(&head.state, version, &pdu).await?;

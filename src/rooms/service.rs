@@ -34,8 +34,8 @@ const STATE_CACHE: usize = 1_000;
 #[derive(Debug, Clone)]
 pub struct RoomHead {
     pub version: RoomVersion,
-    /// Current state.
-    pub state: StateMap,
+    /// Current state (shared: a send's "state before" is this map).
+    pub state: Rc<StateMap>,
     /// Snapshot of the current state (`None` before the create event).
     pub snapshot: Option<SnapshotHead>,
     /// Forward extremities: events no other event references yet (a
@@ -172,7 +172,7 @@ impl Rooms {
         let version = RoomVersion::parse(row.get::<&str>(0)?)?;
         let snap: i64 = row.get(1)?;
         let snapshot = state::head(&self.db, snap).await?;
-        let state = state::load(&self.db, snap).await?;
+        let state = Rc::new(state::load(&self.db, snap).await?);
         let rows = self
             .db
             .query(
@@ -310,7 +310,7 @@ impl Rooms {
         .map_err(RoomError::Forbidden)?;
         let head = RoomHead {
             version,
-            state: StateMap::new(),
+            state: Rc::new(StateMap::new()),
             snapshot: None,
             extremities: Vec::new(),
         };
@@ -330,8 +330,8 @@ impl Rooms {
         let prevs = graph::choose_prev_events(&head.extremities);
         let depth = prevs.iter().map(|e| e.depth).max().unwrap_or(0) + 1;
         let place = if prevs.len() == head.extremities.len() {
-            let base = head.snapshot.map(|h| (h, Rc::new(head.state.clone())));
-            Placement::timeline(Rc::new(head.state.clone()), base, depth)
+            let base = head.snapshot.map(|h| (h, head.state.clone()));
+            Placement::timeline(head.state.clone(), base, depth)
         } else {
             let resolver = self.resolver();
             let mut inputs = Vec::with_capacity(prevs.len());
