@@ -644,6 +644,40 @@ fn a_fork_closes_with_the_next_local_event() {
         );
         assert_eq!(extremities(&db, &room).await, vec![o_id]);
 
+        // A content hash mismatch (content changed after signing; the
+        // signature covers the redacted form): kept, redacted.
+        let st = client::get_state(&mesh, alice.clone(), room.clone())
+            .await
+            .unwrap();
+        let tip = extremities(&db, &room).await;
+        let (t_id, mut tampered) = remote_pdu(
+            &remote,
+            &room,
+            &st,
+            bob,
+            "m.room.message",
+            None,
+            serde_json::json!({"msgtype": "m.text", "body": "original"}),
+            &tip,
+        );
+        let mut content = CanonicalJsonObject::new();
+        content.insert("body".into(), "changed in transit".to_owned().into());
+        tampered.insert("content".into(), ruma::CanonicalJsonValue::Object(content));
+        assert!(matches!(
+            apply(tampered, false).await.unwrap(),
+            Applied::Accepted(_)
+        ));
+        let stored: serde_json::Value = db
+            .query_one(
+                "SELECT json FROM events WHERE event_id = $1",
+                &[&t_id.as_str()],
+            )
+            .await
+            .unwrap()
+            .get(0)
+            .unwrap();
+        assert_eq!(stored["content"], serde_json::json!({}));
+
         // Sanity limits: 21 prev_events is dropped (format before signatures).
         let (_, mut big) = remote_pdu(
             &remote,
