@@ -75,6 +75,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "event_graph",
         sql: include_str!("../../migrations/0011_event_graph.sql"),
     },
+    Migration {
+        version: 12,
+        name: "cross_signing_backup",
+        sql: include_str!("../../migrations/0012_cross_signing_backup.sql"),
+    },
+    Migration {
+        version: 16,
+        name: "token_hashes",
+        sql: include_str!("../../migrations/0016_token_hashes.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

@@ -2,11 +2,13 @@
 //! router served by `kind = "client"` listeners.
 
 mod account;
+mod cross_signing;
 mod devices;
 mod directory;
 mod ephemeral;
 mod gaps;
 mod inject;
+mod key_backup;
 mod keys;
 mod login;
 mod profile;
@@ -245,5 +247,7 @@ fn ephemeral_routes(r: Router<ShardState>) -> Router<ShardState> {
     );
     let r = keys::routes(r);
     let r = inject::routes(r);
+    let r = cross_signing::routes(r);
+    let r = key_backup::routes(r);
     push::routes(r)
 }
