@@ -439,3 +439,263 @@ fn txn_ids_are_idempotent_across_restarts_and_oversize_is_refused() {
         assert!(matches!(err, RoomError::TooLarge(_)), "{err:?}");
     });
 }
+
+/// A PDU of `room` signed by the fake remote server `remote.test`, with
+/// auth events picked from `state` (client-format current state).
+#[allow(clippy::too_many_arguments)]
+fn remote_pdu(
+    key: &ServerKey,
+    room: &OwnedRoomId,
+    state: &[serde_json::Value],
+    sender: &str,
+    kind: &str,
+    state_key: Option<&str>,
+    content: serde_json::Value,
+    prev: &[String],
+) -> (String, CanonicalJsonObject) {
+    let find = |t: &str, k: &str| {
+        state
+            .iter()
+            .find(|e| e["type"] == t && e["state_key"] == k)
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+    };
+    let mut auth: Vec<String> = Vec::new();
+    auth.extend(find("m.room.power_levels", ""));
+    auth.extend(find("m.room.member", sender));
+    if kind == "m.room.member" {
+        auth.extend(find("m.room.join_rules", ""));
+    }
+    let serde_json::Value::Object(c) = content else {
+        panic!()
+    };
+    let signed = hearth::events::build_pdu(
+        hearth::events::NewEvent {
+            room_version: hearth::events::RoomVersion::V12,
+            room_id: Some(room.clone()),
+            sender: sender.try_into().unwrap(),
+            event_type: kind.into(),
+            state_key: state_key.map(Into::into),
+            content: ruma::canonical_json::try_from_json_map(c).unwrap(),
+            prev_events: prev
+                .iter()
+                .map(|p| p.as_str().try_into().unwrap())
+                .collect(),
+            auth_events: auth
+                .iter()
+                .map(|a| a.as_str().try_into().unwrap())
+                .collect(),
+            depth: 7,
+            origin_server_ts: 1,
+            redacts: None,
+        },
+        key,
+    )
+    .unwrap();
+    (signed.event_id.to_string(), signed.pdu)
+}
+
+async fn extremities(db: &Pool, room: &OwnedRoomId) -> Vec<String> {
+    let rows = db
+        .query(
+            "SELECT event_id FROM forward_extremities WHERE room_id = $1 ORDER BY event_id",
+            &[&room.as_str()],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0).unwrap()).collect()
+}
+
+/// Through the entry point with the remote key store filled directly (the
+/// seam federation will fill by fetching keys): a remote event on an old
+/// extremity forks the room; the next local event names both tips and
+/// closes it (depth = max + 1). An outlier is upgraded when it comes again
+/// as a timeline event. Malformed PDUs are dropped before the signature
+/// check.
+#[test]
+fn a_fork_closes_with_the_next_local_event() {
+    use hearth::rooms::receive::{Applied, Received};
+    with_shards(|_cfg, mesh, rooms| async move {
+        let db = rooms.db.clone();
+        let alice = user("@alice:localhost");
+        let bob = "@bob:remote.test";
+        let remote =
+            ServerKey::from_seed("remote.test".try_into().unwrap(), "1", &[9; 32]).unwrap();
+        client::add_remote_key(
+            &mesh,
+            "remote.test".into(),
+            remote.key_id.to_string(),
+            remote.public_key_base64(),
+        )
+        .await
+        .unwrap();
+        let req = CreateRoomRequest {
+            preset: Some("public_chat".into()),
+            ..CreateRoomRequest::default()
+        };
+        let room = create_room(&mesh, alice.clone(), req).await.unwrap();
+        let apply = |pdu: CanonicalJsonObject, outlier: bool| {
+            let (mesh, room) = (mesh.clone(), room.clone());
+            async move {
+                client::apply_pdu(
+                    &mesh,
+                    Received {
+                        room_id: room,
+                        pdu,
+                        outlier,
+                    },
+                )
+                .await
+            }
+        };
+        let st = client::get_state(&mesh, alice.clone(), room.clone())
+            .await
+            .unwrap();
+        let tip = extremities(&db, &room).await;
+        assert_eq!(tip.len(), 1);
+        let (join_id, join) = remote_pdu(
+            &remote,
+            &room,
+            &st,
+            bob,
+            "m.room.member",
+            Some(bob),
+            serde_json::json!({"membership": "join"}),
+            &tip,
+        );
+        assert_eq!(
+            apply(join, false).await.unwrap(),
+            Applied::Accepted(join_id.as_str().try_into().unwrap())
+        );
+        assert_eq!(extremities(&db, &room).await, vec![join_id.clone()]);
+
+        // Fork: alice's message and bob's, both on bob's join.
+        let st = client::get_state(&mesh, alice.clone(), room.clone())
+            .await
+            .unwrap();
+        let m = send_event(&mesh, msg(&room, &alice, "mine")).await.unwrap();
+        let (r_id, r) = remote_pdu(
+            &remote,
+            &room,
+            &st,
+            bob,
+            "m.room.message",
+            None,
+            serde_json::json!({"msgtype": "m.text", "body": "theirs"}),
+            std::slice::from_ref(&join_id),
+        );
+        assert!(matches!(
+            apply(r, false).await.unwrap(),
+            Applied::Accepted(_)
+        ));
+        let mut both = vec![m.to_string(), r_id.clone()];
+        both.sort();
+        assert_eq!(extremities(&db, &room).await, both);
+        // The next local event closes it.
+        let n = send_event(&mesh, msg(&room, &alice, "closing"))
+            .await
+            .unwrap();
+        assert_eq!(extremities(&db, &room).await, vec![n.to_string()]);
+        let row = db
+            .query_one(
+                "SELECT json->'prev_events', depth, \
+                 (SELECT depth FROM events WHERE event_id = $2) FROM events WHERE event_id = $1",
+                &[&n.as_str(), &m.as_str()],
+            )
+            .await
+            .unwrap();
+        let mut prevs: Vec<String> = serde_json::from_value(row.get(0).unwrap()).unwrap();
+        prevs.sort();
+        assert_eq!(prevs, both);
+        assert_eq!(row.get::<i64>(1).unwrap(), row.get::<i64>(2).unwrap() + 1);
+
+        // An outlier, then the same event with its prev events known.
+        let st = client::get_state(&mesh, alice.clone(), room.clone())
+            .await
+            .unwrap();
+        let (o_id, o) = remote_pdu(
+            &remote,
+            &room,
+            &st,
+            bob,
+            "m.room.message",
+            None,
+            serde_json::json!({"msgtype": "m.text", "body": "outlier first"}),
+            &[n.to_string()],
+        );
+        assert!(matches!(
+            apply(o.clone(), true).await.unwrap(),
+            Applied::Outlier { .. }
+        ));
+        let in_events = format!("SELECT count(*) FROM events WHERE event_id = '{o_id}'");
+        let outliers = format!(
+            "SELECT count(*) FROM graph_events WHERE event_id = '{o_id}' AND status = 'outlier'"
+        );
+        assert_eq!(
+            (count(&db, &in_events).await, count(&db, &outliers).await),
+            (0, 1)
+        );
+        assert!(matches!(
+            apply(o, false).await.unwrap(),
+            Applied::Accepted(_)
+        ));
+        assert_eq!(
+            (count(&db, &in_events).await, count(&db, &outliers).await),
+            (1, 0)
+        );
+        assert_eq!(extremities(&db, &room).await, vec![o_id]);
+
+        // A content hash mismatch (content changed after signing; the
+        // signature covers the redacted form): kept, redacted.
+        let st = client::get_state(&mesh, alice.clone(), room.clone())
+            .await
+            .unwrap();
+        let tip = extremities(&db, &room).await;
+        let (t_id, mut tampered) = remote_pdu(
+            &remote,
+            &room,
+            &st,
+            bob,
+            "m.room.message",
+            None,
+            serde_json::json!({"msgtype": "m.text", "body": "original"}),
+            &tip,
+        );
+        let mut content = CanonicalJsonObject::new();
+        content.insert("body".into(), "changed in transit".to_owned().into());
+        tampered.insert("content".into(), ruma::CanonicalJsonValue::Object(content));
+        assert!(matches!(
+            apply(tampered, false).await.unwrap(),
+            Applied::Accepted(_)
+        ));
+        let stored: serde_json::Value = db
+            .query_one(
+                "SELECT json FROM events WHERE event_id = $1",
+                &[&t_id.as_str()],
+            )
+            .await
+            .unwrap()
+            .get(0)
+            .unwrap();
+        assert_eq!(stored["content"], serde_json::json!({}));
+
+        // Sanity limits: 21 prev_events is dropped (format before signatures).
+        let (_, mut big) = remote_pdu(
+            &remote,
+            &room,
+            &st,
+            bob,
+            "m.room.message",
+            None,
+            serde_json::json!({"msgtype": "m.text", "body": "wide"}),
+            &[n.to_string()],
+        );
+        let many: Vec<ruma::CanonicalJsonValue> = (0..21)
+            .map(|i| ruma::CanonicalJsonValue::String(format!("$e{i:043}")))
+            .collect();
+        big.insert("prev_events".into(), ruma::CanonicalJsonValue::Array(many));
+        assert!(matches!(
+            apply(big, false).await,
+            Err(RoomError::BadJson(_))
+        ));
+    });
+}

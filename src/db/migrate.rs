@@ -71,6 +71,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0010_push.sql"),
     },
     Migration {
+        version: 11,
+        name: "event_graph",
+        sql: include_str!("../../migrations/0011_event_graph.sql"),
+    },
+    Migration {
         version: 12,
         name: "cross_signing_backup",
         sql: include_str!("../../migrations/0012_cross_signing_backup.sql"),

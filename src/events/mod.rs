@@ -14,5 +14,5 @@ pub use pdu::{
     hash_and_sign, redact, redact_because, room_id_from_event_id, room_id_of, verify_content_hash,
     verify_pdu, NewEvent, PduError, SignedPdu, MAX_PDU_BYTES,
 };
-pub use room_version::{RoomVersion, UnsupportedRoomVersion};
+pub use room_version::{IncompatibleRoomVersion, RoomVersion, UnsupportedRoomVersion};
 pub use signing_key::{KeyError, ServerKey, DEFAULT_KEY_VALIDITY_MS};

@@ -1,5 +1,6 @@
-//! The room versions hearth speaks (10, 11, 12) and the per-version facts the
-//! event code needs.
+//! The room versions hearth speaks — it creates 10, 11 and 12 and
+//! understands events of 6–12 (those ruma's state resolution fully
+//! supports) — and the per-version facts the event code needs.
 //!
 //! The detailed rules (redaction, auth, state resolution) come from ruma's
 //! [`RoomVersionRules`]; this type is the small closed set hearth accepts, so
@@ -16,6 +17,10 @@ use ruma::RoomVersionId;
 /// Spec: rooms/_index.md "Complete list of room versions"; v10.md, v11.md, v12.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RoomVersion {
+    V6,
+    V7,
+    V8,
+    V9,
     V10,
     V11,
     V12,
@@ -27,7 +32,19 @@ pub enum RoomVersion {
 #[error("unsupported room version {0:?}")]
 pub struct UnsupportedRoomVersion(pub String);
 
+/// A room version of a room another server offers that hearth cannot take
+/// part in (1–5: state resolution v1 or event id formats ruma's state-res
+/// does not cover). The federation edge answers `400
+/// M_INCOMPATIBLE_ROOM_VERSION`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("incompatible room version {0:?}")]
+pub struct IncompatibleRoomVersion(pub String);
+
 // Statics so `rules()` can hand out `&'static` references.
+static RULES_V6: RoomVersionRules = RoomVersionRules::V6;
+static RULES_V7: RoomVersionRules = RoomVersionRules::V7;
+static RULES_V8: RoomVersionRules = RoomVersionRules::V8;
+static RULES_V9: RoomVersionRules = RoomVersionRules::V9;
 static RULES_V10: RoomVersionRules = RoomVersionRules::V10;
 static RULES_V11: RoomVersionRules = RoomVersionRules::V11;
 static RULES_V12: RoomVersionRules = RoomVersionRules::V12;
@@ -38,12 +55,42 @@ impl RoomVersion {
     /// (also Synapse 1.163's default).
     pub const DEFAULT: RoomVersion = RoomVersion::V12;
 
-    /// All supported versions, oldest first (for `m.room_versions` capability).
+    /// The versions hearth creates rooms in, oldest first (for the
+    /// `m.room_versions` capability).
     pub const SUPPORTED: [RoomVersion; 3] = [RoomVersion::V10, RoomVersion::V11, RoomVersion::V12];
 
-    /// Parses a room version string such as `"11"`.
+    /// Every version whose events hearth understands when received.
+    pub const UNDERSTOOD: [RoomVersion; 7] = [
+        RoomVersion::V6,
+        RoomVersion::V7,
+        RoomVersion::V8,
+        RoomVersion::V9,
+        RoomVersion::V10,
+        RoomVersion::V11,
+        RoomVersion::V12,
+    ];
+
+    /// A version a client may create a room in (10–12).
+    pub fn parse_creatable(s: &str) -> Result<Self, UnsupportedRoomVersion> {
+        Self::parse(s)
+            .ok()
+            .filter(|v| Self::SUPPORTED.contains(v))
+            .ok_or_else(|| UnsupportedRoomVersion(s.to_owned()))
+    }
+
+    /// The version of a room another server offers (make_join, invites):
+    /// 6–12, or [`IncompatibleRoomVersion`].
+    pub fn parse_remote(s: &str) -> Result<Self, IncompatibleRoomVersion> {
+        Self::parse(s).map_err(|_| IncompatibleRoomVersion(s.to_owned()))
+    }
+
+    /// Parses a room version string such as `"11"` (any understood one).
     pub fn parse(s: &str) -> Result<Self, UnsupportedRoomVersion> {
         match s {
+            "6" => Ok(Self::V6),
+            "7" => Ok(Self::V7),
+            "8" => Ok(Self::V8),
+            "9" => Ok(Self::V9),
             "10" => Ok(Self::V10),
             "11" => Ok(Self::V11),
             "12" => Ok(Self::V12),
@@ -54,6 +101,10 @@ impl RoomVersion {
     /// The wire form (`"10"`, `"11"`, `"12"`).
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::V6 => "6",
+            Self::V7 => "7",
+            Self::V8 => "8",
+            Self::V9 => "9",
             Self::V10 => "10",
             Self::V11 => "11",
             Self::V12 => "12",
@@ -63,6 +114,10 @@ impl RoomVersion {
     /// ruma's identifier for this version.
     pub fn id(self) -> RoomVersionId {
         match self {
+            Self::V6 => RoomVersionId::V6,
+            Self::V7 => RoomVersionId::V7,
+            Self::V8 => RoomVersionId::V8,
+            Self::V9 => RoomVersionId::V9,
             Self::V10 => RoomVersionId::V10,
             Self::V11 => RoomVersionId::V11,
             Self::V12 => RoomVersionId::V12,
@@ -72,6 +127,10 @@ impl RoomVersion {
     /// ruma's full rule set for this version (auth, redaction, state res...).
     pub fn rules(self) -> &'static RoomVersionRules {
         match self {
+            Self::V6 => &RULES_V6,
+            Self::V7 => &RULES_V7,
+            Self::V8 => &RULES_V8,
+            Self::V9 => &RULES_V9,
             Self::V10 => &RULES_V10,
             Self::V11 => &RULES_V11,
             Self::V12 => &RULES_V12,
@@ -174,11 +233,25 @@ mod tests {
             assert_eq!(v.to_string().parse::<RoomVersion>(), Ok(v));
             assert_eq!(RoomVersion::try_from(&v.id()), Ok(v));
         }
-        for bad in ["1", "9", "13", "", "org.matrix.msc3757.11", "12 "] {
+        for bad in ["1", "5", "13", "", "org.matrix.msc3757.11", "12 "] {
             assert_eq!(
                 RoomVersion::parse(bad),
                 Err(UnsupportedRoomVersion(bad.to_owned()))
             );
+            assert_eq!(
+                RoomVersion::parse_remote(bad),
+                Err(IncompatibleRoomVersion(bad.to_owned()))
+            );
+        }
+        // Understood when received, not created.
+        for v in ["6", "7", "8", "9"] {
+            assert!(RoomVersion::parse(v).is_ok());
+            assert!(RoomVersion::parse_remote(v).is_ok());
+            assert!(RoomVersion::parse_creatable(v).is_err());
+        }
+        for v in RoomVersion::UNDERSTOOD {
+            assert_eq!(RoomVersion::try_from(&v.id()), Ok(v));
+            assert!(v.rules().state_res.v2_rules().is_some());
         }
     }
 

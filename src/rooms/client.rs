@@ -276,3 +276,47 @@ pub async fn joined_members(
         })
         .collect())
 }
+
+/// Applies a PDU received from another server on the room's owner shard:
+/// the one entry point federation calls (`rooms::receive`).
+pub async fn apply_pdu(
+    mesh: &MeshEndpoint,
+    received: super::receive::Received,
+) -> Result<super::receive::Applied, RoomError> {
+    let room = received.room_id.clone();
+    on_owner(mesh, &room, move |rooms| async move {
+        rooms.apply_pdu(received).await
+    })
+    .await
+}
+
+/// Makes a server's public key known to every shard's key store
+/// (`rooms::remote_keys`): federation after fetching it, tests directly.
+pub async fn add_remote_key(
+    mesh: &MeshEndpoint,
+    server: String,
+    key_id: String,
+    public_key: String,
+) -> Result<(), RoomError> {
+    for shard in 0..mesh.n_shards() {
+        let (server, key_id, public_key) = (server.clone(), key_id.clone(), public_key.clone());
+        on_shard_with(
+            mesh,
+            shard,
+            Here::Inline,
+            || local().ok(),
+            move |rooms| async move {
+                rooms
+                    .remote_keys
+                    .insert(&server, &key_id, &public_key)
+                    .map_err(|e| RoomError::BadJson(e.to_string()))
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            OnShardError::Mesh(e) => RoomError::Mesh(e),
+            OnShardError::NoState => RoomError::Internal("room service not started".into()),
+        })??;
+    }
+    Ok(())
+}

@@ -80,7 +80,7 @@ pub fn plan(
     key: &ServerKey,
 ) -> Result<CreatePlan, RoomError> {
     let version = match &req.room_version {
-        Some(v) => RoomVersion::parse(v)?,
+        Some(v) => RoomVersion::parse_creatable(v)?,
         None => RoomVersion::DEFAULT,
     };
     let is_public = req.visibility.as_deref() == Some("public");

@@ -11,13 +11,18 @@
 
 pub mod alias;
 pub mod client;
+pub mod commit;
 pub mod create;
 pub mod directory;
 pub mod forget;
+pub mod graph;
 pub mod history;
 pub mod member_profile;
 pub mod pdu;
+pub mod receive;
 pub mod redaction;
+pub mod remote_keys;
+pub mod resolve;
 pub mod serve;
 pub mod service;
 pub mod state;

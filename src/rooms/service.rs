@@ -14,29 +14,34 @@ use ruma::events::StateEventType;
 use ruma::state_res;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 
-use crate::db::{GroupCommit, Pool, SqlValue, Write};
+use crate::db::{GroupCommit, Pool};
 use crate::events::{build_pdu, NewEvent, PduError, RoomVersion, ServerKey};
 use crate::primitives::Linearizer;
-use crate::stream::{Change, EventChange, Pos, RoomChange, StreamWriter};
+use crate::stream::StreamWriter;
 
+use super::commit::Placement;
+use super::graph::{self, Extremity, Resolver};
 use super::pdu::Pdu;
 use super::state::{self, SnapshotHead, StateMap};
 use super::RoomError;
 
 const HEAD_CACHE: usize = 10_000;
 const EVENT_CACHE: usize = 50_000;
+/// States (by snapshot id) and resolutions (by their inputs' ids).
+const STATE_CACHE: usize = 1_000;
 
 /// A room as its owner shard needs it to append an event.
 #[derive(Debug, Clone)]
 pub struct RoomHead {
     pub version: RoomVersion,
-    /// Current state.
-    pub state: StateMap,
+    /// Current state (shared: a send's "state before" is this map).
+    pub state: Rc<StateMap>,
     /// Snapshot of the current state (`None` before the create event).
     pub snapshot: Option<SnapshotHead>,
-    /// Forward extremities: the events new events point at.
-    pub extremities: Vec<OwnedEventId>,
-    pub max_depth: u64,
+    /// Forward extremities: events no other event references yet (a
+    /// set; never a soft-failed event). Current state is the resolution of
+    /// their states.
+    pub extremities: Vec<Extremity>,
 }
 
 /// A client's request to add an event to a room (`Send`, crosses shards).
@@ -59,12 +64,16 @@ pub struct Rooms {
     pub shard: usize,
     pub n_shards: usize,
     pub db: Pool,
-    writer: GroupCommit,
+    pub(super) writer: GroupCommit,
     pub key: Arc<ServerKey>,
-    stream: Rc<StreamWriter>,
-    room_locks: Linearizer<OwnedRoomId>,
-    heads: RefCell<LruCache<OwnedRoomId, Rc<RoomHead>>>,
-    events: RefCell<LruCache<OwnedEventId, Rc<Pdu>>>,
+    pub(super) stream: Rc<StreamWriter>,
+    pub(super) room_locks: Linearizer<OwnedRoomId>,
+    pub(super) heads: RefCell<LruCache<OwnedRoomId, Rc<RoomHead>>>,
+    pub(super) events: RefCell<LruCache<OwnedEventId, Rc<Pdu>>>,
+    /// `[snapshot]` → its state; sorted snapshot ids → their resolution.
+    pub(super) states: RefCell<LruCache<Vec<i64>, Rc<StateMap>>>,
+    /// Public keys of other servers (`rooms::remote_keys`).
+    pub remote_keys: super::remote_keys::RemoteKeys,
 }
 
 thread_local! {
@@ -113,6 +122,8 @@ impl Rooms {
             room_locks: Linearizer::new("room-writes", 1),
             heads: RefCell::new(LruCache::new(cap(HEAD_CACHE))),
             events: RefCell::new(LruCache::new(cap(EVENT_CACHE))),
+            states: RefCell::new(LruCache::new(cap(STATE_CACHE))),
+            remote_keys: super::remote_keys::RemoteKeys::default(),
         })
     }
 
@@ -126,7 +137,15 @@ impl Rooms {
         crate::mesh::shard_for_room(room_id, self.n_shards)
     }
 
-    fn check_owner(&self, room_id: &OwnedRoomId) -> Result<(), RoomError> {
+    /// Resolves and loads states through this shard's state cache.
+    pub(super) fn resolver(&self) -> Resolver<'_> {
+        Resolver {
+            db: &self.db,
+            cache: &self.states,
+        }
+    }
+
+    pub(super) fn check_owner(&self, room_id: &OwnedRoomId) -> Result<(), RoomError> {
         if self.owner(room_id) != self.shard {
             return Err(RoomError::Internal(format!(
                 "room {room_id} written on shard {} but owned by {}",
@@ -153,36 +172,37 @@ impl Rooms {
         let version = RoomVersion::parse(row.get::<&str>(0)?)?;
         let snap: i64 = row.get(1)?;
         let snapshot = state::head(&self.db, snap).await?;
-        let state = state::load(&self.db, snap).await?;
+        let state = Rc::new(state::load(&self.db, snap).await?);
         let rows = self
             .db
             .query(
-                "SELECT f.event_id, e.depth FROM forward_extremities f \
+                "SELECT f.event_id, e.depth, e.snapshot_id FROM forward_extremities f \
                  JOIN events e USING (event_id) WHERE f.room_id = $1",
                 &[&room_id.as_str()],
             )
             .await?;
         let mut extremities = Vec::with_capacity(rows.len());
-        let mut max_depth = 0u64;
         for r in rows {
             let id: String = r.get(0)?;
-            let depth: i64 = r.get(1)?;
-            max_depth = max_depth.max(depth.max(0) as u64);
-            extremities
-                .push(OwnedEventId::try_from(id).map_err(|e| RoomError::Internal(e.to_string()))?);
+            extremities.push(Extremity {
+                event_id: OwnedEventId::try_from(id)
+                    .map_err(|e| RoomError::Internal(e.to_string()))?,
+                depth: r.get(1)?,
+                snapshot: r.get::<Option<i64>>(2)?.unwrap_or(snap),
+            });
         }
         let head = Rc::new(RoomHead {
             version,
             state,
             snapshot,
             extremities,
-            max_depth,
         });
         self.heads.borrow_mut().put(room_id.clone(), head.clone());
         Ok(head)
     }
 
-    /// An event by id, from cache or the database.
+    /// An event of the graph by id (timeline, soft-failed or outlier: for
+    /// auth and state, never to serve), from cache or the database.
     pub async fn event(&self, event_id: &OwnedEventId) -> Result<Option<Rc<Pdu>>, RoomError> {
         if let Some(p) = self.events.borrow_mut().get(event_id) {
             return Ok(Some(p.clone()));
@@ -190,7 +210,7 @@ impl Rooms {
         let row = self
             .db
             .query_opt(
-                "SELECT e.json, r.room_version FROM events e JOIN rooms r USING (room_id) \
+                "SELECT e.json, r.room_version FROM room_pdus e JOIN rooms r USING (room_id) \
                  WHERE e.event_id = $1",
                 &[&event_id.as_str()],
             )
@@ -290,12 +310,13 @@ impl Rooms {
         .map_err(RoomError::Forbidden)?;
         let head = RoomHead {
             version,
-            state: StateMap::new(),
+            state: Rc::new(StateMap::new()),
             snapshot: None,
             extremities: Vec::new(),
-            max_depth: 0,
         };
-        self.persist(&head, pdu, None, Some(is_public)).await?;
+        let place = Placement::timeline(Rc::new(StateMap::new()), None, 1);
+        self.commit(&head, pdu, place, None, Some(is_public))
+            .await?;
         Ok(())
     }
 
@@ -303,6 +324,28 @@ impl Rooms {
     /// the room's lock.
     async fn append(&self, head: &RoomHead, mut req: EventRequest) -> Result<Rc<Pdu>, RoomError> {
         let version = head.version;
+        // prev_events: the extremities (at most 10, so a fork closes with
+        // the next local event); the state before is their resolution —
+        // the current state when all are taken.
+        let prevs = graph::choose_prev_events(&head.extremities);
+        let depth = prevs.iter().map(|e| e.depth).max().unwrap_or(0) + 1;
+        let place = if prevs.len() == head.extremities.len() {
+            let base = head.snapshot.map(|h| (h, head.state.clone()));
+            Placement::timeline(head.state.clone(), base, depth)
+        } else {
+            let resolver = self.resolver();
+            let mut inputs = Vec::with_capacity(prevs.len());
+            for e in &prevs {
+                inputs.push((e.snapshot, resolver.load(e.snapshot).await?));
+            }
+            let before = resolver.resolve(version, &inputs, None).await?;
+            let base = match inputs.first() {
+                Some((id, m)) => state::head(&self.db, *id).await?.map(|h| (h, m.clone())),
+                None => None,
+            };
+            Placement::timeline(before, base, depth)
+        };
+        let before = place.before.clone().unwrap_or_default();
         super::redaction::prepare(&mut req)?;
         super::redaction::authorize(self, head, &req).await?;
         let rules = &version.rules().authorization;
@@ -322,7 +365,7 @@ impl Rooms {
         let mut auth_pdus: HashMap<(String, String), Rc<Pdu>> = HashMap::new();
         for (t, k) in auth_types {
             let key = (t.to_string(), k);
-            if let Some(id) = head.state.get(&key) {
+            if let Some(id) = before.get(&key) {
                 let id = OwnedEventId::try_from(id.as_str())
                     .map_err(|e| RoomError::Internal(e.to_string()))?;
                 let pdu = self
@@ -336,10 +379,9 @@ impl Rooms {
         // v12: the create event is in state but not in auth_events; the
         // state-dependent rules still read it.
         let create_key = ("m.room.create".to_owned(), String::new());
-        if let (std::collections::hash_map::Entry::Vacant(slot), Some(id)) = (
-            auth_pdus.entry(create_key.clone()),
-            head.state.get(&create_key),
-        ) {
+        if let (std::collections::hash_map::Entry::Vacant(slot), Some(id)) =
+            (auth_pdus.entry(create_key.clone()), before.get(&create_key))
+        {
             let id = OwnedEventId::try_from(id.as_str())
                 .map_err(|e| RoomError::Internal(e.to_string()))?;
             if let Some(p) = self.event(&id).await? {
@@ -354,9 +396,9 @@ impl Rooms {
                 event_type: req.event_type.clone(),
                 state_key: req.state_key.clone(),
                 content: req.content.clone(),
-                prev_events: head.extremities.clone(),
+                prev_events: prevs.iter().map(|e| e.event_id.clone()).collect(),
                 auth_events,
-                depth: head.max_depth + 1,
+                depth: u64::try_from(depth).unwrap_or_default(),
                 origin_server_ts: crate::primitives::unix_ms(),
                 redacts: req.redacts.clone(),
             },
@@ -379,154 +421,7 @@ impl Rooms {
                 .map(|p| p.as_ref())
         })
         .map_err(RoomError::Forbidden)?;
-        self.persist(head, pdu, req.txn.as_ref(), None).await
-    }
-
-    /// Commits the event with its state delta, current state, extremities
-    /// and txn id in one group-commit write, then updates the caches.
-    async fn persist(
-        &self,
-        head: &RoomHead,
-        pdu: Pdu,
-        txn: Option<&(String, String)>,
-        create_public: Option<bool>,
-    ) -> Result<Rc<Pdu>, RoomError> {
-        let room = pdu.room_id.as_str().to_owned();
-        let ticket = self.stream.allocate();
-        let stream = ticket.pos();
-        let mut new_state = head.state.clone();
-        let mut snapshot = head.snapshot;
-        let mut snap_write = None;
-        // unsigned.prev_content / replaces_state, served by `rooms::serve`.
-        let prev_state: Option<String> = pdu
-            .state_key
-            .as_ref()
-            .and_then(|k| head.state.get(&(pdu.kind.to_string(), k.clone())).cloned());
-        if let Some(k) = &pdu.state_key {
-            new_state.insert((pdu.kind.to_string(), k.clone()), pdu.event_id.to_string());
-            let snap = state::plan(
-                state::snapshot_id(self.shard, stream),
-                head.snapshot,
-                &head.state,
-                &new_state,
-            );
-            snapshot = Some(snap.head());
-            snap_write = Some(snap);
-        }
-        let snapshot_id = snapshot
-            .map(|s| s.id)
-            .ok_or_else(|| RoomError::Internal("first event of a room is not state".into()))?;
-        let shard = i32::try_from(self.shard).map_err(|_| RoomError::Internal("shard".into()))?;
-        let mut w = Write::new().statement(
-            "INSERT INTO events (stream_ordering, room_id, event_id, sender, type, json, \
-             state_key, depth, snapshot_id, stream_shard, prev_state_event_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            vec![
-                stream.into(),
-                room.clone().into(),
-                pdu.event_id.to_string().into(),
-                pdu.sender.to_string().into(),
-                pdu.kind.to_string().into(),
-                SqlValue::Jsonb(pdu.json_value()),
-                pdu.state_key.clone().into(),
-                (pdu.depth as i64).into(),
-                snapshot_id.into(),
-                shard.into(),
-                prev_state.into(),
-            ],
-        );
-        w = super::redaction::record(w, &pdu);
-        if let Some(public) = create_public {
-            w = w.statement(
-                "INSERT INTO rooms (room_id, room_version, creator, is_public, current_snapshot) \
-                 VALUES ($1, $2, $3, $4, $5)",
-                vec![
-                    room.clone().into(),
-                    head.version.as_str().into(),
-                    pdu.sender.to_string().into(),
-                    public.into(),
-                    snapshot_id.into(),
-                ],
-            );
-        }
-        if let Some(snap) = &snap_write {
-            w = state::write(w, &room, snap).statement(
-                "UPDATE rooms SET current_snapshot = $2 WHERE room_id = $1",
-                vec![room.clone().into(), snap.id.into()],
-            );
-            if let Some(k) = &pdu.state_key {
-                w = w.statement(
-                    "INSERT INTO current_state (room_id, type, state_key, event_id, membership) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id, type, state_key) \
-                     DO UPDATE SET event_id = excluded.event_id, membership = excluded.membership",
-                    vec![
-                        room.clone().into(),
-                        pdu.kind.to_string().into(),
-                        k.clone().into(),
-                        pdu.event_id.to_string().into(),
-                        pdu.membership().into(),
-                    ],
-                );
-            }
-        }
-        let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
-        w = w
-            .statement(
-                "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = ANY($2)",
-                vec![room.clone().into(), SqlValue::TextArray(prev)],
-            )
-            .statement(
-                "INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)",
-                vec![room.clone().into(), pdu.event_id.to_string().into()],
-            );
-        if let Some((device, txn)) = txn {
-            w = w.statement(
-                "INSERT INTO txn_ids (user_id, device_id, room_id, txn_id, event_id) \
-                 VALUES ($1, $2, $3, $4, $5)",
-                vec![
-                    pdu.sender.to_string().into(),
-                    device.clone().into(),
-                    room.clone().into(),
-                    txn.clone().into(),
-                    pdu.event_id.to_string().into(),
-                ],
-            );
-        }
-        if let Err(e) = self.writer.submit(w).await {
-            // Unknown whether it committed: reload the room from the database.
-            // (Dropping the ticket leaves a gap in the stream.)
-            self.heads.borrow_mut().pop(&pdu.room_id);
-            return Err(e.into());
-        }
-        let pdu = Rc::new(pdu);
-        let change = Change::Room {
-            room_id: pdu.room_id.clone(),
-            pos: Pos::Persisted(stream),
-            what: RoomChange::Event(Arc::new(EventChange {
-                event_id: pdu.event_id.clone(),
-                sender: pdu.sender.clone(),
-                event_type: pdu.kind.to_string(),
-                state_key: pdu.state_key.clone(),
-                membership: pdu.membership(),
-                event: Arc::new(pdu.client_format()),
-            })),
-        };
-        self.heads.borrow_mut().put(
-            pdu.room_id.clone(),
-            Rc::new(RoomHead {
-                version: head.version,
-                state: new_state,
-                snapshot,
-                extremities: vec![pdu.event_id.clone()],
-                max_depth: head.max_depth.max(pdu.depth),
-            }),
-        );
-        self.events
-            .borrow_mut()
-            .put(pdu.event_id.clone(), pdu.clone());
-        // Answer only once every shard knows (read-your-writes for /sync).
-        ticket.publish(vec![change]).await;
-        Ok(pdu)
+        self.commit(head, pdu, place, req.txn.as_ref(), None).await
     }
 
     /// Membership of `user` in the room's current state.

@@ -52,6 +52,13 @@ pub fn snapshot_id(shard: usize, stream_ordering: i64) -> i64 {
     ((shard as i64) << 48) | stream_ordering
 }
 
+/// The id of a current-state snapshot written with the event at
+/// `stream_ordering` when the resolved state is no event's own state (bit
+/// 47 apart from the event's id; stream positions stay far below it).
+pub fn current_snapshot_id(shard: usize, stream_ordering: i64) -> i64 {
+    snapshot_id(shard, stream_ordering) | (1 << 47)
+}
+
 /// Decides between a delta against `parent` and a full snapshot.
 pub fn plan(
     id: i64,
@@ -124,6 +131,24 @@ pub fn write(w: Write, room_id: &str, snap: &NewSnapshot) -> Write {
 /// The full state of snapshot `id`: the nearest entry for each key along
 /// the chain from `id` up to its full snapshot.
 pub async fn load(pool: &Pool, id: i64) -> Result<StateMap, DbError> {
+    load_keys(pool, id, None).await
+}
+
+/// The state of snapshot `id`, only `keys` if given: the one recursive
+/// walk of a delta chain (the keyed form serves visibility and lazy
+/// loading, which need a few keys of many snapshots).
+pub async fn load_keys(
+    pool: &Pool,
+    id: i64,
+    keys: Option<&[(String, String)]>,
+) -> Result<StateMap, DbError> {
+    let (types, skeys): (Option<Vec<String>>, Option<Vec<String>>) = match keys {
+        Some(k) => {
+            let (t, s) = k.iter().cloned().unzip();
+            (Some(t), Some(s))
+        }
+        None => (None, None),
+    };
     let rows = pool
         .query(
             "WITH RECURSIVE chain(id, parent, hop) AS ( \
@@ -134,9 +159,11 @@ pub async fn load(pool: &Pool, id: i64) -> Result<StateMap, DbError> {
              SELECT type, state_key, event_id FROM ( \
                  SELECT DISTINCT ON (e.type, e.state_key) e.type, e.state_key, e.event_id \
                  FROM chain c JOIN state_snapshot_entries e ON e.snapshot_id = c.id \
+                 WHERE $2::text[] IS NULL \
+                    OR (e.type, e.state_key) IN (SELECT * FROM unnest($2::text[], $3::text[])) \
                  ORDER BY e.type, e.state_key, c.hop) latest \
              WHERE event_id <> ''",
-            &[&id],
+            &[&id, &types, &skeys],
         )
         .await?;
     let mut map = StateMap::new();

@@ -121,34 +121,16 @@ thread_local! {
 }
 
 /// Looks `keys` up in snapshot `id`: `(type, state_key) → event_id` for
-/// the keys present (the keyed form of `state::load`).
+/// the keys present (`state::load_keys`).
 pub async fn load_state_keys(
     db: &Pool,
     id: i64,
     keys: &[(String, String)],
 ) -> Result<HashMap<(String, String), String>, RoomError> {
-    let (types, skeys): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
-    let rows = db
-        .query(
-            "WITH RECURSIVE chain(id, parent, hop) AS ( \
-                 SELECT snapshot_id, parent_id, 0 FROM state_snapshots WHERE snapshot_id = $1 \
-                 UNION ALL \
-                 SELECT s.snapshot_id, s.parent_id, c.hop + 1 \
-                 FROM state_snapshots s JOIN chain c ON s.snapshot_id = c.parent) \
-             SELECT type, state_key, event_id FROM ( \
-                 SELECT DISTINCT ON (e.type, e.state_key) e.type, e.state_key, e.event_id \
-                 FROM chain c JOIN state_snapshot_entries e ON e.snapshot_id = c.id \
-                 WHERE (e.type, e.state_key) IN (SELECT * FROM unnest($2::text[], $3::text[])) \
-                 ORDER BY e.type, e.state_key, c.hop) latest \
-             WHERE event_id <> ''",
-            &[&id, &types, &skeys],
-        )
-        .await?;
-    let mut out = HashMap::new();
-    for r in rows {
-        out.insert((r.get(0)?, r.get(1)?), r.get(2)?);
-    }
-    Ok(out)
+    Ok(super::state::load_keys(db, id, Some(keys))
+        .await?
+        .into_iter()
+        .collect())
 }
 
 /// `content.<field>` of each event (string values only).

@@ -32,7 +32,13 @@ use super::token::ShardPos;
 /// Tables holding rows numbered by a shard's persisted stream: each has
 /// `stream_shard integer` and `stream_ordering bigint` columns. A shard's
 /// counter resumes after the highest position in any of them. Add yours.
-pub const POSITION_TABLES: &[&str] = &["events", "receipts", "account_data", "to_device_txns"];
+pub const POSITION_TABLES: &[&str] = &[
+    "events",
+    "graph_events",
+    "receipts",
+    "account_data",
+    "to_device_txns",
+];
 
 /// What the announcer sends to every shard.
 #[derive(Debug)]

@@ -196,7 +196,9 @@ pub async fn select(
     })
 }
 
-/// The room's state after its last event at or before `upper`.
+/// The room's current state as of `upper`: as it was once its last event
+/// at or before `upper` was applied (`events.room_snapshot`: with forks,
+/// the resolution of the extremities, not that event's own state).
 pub async fn state_at(
     db: &Pool,
     cache: &SyncCache,
@@ -206,7 +208,7 @@ pub async fn state_at(
     let hi = upper.persisted_vec(upper.len());
     let row = db
         .query_opt(
-            "SELECT snapshot_id FROM events WHERE room_id = $1 \
+            "SELECT coalesce(room_snapshot, snapshot_id) FROM events WHERE room_id = $1 \
              AND stream_ordering <= ($2::bigint[])[stream_shard + 1] \
              AND stream_ordering <= $3 \
              ORDER BY stream_ordering DESC LIMIT 1",

@@ -7,6 +7,7 @@ mod devices;
 mod directory;
 mod ephemeral;
 mod gaps;
+mod inject;
 mod key_backup;
 mod keys;
 mod login;
@@ -247,6 +248,7 @@ fn ephemeral_routes(r: Router<ShardState>) -> Router<ShardState> {
         e::send_to_device,
     );
     let r = keys::routes(r);
+    let r = inject::routes(r);
     let r = cross_signing::routes(r);
     let r = key_backup::routes(r);
     push::routes(r)

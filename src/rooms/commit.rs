@@ -1,0 +1,410 @@
+//! The one place that writes room history: [`Rooms::commit`] stores an
+//! event — a local one from `send`, or one received from elsewhere through
+//! `rooms::receive` — with its state, the room's forward extremities and
+//! current state, in one group-commit write, then updates the caches and
+//! announces it. Runs on the owner shard under the room's lock.
+//!
+//! Graph rules (docs/ARCHITECTURE.md "The event graph"): the state after an
+//! event is the state before it plus the event; an event referenced by the
+//! new one stops being a forward extremity; current state is the
+//! resolution of the extremities' states. Soft-failed events keep their
+//! state but touch neither; outliers have no state.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::db::{SqlValue, Write};
+use crate::stream::{Change, EventChange, Pos, RoomChange};
+
+use super::graph::Extremity;
+use super::pdu::Pdu;
+use super::service::{RoomHead, Rooms};
+use super::state::{self, SnapshotHead, StateMap};
+use super::RoomError;
+
+/// What happens to the event being stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Part of the timeline: served, an extremity, changes current state.
+    Timeline,
+    /// Stored with its state; no extremity, no client, no notification.
+    SoftFailed,
+    /// Stored without state.
+    Outlier,
+}
+
+/// Where an event goes in the graph, decided before committing.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub fate: Fate,
+    /// The state before the event (`None` for outliers).
+    pub before: Option<Rc<StateMap>>,
+    /// A stored snapshot to delta the event's state against, with its state.
+    pub base: Option<(SnapshotHead, Rc<StateMap>)>,
+    /// Our topological depth: max(prev depths) + 1.
+    pub depth: i64,
+    /// The event is stored as an outlier now and moves out of it.
+    pub was_outlier: bool,
+}
+
+impl Placement {
+    pub fn timeline(
+        before: Rc<StateMap>,
+        base: Option<(SnapshotHead, Rc<StateMap>)>,
+        depth: i64,
+    ) -> Placement {
+        Placement {
+            fate: Fate::Timeline,
+            before: Some(before),
+            base,
+            depth,
+            was_outlier: false,
+        }
+    }
+}
+
+/// Equal states, comparing pointers first (most events share the map).
+fn same(a: &Rc<StateMap>, b: &Rc<StateMap>) -> bool {
+    Rc::ptr_eq(a, b) || a == b
+}
+
+/// The event's own snapshot: the base's id when nothing changed, else a
+/// new one (delta against the base, or full).
+fn event_snapshot(
+    id: i64,
+    base: Option<&(SnapshotHead, Rc<StateMap>)>,
+    after: &Rc<StateMap>,
+) -> (SnapshotHead, Option<state::NewSnapshot>) {
+    match base {
+        Some((h, m)) if same(m, after) => (*h, None),
+        Some((h, m)) => {
+            let plan = state::plan(id, Some(*h), m, after);
+            (plan.head(), Some(plan))
+        }
+        None => {
+            let plan = state::plan(id, None, &StateMap::new(), after);
+            (plan.head(), Some(plan))
+        }
+    }
+}
+
+impl Rooms {
+    /// Commits `pdu` as `place` says (see the module doc), then caches and
+    /// announces it. Returns the stored event.
+    pub(super) async fn commit(
+        &self,
+        head: &RoomHead,
+        pdu: Pdu,
+        place: Placement,
+        txn: Option<&(String, String)>,
+        create_public: Option<bool>,
+    ) -> Result<Rc<Pdu>, RoomError> {
+        let room = pdu.room_id.as_str().to_owned();
+        let ticket = self.stream.allocate();
+        let stream = ticket.pos();
+        let shard = i32::try_from(self.shard).map_err(|_| RoomError::Internal("shard".into()))?;
+        let event_id = pdu.event_id.to_string();
+        let mut w = Write::new();
+        if place.was_outlier {
+            w = w.statement(
+                "DELETE FROM graph_events WHERE event_id = $1",
+                vec![event_id.clone().into()],
+            );
+        }
+        let Some(before) = place.before.clone() else {
+            // Outlier: the event alone, no state.
+            w = w.statement(
+                "INSERT INTO graph_events (event_id, room_id, json, depth, snapshot_id, status, \
+                 stream_shard, stream_ordering) VALUES ($1, $2, $3, $4, NULL, 'outlier', $5, $6) \
+                 ON CONFLICT (event_id) DO NOTHING",
+                vec![
+                    event_id.clone().into(),
+                    room.clone().into(),
+                    SqlValue::Jsonb(pdu.json_value()),
+                    place.depth.into(),
+                    shard.into(),
+                    stream.into(),
+                ],
+            );
+            return self.finish(w, pdu, ticket, None).await;
+        };
+        // State after the event, and its snapshot. A non-state event's is
+        // the state before it, shared (no copy of a big room's state).
+        let prev_state = pdu
+            .state_key
+            .as_ref()
+            .and_then(|k| before.get(&(pdu.kind.to_string(), k.clone())).cloned());
+        let after = match &pdu.state_key {
+            Some(k) => {
+                let mut after = (*before).clone();
+                after.insert((pdu.kind.to_string(), k.clone()), event_id.clone());
+                Rc::new(after)
+            }
+            None => before.clone(),
+        };
+        let (ev_snap, ev_write) = event_snapshot(
+            state::snapshot_id(self.shard, stream),
+            place.base.as_ref(),
+            &after,
+        );
+        if let Some(snap) = &ev_write {
+            w = state::write(w, &room, snap);
+        }
+        if place.fate == Fate::SoftFailed {
+            w = w.statement(
+                "INSERT INTO graph_events (event_id, room_id, json, depth, snapshot_id, status, \
+                 stream_shard, stream_ordering) \
+                 VALUES ($1, $2, $3, $4, $5, 'soft_failed', $6, $7)",
+                vec![
+                    event_id.clone().into(),
+                    room.clone().into(),
+                    SqlValue::Jsonb(pdu.json_value()),
+                    place.depth.into(),
+                    ev_snap.id.into(),
+                    shard.into(),
+                    stream.into(),
+                ],
+            );
+            return self.finish(w, pdu, ticket, None).await;
+        }
+
+        // Forward extremities: the prev events stop being ones.
+        let mut extremities: Vec<Extremity> = head
+            .extremities
+            .iter()
+            .filter(|e| !pdu.prev_events.contains(&e.event_id))
+            .cloned()
+            .collect();
+        extremities.push(Extremity {
+            event_id: pdu.event_id.clone(),
+            depth: place.depth,
+            snapshot: ev_snap.id,
+        });
+        // Current state: the resolution of the extremities' states.
+        let current: Rc<StateMap> = if extremities.len() == 1 {
+            after.clone()
+        } else {
+            let resolver = self.resolver();
+            let mut inputs = vec![(ev_snap.id, after.clone())];
+            for e in &extremities[..extremities.len() - 1] {
+                inputs.push((e.snapshot, resolver.load(e.snapshot).await?));
+            }
+            resolver.resolve(head.version, &inputs, Some(&pdu)).await?
+        };
+        let (cur_snap, cur_write) = if head.snapshot.is_some() && same(&current, &head.state) {
+            (head.snapshot, None)
+        } else if same(&current, &after) {
+            (Some(ev_snap), None)
+        } else {
+            let plan = state::plan(
+                state::current_snapshot_id(self.shard, stream),
+                head.snapshot,
+                &head.state,
+                &current,
+            );
+            (Some(plan.head()), Some(plan))
+        };
+        let cur_id = cur_snap
+            .map(|s| s.id)
+            .ok_or_else(|| RoomError::Internal("room has no current state".into()))?;
+        if let Some(snap) = &cur_write {
+            w = state::write(w, &room, snap);
+        }
+        w = w.statement(
+            "INSERT INTO events (stream_ordering, room_id, event_id, sender, type, json, \
+             state_key, depth, snapshot_id, stream_shard, prev_state_event_id, room_snapshot) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            vec![
+                stream.into(),
+                room.clone().into(),
+                event_id.clone().into(),
+                pdu.sender.to_string().into(),
+                pdu.kind.to_string().into(),
+                SqlValue::Jsonb(pdu.json_value()),
+                pdu.state_key.clone().into(),
+                place.depth.into(),
+                ev_snap.id.into(),
+                shard.into(),
+                prev_state.into(),
+                cur_id.into(),
+            ],
+        );
+        w = super::redaction::record(w, &pdu);
+        if let Some(public) = create_public {
+            w = w.statement(
+                "INSERT INTO rooms (room_id, room_version, creator, is_public, current_snapshot) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                vec![
+                    room.clone().into(),
+                    head.version.as_str().into(),
+                    pdu.sender.to_string().into(),
+                    public.into(),
+                    cur_id.into(),
+                ],
+            );
+        } else if Some(cur_id) != head.snapshot.map(|s| s.id) {
+            w = w.statement(
+                "UPDATE rooms SET current_snapshot = $2 WHERE room_id = $1",
+                vec![room.clone().into(), cur_id.into()],
+            );
+        }
+        if !same(&current, &head.state) {
+            w = self
+                .current_state_rows(w, &room, &head.state, &current, &pdu)
+                .await?;
+        }
+        let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+        w = w
+            .statement(
+                "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = ANY($2)",
+                vec![room.clone().into(), SqlValue::TextArray(prev)],
+            )
+            .statement(
+                "INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)",
+                vec![room.clone().into(), event_id.clone().into()],
+            );
+        if let Some((device, txn)) = txn {
+            w = w.statement(
+                "INSERT INTO txn_ids (user_id, device_id, room_id, txn_id, event_id) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                vec![
+                    pdu.sender.to_string().into(),
+                    device.clone().into(),
+                    room.clone().into(),
+                    txn.clone().into(),
+                    event_id.clone().into(),
+                ],
+            );
+        }
+        let new_head = RoomHead {
+            version: head.version,
+            state: current,
+            snapshot: cur_snap,
+            extremities,
+        };
+        self.states.borrow_mut().put(vec![ev_snap.id], after);
+        self.finish(w, pdu, ticket, Some(new_head)).await
+    }
+
+    /// Remembers a received event as rejected (server-server "Rejections"):
+    /// not in the graph (an outlier copy leaves it), not processed again.
+    pub(super) async fn record_rejection(
+        &self,
+        _head: &RoomHead,
+        pdu: &Pdu,
+        was_outlier: bool,
+        reason: &str,
+    ) -> Result<(), RoomError> {
+        let mut w = Write::new();
+        if was_outlier {
+            w = w.statement(
+                "DELETE FROM graph_events WHERE event_id = $1",
+                vec![pdu.event_id.to_string().into()],
+            );
+        }
+        w = w.statement(
+            "INSERT INTO rejected_events (event_id, room_id, reason, received_ts) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
+            vec![
+                pdu.event_id.to_string().into(),
+                pdu.room_id.to_string().into(),
+                reason.to_owned().into(),
+                crate::primitives::unix_ms_i64().into(),
+            ],
+        );
+        self.writer.submit(w).await?;
+        self.events.borrow_mut().pop(&pdu.event_id);
+        Ok(())
+    }
+
+    /// `current_state` rows for the change from `old` to `new` (upserts
+    /// with the membership of member events, deletes of removed keys).
+    async fn current_state_rows(
+        &self,
+        mut w: Write,
+        room: &str,
+        old: &StateMap,
+        new: &StateMap,
+        pdu: &Pdu,
+    ) -> Result<Write, RoomError> {
+        for ((t, k), id) in new {
+            if old.get(&(t.clone(), k.clone())) == Some(id) {
+                continue;
+            }
+            let membership = if t != "m.room.member" {
+                None
+            } else if *id == pdu.event_id.as_str() {
+                pdu.membership()
+            } else {
+                let eid = ruma::OwnedEventId::try_from(id.as_str())
+                    .map_err(|e| RoomError::Internal(e.to_string()))?;
+                self.event(&eid).await?.and_then(|p| p.membership())
+            };
+            w = w.statement(
+                "INSERT INTO current_state (room_id, type, state_key, event_id, membership) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id, type, state_key) \
+                 DO UPDATE SET event_id = excluded.event_id, membership = excluded.membership",
+                vec![
+                    room.into(),
+                    t.clone().into(),
+                    k.clone().into(),
+                    id.clone().into(),
+                    membership.into(),
+                ],
+            );
+        }
+        for (t, k) in old.keys().filter(|key| !new.contains_key(*key)) {
+            w = w.statement(
+                "DELETE FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = $3",
+                vec![room.into(), t.clone().into(), k.clone().into()],
+            );
+        }
+        Ok(w)
+    }
+
+    /// Submits the write; after COMMIT updates the caches and announces a
+    /// timeline event (`head`: its room's new head; `None`: nothing to
+    /// announce, the position stays a gap in the stream).
+    async fn finish(
+        &self,
+        w: Write,
+        pdu: Pdu,
+        ticket: crate::stream::Ticket,
+        head: Option<RoomHead>,
+    ) -> Result<Rc<Pdu>, RoomError> {
+        let stream = ticket.pos();
+        if let Err(e) = self.writer.submit(w).await {
+            // Unknown whether it committed: reload the room from the database.
+            // (Dropping the ticket leaves a gap in the stream.)
+            self.heads.borrow_mut().pop(&pdu.room_id);
+            return Err(e.into());
+        }
+        let pdu = Rc::new(pdu);
+        self.events
+            .borrow_mut()
+            .put(pdu.event_id.clone(), pdu.clone());
+        let Some(head) = head else {
+            ticket.publish(Vec::new()).await;
+            return Ok(pdu);
+        };
+        self.heads
+            .borrow_mut()
+            .put(pdu.room_id.clone(), Rc::new(head));
+        // Committed: here per-event hooks (push evaluation) run.
+        let change = Change::Room {
+            room_id: pdu.room_id.clone(),
+            pos: Pos::Persisted(stream),
+            what: RoomChange::Event(Arc::new(EventChange {
+                event_id: pdu.event_id.clone(),
+                sender: pdu.sender.clone(),
+                event_type: pdu.kind.to_string(),
+                state_key: pdu.state_key.clone(),
+                membership: pdu.membership(),
+                event: Arc::new(pdu.client_format()),
+            })),
+        };
+        // Answer only once every shard knows (read-your-writes for /sync).
+        ticket.publish(vec![change]).await;
+        Ok(pdu)
+    }
+}
