@@ -12,6 +12,7 @@ pub mod ephemeral;
 pub mod events;
 pub mod http;
 pub mod keys;
+pub mod media;
 pub mod mesh;
 pub mod observability;
 pub mod primitives;

@@ -70,6 +70,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "push",
         sql: include_str!("../../migrations/0010_push.sql"),
     },
+    Migration {
+        version: 13,
+        name: "media",
+        sql: include_str!("../../migrations/0013_media.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:
