@@ -8,6 +8,7 @@ mod ephemeral;
 mod gaps;
 mod keys;
 mod login;
+mod media;
 mod profile;
 mod push;
 mod rooms;
@@ -18,6 +19,7 @@ pub(super) mod versions;
 use std::future::Future;
 use std::rc::Rc;
 
+use crate::config::Config;
 use crate::http::{HandlerResult, Method, Request, Router};
 use crate::shard_state::ShardState;
 
@@ -32,8 +34,9 @@ where
         .route(m, &format!("/_matrix/client/r0{path}"), h)
 }
 
-/// Routes served on `kind = "client"` listeners.
-pub fn client_router() -> Router<ShardState> {
+/// Routes served on `kind = "client"` listeners (`config` sizes the
+/// media upload routes' body limit).
+pub fn client_router(config: &Config) -> Router<ShardState> {
     use Method::{Delete, Get, Post, Put};
     let r = Router::new()
         .route(Get, "/_matrix/client/versions", versions::versions)
@@ -181,6 +184,7 @@ pub fn client_router() -> Router<ShardState> {
         timeline::timestamp_to_event,
     );
     let r = gaps::routes(r);
+    let r = media::routes(r, config);
     ephemeral_routes(r)
 }
 
