@@ -49,6 +49,9 @@ pub enum Cmd {
     /// Sends, receipts, typing and long-poll syncs from N users (default 40)
     /// in M rooms (default 10) of skewed sizes.
     Mixed(scenario::mixed::MixedArgs),
+    /// Media upload then authenticated download of a fresh file (`--file-bytes`,
+    /// default 1 MiB) by N users (default 8), one connection each.
+    Media(scenario::media::MediaArgs),
     /// Every scenario against hearth and a peer (Synapse), alternating, with
     /// a ratio table.
     Compare(compare::CompareArgs),
@@ -76,6 +79,7 @@ pub fn run_scenario(cmd: &Cmd) -> Option<anyhow::Result<RunReport>> {
         Cmd::SyncFanout(a) => scenario::sync::run_fanout(a),
         Cmd::SyncInitial(a) => scenario::sync::run_initial(a),
         Cmd::Mixed(a) => scenario::mixed::run(a),
+        Cmd::Media(a) => scenario::media::run(a),
         _ => return None,
     })
 }
@@ -88,6 +92,7 @@ fn common_of(cmd: &Cmd) -> Option<&Common> {
         Cmd::SyncFanout(a) => Some(&a.common),
         Cmd::SyncInitial(a) => Some(&a.common),
         Cmd::Mixed(a) => Some(&a.common),
+        Cmd::Media(a) => Some(&a.common),
         _ => None,
     }
 }
