@@ -9,7 +9,6 @@ mod error;
 pub mod password;
 pub mod store;
 pub mod tokens;
-pub mod uia;
 pub mod username;
 
 use std::future::Future;
@@ -19,7 +18,7 @@ use std::time::Duration;
 
 use ruma::OwnedUserId;
 
-use crate::http::{MatrixError, Request};
+use crate::http::Request;
 use crate::mesh::{shard_for_user, BroadcastScope};
 use crate::primitives::{FutureCache, RealClock};
 use crate::shard_state::{current_shard, Here, ShardState};
@@ -60,11 +59,13 @@ impl Default for AuthState {
 impl AuthState {
     /// Whether this shard has `token` cached (tests, diagnostics).
     pub fn is_cached(&self, token: &str) -> bool {
-        self.tokens.get_if_present(&token.to_owned()).is_some()
+        self.tokens
+            .get_if_present(&tokens::hash_token(token))
+            .is_some()
     }
 
-    fn invalidate(&self, tokens: &[String]) {
-        for t in tokens {
+    fn invalidate(&self, token_hashes: &[String]) {
+        for t in token_hashes {
             self.tokens.invalidate(t);
         }
     }
@@ -73,24 +74,27 @@ impl AuthState {
 /// The requester of an authenticated endpoint (client-server API, "Using
 /// access tokens"): 401 `M_MISSING_TOKEN` without a token, 401
 /// `M_UNKNOWN_TOKEN` for an unknown, revoked or deactivated one.
-pub async fn require_user(state: &ShardState, req: &Request) -> Result<Requester, MatrixError> {
+pub async fn require_user(state: &ShardState, req: &Request) -> Result<Requester, AuthError> {
     let token = match req.access_token() {
         Some(t) if !t.is_empty() => t.into_owned(),
-        _ => return Err(AuthError::MissingToken.into()),
+        _ => return Err(AuthError::MissingToken),
     };
+    // Cached and looked up by hash: no shard keeps a usable token either.
+    let hash = tokens::hash_token(&token);
     let pool = state.db.clone();
-    let key = token.clone();
+    let key = hash.clone();
     let r = state
         .auth
         .tokens
         .get_or_load(key, move || async move {
-            store::lookup_token(&pool, &token).await
+            store::lookup_token(&pool, &hash).await
         })
         .await?;
     Ok(r)
 }
 
-/// Forget `tokens` in every shard's cache, returning once all have. Called
+/// Forget `tokens` (hashes, as the deletes return them) in every shard's
+/// cache, returning once all have. Called
 /// after the tokens were deleted from the database, so a load racing with
 /// this either read the deletion or is detached by the invalidation.
 pub async fn invalidate_tokens(state: &ShardState, tokens: Vec<String>) {
@@ -133,10 +137,4 @@ where
     crate::shard_state::on_shard(&state.mesh, target, Here::Spawn, f)
         .await
         .map_err(|e| AuthError::Internal(e.to_string()))?
-}
-
-/// Milliseconds since the Unix epoch, for `*_ts` columns.
-pub fn now_ms() -> i64 {
-    use crate::primitives::Clock;
-    i64::try_from(RealClock.now_ms()).unwrap_or(i64::MAX)
 }

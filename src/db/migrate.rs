@@ -75,6 +75,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "media",
         sql: include_str!("../../migrations/0013_media.sql"),
     },
+    Migration {
+        version: 16,
+        name: "token_hashes",
+        sql: include_str!("../../migrations/0016_token_hashes.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

@@ -116,9 +116,9 @@ impl Files {
     }
 }
 
+/// An IO failure; logged (once) where the HTTP edge answers it.
 pub(super) fn io_error(what: &str, e: io::Error) -> MediaError {
-    tracing::error!(error = %e, "{what} failed");
-    MediaError::Io(format!("{what} failed"))
+    MediaError::Io(format!("{what}: {e}"))
 }
 
 #[cfg(test)]

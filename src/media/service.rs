@@ -16,7 +16,7 @@ use super::files::{io_error, Files};
 use super::meta::{self, Content, Fill, MediaRow, ThumbKey};
 use super::thumbnail::{self, Spec, Thumb, ThumbError};
 use super::{new_media_id, MediaError};
-use crate::auth::now_ms;
+use crate::primitives::unix_ms_i64 as now_ms;
 use crate::shard_state::ShardState;
 
 /// `timeout_ms` is capped here (the spec asks for a maximum).

@@ -22,7 +22,7 @@ use crate::http::{HandlerResult, MatrixError, Method, Request, Response, Router}
 use crate::media::disposition::{content_disposition, sanitize_content_type, CSP};
 use crate::media::service::{self, Access, Served, Upload};
 use crate::media::thumbnail::{Method as ThumbMethod, Spec};
-use crate::media::{valid_media_id, MediaError};
+use crate::media::valid_media_id;
 use crate::shard_state::ShardState;
 
 const V1: &str = "/_matrix/client/v1/media";
@@ -84,30 +84,6 @@ pub fn routes(r: Router<ShardState>, config: &Config) -> Router<ShardState> {
     r
 }
 
-fn media_error(e: MediaError) -> MatrixError {
-    let msg = e.to_string();
-    match e {
-        MediaError::NotFound(_) => MatrixError::not_found(msg),
-        MediaError::NotYetUploaded => MatrixError::new(
-            504,
-            "M_NOT_YET_UPLOADED",
-            "Content has not yet been uploaded",
-        ),
-        MediaError::CannotOverwrite => {
-            MatrixError::new(409, "M_CANNOT_OVERWRITE_MEDIA", "Media already uploaded")
-        }
-        MediaError::Forbidden(_) => MatrixError::forbidden(msg),
-        MediaError::TooLarge(_) => MatrixError::too_large(msg),
-        MediaError::InvalidParam(_) => MatrixError::invalid_param(msg),
-        // The spec's example for a thumbnail of something that is no image.
-        MediaError::CannotThumbnail(_) => MatrixError::new(400, "M_UNKNOWN", msg),
-        MediaError::TooManyPending => MatrixError::new(429, "M_LIMIT_EXCEEDED", msg),
-        MediaError::Busy => MatrixError::limit_exceeded(Some(1000)),
-        MediaError::Db(e) => MatrixError::from(e),
-        MediaError::Io(_) => MatrixError::unknown(msg),
-    }
-}
-
 /// `{serverName}` and `{mediaId}`, sanitised as the spec requires (no
 /// path can be smuggled through either).
 fn mxc_path(req: &Request) -> Result<(String, String), MatrixError> {
@@ -148,18 +124,14 @@ async fn config_get(state: Rc<ShardState>, req: Request) -> HandlerResult {
 async fn upload(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let me = auth::require_user(&state, &req).await?;
     let up = upload_meta(&req)?;
-    let uri = service::upload(&state, me.user_id.as_str(), req.body.clone(), up)
-        .await
-        .map_err(media_error)?;
+    let uri = service::upload(&state, me.user_id.as_str(), req.body.clone(), up).await?;
     Ok(Response::json(200, &json!({ "content_uri": uri })))
 }
 
 /// `POST /_matrix/media/v1/create`.
 async fn create(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let me = auth::require_user(&state, &req).await?;
-    let (uri, expires) = service::create(&state, me.user_id.as_str())
-        .await
-        .map_err(media_error)?;
+    let (uri, expires) = service::create(&state, me.user_id.as_str()).await?;
     Ok(Response::json(
         200,
         &json!({ "content_uri": uri, "unused_expires_at": expires }),
@@ -179,8 +151,7 @@ async fn fill(state: Rc<ShardState>, req: Request) -> HandlerResult {
         req.body.clone(),
         up,
     )
-    .await
-    .map_err(media_error)?;
+    .await?;
     Ok(Response::json(200, &json!({})))
 }
 
@@ -202,9 +173,7 @@ async fn download_as(state: &ShardState, req: &Request, access: Access) -> Handl
         Some(_) => Some(req.param_str("fileName")?.into_owned()),
         None => None,
     };
-    let served = service::download(state, &server, &id, timeout, access)
-        .await
-        .map_err(media_error)?;
+    let served = service::download(state, &server, &id, timeout, access).await?;
     Ok(serve(served, name))
 }
 
@@ -248,9 +217,7 @@ async fn thumbnail_as(state: &ShardState, req: &Request, access: Access) -> Hand
         method,
         animated,
     };
-    let served = service::thumbnail(state, &server, &id, spec, timeout, access)
-        .await
-        .map_err(media_error)?;
+    let served = service::thumbnail(state, &server, &id, spec, timeout, access).await?;
     Ok(serve(served, None))
 }
 
