@@ -71,6 +71,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0010_push.sql"),
     },
     Migration {
+        version: 12,
+        name: "cross_signing_backup",
+        sql: include_str!("../../migrations/0012_cross_signing_backup.sql"),
+    },
+    Migration {
         version: 13,
         name: "media",
         sql: include_str!("../../migrations/0013_media.sql"),

@@ -139,12 +139,36 @@ impl ServerKey {
 
     /// Body of `GET /_matrix/key/v2/server` (server-server-api "Publishing
     /// Keys", definitions/keys.yaml), signed with this key. `valid_until_ts`
-    /// is `now_ms + valid_for_ms`; hearth has no old keys yet.
+    /// is `now_ms + valid_for_ms`.
     pub fn key_server_response(
         &self,
         now_ms: u64,
         valid_for_ms: u64,
     ) -> Result<CanonicalJsonObject, KeyError> {
+        self.key_server_response_with_old(now_ms, valid_for_ms, &[])
+    }
+
+    /// [`key_server_response`](Self::key_server_response) listing retired
+    /// keys in `old_verify_keys`.
+    pub fn key_server_response_with_old(
+        &self,
+        now_ms: u64,
+        valid_for_ms: u64,
+        old: &[super::old_keys::OldVerifyKey],
+    ) -> Result<CanonicalJsonObject, KeyError> {
+        let old_keys: CanonicalJsonObject = old
+            .iter()
+            .map(|k| {
+                let ts = ruma::Int::try_from(k.expired_ts).unwrap_or(ruma::Int::MAX);
+                (
+                    k.key_id.clone(),
+                    CanonicalJsonValue::Object(CanonicalJsonObject::from([
+                        ("key".to_owned(), CanonicalJsonValue::String(k.key.clone())),
+                        ("expired_ts".to_owned(), CanonicalJsonValue::Integer(ts)),
+                    ])),
+                )
+            })
+            .collect();
         let valid_until = now_ms.saturating_add(valid_for_ms);
         let valid_until = ruma::Int::try_from(valid_until).unwrap_or(ruma::Int::MAX);
         let verify_key = CanonicalJsonObject::from([(
@@ -169,7 +193,7 @@ impl ServerKey {
             ),
             (
                 "old_verify_keys".to_owned(),
-                CanonicalJsonValue::Object(CanonicalJsonObject::new()),
+                CanonicalJsonValue::Object(old_keys),
             ),
         ]);
         self.sign_json(&mut body)?;
@@ -306,7 +330,7 @@ fn random_alphanumeric(n: usize) -> Result<String, KeyError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ruma::signatures::{verify_json, PublicKeyMap, PublicKeySet};
     use std::os::unix::fs::PermissionsExt;
