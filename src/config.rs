@@ -72,6 +72,41 @@ pub struct Config {
     pub federation: FederationSection,
     #[serde(default)]
     pub well_known: WellKnownSection,
+    #[serde(default)]
+    pub media: MediaSection,
+}
+
+/// The content repository (client-server API, "Content repository").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSection {
+    /// Largest upload in bytes (`m.upload.size`); more is 413 `M_TOO_LARGE`.
+    /// Uploads are held in memory while they arrive. Synapse: 50M.
+    pub max_upload_size: u64,
+    /// Serve the deprecated unauthenticated `/_matrix/media/v3/download` and
+    /// `/thumbnail`. Off (the spec's "freeze", Synapse's
+    /// `enable_authenticated_media: true`): they answer 404 for media
+    /// uploaded while it is off; media uploaded while it was on stays
+    /// reachable there.
+    pub legacy_unauthenticated: bool,
+    /// `POST /media/v1/create` reservations a user may hold unfilled at once.
+    pub max_pending_uploads: u32,
+    /// How long a reserved `mxc://` URI waits for its content.
+    pub unused_expiration_ms: u64,
+    /// Images with more pixels than this are not thumbnailed (413).
+    pub max_image_pixels: u64,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        Self {
+            max_upload_size: 50 * 1024 * 1024,
+            legacy_unauthenticated: false,
+            max_pending_uploads: 5,
+            unused_expiration_ms: 24 * 60 * 60 * 1000,
+            max_image_pixels: 32_000_000,
+        }
+    }
 }
 
 /// Server-server API settings (spec server-server-api; names follow
@@ -463,6 +498,19 @@ impl Config {
         if h.max_header_bytes < 1024 {
             return Err(key_err("http.max_header_bytes", "must be at least 1024"));
         }
+        let m = &self.media;
+        if m.max_upload_size == 0 || m.max_upload_size > 1 << 30 {
+            return Err(key_err(
+                "media.max_upload_size",
+                "must be between 1 and 1073741824 (1 GiB)",
+            ));
+        }
+        if m.max_pending_uploads == 0 || m.unused_expiration_ms == 0 || m.max_image_pixels == 0 {
+            return Err(key_err(
+                "media",
+                "max_pending_uploads, unused_expiration_ms and max_image_pixels must be greater than 0",
+            ));
+        }
         if self.database.pool_size == 0 || self.database.pool_size > 64 {
             return Err(key_err("database.pool_size", "must be between 1 and 64"));
         }
@@ -694,6 +742,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("enable"), "{e}");
+    }
+
+    #[test]
+    fn media_section() {
+        let c = load("server_name = \"a.org\"", &[]).unwrap();
+        assert_eq!(c.media.max_upload_size, 50 * 1024 * 1024);
+        assert!(!c.media.legacy_unauthenticated);
+        let c = load(
+            "server_name = \"a.org\"",
+            &[("HEARTH_MEDIA__LEGACY_UNAUTHENTICATED", "true")],
+        )
+        .unwrap();
+        assert!(c.media.legacy_unauthenticated);
+        let e = load(
+            "server_name = \"a.org\"\n[media]\nmax_upload_size = 0\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("media.max_upload_size"), "{e}");
     }
 
     #[test]

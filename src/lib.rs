@@ -15,6 +15,7 @@ pub mod federation;
 pub mod filter;
 pub mod http;
 pub mod keys;
+pub mod media;
 pub mod mesh;
 pub mod observability;
 pub mod primitives;

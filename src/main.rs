@@ -25,7 +25,7 @@ HEARTH_LISTENERS__0__PORT=8448; unknown keys and bad values stop hearth at start
   shards = 2                      # default: the cores this process may use
   pin_cores = true                # pin shard i to the i-th allowed core
   io_driver = \"auto\"              # auto (io_uring, else epoll) | io_uring | epoll
-  data_dir = \"./hearth-data\"      # signing key, embedded PostgreSQL
+  data_dir = \"./hearth-data\"      # signing key, embedded PostgreSQL, media
 
   [[listeners]]                   # repeatable; default 127.0.0.1:8008 client
   address = \"0.0.0.0\"
@@ -65,6 +65,12 @@ HEARTH_LISTENERS__0__PORT=8448; unknown keys and bad values stop hearth at start
   enabled = true                  # false: POST /register answers 403 M_FORBIDDEN
   token = \"s3cret\"                # optional: registering needs this token
                                   # (m.login.registration_token; 1-64 of A-Za-z0-9-._~)
+
+  [media]
+  max_upload_size = 52428800      # bytes (m.upload.size); more is 413 M_TOO_LARGE
+  legacy_unauthenticated = false  # serve the deprecated /_matrix/media/v3/download
+  max_pending_uploads = 5         # open POST /media/v1/create reservations per user
+  unused_expiration_ms = 86400000 max_image_pixels = 32000000
 
   [log]
   format = \"text\"                 # text | json

@@ -277,7 +277,7 @@ async fn shard_main(
             notifier.shutdown();
         });
     }
-    let client_router = Rc::new(crate::api::client_router());
+    let client_router = Rc::new(crate::api::client_router(&state.config));
     let federation_router = Rc::new(crate::api::federation_router());
     let mut serving = Vec::new();
     for (kind, std_listener, tls) in listeners {

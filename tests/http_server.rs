@@ -80,6 +80,8 @@ fn router() -> Router<State> {
     Router::new()
         .route(Method::Get, "/hello", hello)
         .route(Method::Post, "/echo", echo)
+        .route(Method::Post, "/upload", echo)
+        .body_limit(Method::Post, "/upload", 256 * 1024)
         .route(Method::Get, "/slow/{ms}", slow)
         .route(Method::Get, "/panic", panics)
         .route(
@@ -368,6 +370,52 @@ fn oversized_headers_and_bodies_get_413() {
     let resp = read_response(&mut r).unwrap();
     assert_eq!(resp.status, 413);
     assert_eq!(resp.json()["errcode"], "M_TOO_LARGE");
+    srv.stop();
+}
+
+#[test]
+fn upload_routes_have_their_own_body_limit_and_oversized_bodies_still_get_413() {
+    let srv = TestServer::start(test_config());
+    // Over the server-wide 64 KiB but within the route's 256 KiB.
+    let body = vec![b'u'; 200 * 1024];
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut req = head.into_bytes();
+    req.extend_from_slice(&body);
+    let (resp, _) = roundtrip(&srv, &req);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, body);
+    // The same body to a route without its own limit.
+    let mut to_echo = format!(
+        "POST /echo HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    to_echo.extend_from_slice(&body);
+    let (resp, _) = roundtrip(&srv, &to_echo);
+    assert_eq!(resp.status, 413);
+
+    // Far over the limit, the whole body written before reading (as most
+    // clients do): the 413 must arrive, not a reset.
+    let big = vec![b'b'; 4 * 1024 * 1024];
+    let mut c = srv.connect();
+    c.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    c.write_all(&big)
+        .expect("the server reads the refused body");
+    let mut r = BufReader::new(c);
+    let resp = read_response(&mut r).expect("a 413 response");
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.json()["errcode"], "M_TOO_LARGE");
+    assert!(closed_within(&mut r, Duration::from_secs(2)));
     srv.stop();
 }
 

@@ -53,6 +53,9 @@ pub enum Cmd {
     /// of T devices (`--users`, default 64, `--keys` each): `POST /keys/claim`;
     /// a key handed out twice is an error.
     KeysClaim(scenario::keys::ClaimArgs),
+    /// Media upload then authenticated download of a fresh file (`--file-bytes`,
+    /// default 1 MiB) by N users (default 8), one connection each.
+    Media(scenario::media::MediaArgs),
     /// Every scenario against hearth and a peer (Synapse), alternating, with
     /// a ratio table.
     Compare(compare::CompareArgs),
@@ -81,6 +84,7 @@ pub fn run_scenario(cmd: &Cmd) -> Option<anyhow::Result<RunReport>> {
         Cmd::SyncInitial(a) => scenario::sync::run_initial(a),
         Cmd::Mixed(a) => scenario::mixed::run(a),
         Cmd::KeysClaim(a) => scenario::keys::run(a),
+        Cmd::Media(a) => scenario::media::run(a),
         _ => return None,
     })
 }
@@ -94,6 +98,7 @@ fn common_of(cmd: &Cmd) -> Option<&Common> {
         Cmd::SyncInitial(a) => Some(&a.common),
         Cmd::Mixed(a) => Some(&a.common),
         Cmd::KeysClaim(a) => Some(&a.common),
+        Cmd::Media(a) => Some(&a.common),
         _ => None,
     }
 }

@@ -1,7 +1,7 @@
 //! A short smoke run of the rig against a real hearth: `target/debug/hearth`
 //! (or `$HEARTH_BIN`) on a fresh database of a throwaway PostgreSQL cluster
 //! (`hearth::db::testing::TestCluster`), then `hearth-bench http` and `send`
-//! for about 2 s each, then `sync-idle` and a small `sync-fanout`: nonzero
+//! for about 2 s each, then `sync-idle`, `media` and a small `sync-fanout`: nonzero
 //! throughput, zero errors, valid JSON.
 //!
 //! Needs the hearth binary built first (`cargo build --bin hearth`).
@@ -161,6 +161,24 @@ fn http_send_and_sync_against_hearth() {
     assert_eq!(m["name"], "sync");
     assert!(m["ok"].as_u64().unwrap() > 0, "{run}");
     assert_eq!(errors(m), 0, "{run}");
+
+    // Media: uploads and authenticated downloads of fresh files.
+    let media = [
+        &["media", "--users", "2", "--file-bytes", "65536"][..],
+        &common,
+    ]
+    .concat();
+    let run = bench(&media);
+    for name in ["upload", "download"] {
+        let m = run["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} metric: {run}"));
+        assert!(m["ok"].as_u64().unwrap() > 0, "{run}");
+        assert_eq!(errors(m), 0, "{run}");
+    }
 
     let run = bench(&[&["sync-fanout", "--users", "3"][..], &common].concat());
     let m = &run["metrics"][0];

@@ -15,6 +15,7 @@ use crate::ephemeral::EphError;
 use crate::error::Retryable;
 use crate::filter::FilterError;
 use crate::http::MatrixError;
+use crate::media::MediaError;
 use crate::mesh::MeshError;
 use crate::rooms::history::HistoryError;
 use crate::rooms::RoomError;
@@ -174,6 +175,34 @@ impl From<SyncError> for MatrixError {
     }
 }
 
+/// The content repository (statuses and codes as the spec's
+/// `content-repo` API gives them).
+impl From<MediaError> for MatrixError {
+    fn from(e: MediaError) -> MatrixError {
+        let msg = e.to_string();
+        match e {
+            MediaError::NotFound(m) => MatrixError::not_found(m),
+            MediaError::NotYetUploaded => MatrixError::new(
+                504,
+                "M_NOT_YET_UPLOADED",
+                "Content has not yet been uploaded",
+            ),
+            MediaError::CannotOverwrite => {
+                MatrixError::new(409, "M_CANNOT_OVERWRITE_MEDIA", "Media already uploaded")
+            }
+            MediaError::Forbidden(m) => MatrixError::forbidden(m),
+            MediaError::TooLarge(m) => MatrixError::too_large(m),
+            MediaError::InvalidParam(m) => MatrixError::invalid_param(m),
+            // The spec's example answer for content that is no image.
+            MediaError::CannotThumbnail(m) => MatrixError::new(400, "M_UNKNOWN", m),
+            MediaError::TooManyPending => MatrixError::new(429, "M_LIMIT_EXCEEDED", msg),
+            MediaError::Busy => MatrixError::limit_exceeded(Some(1000)),
+            MediaError::Db(e) => e.into(),
+            MediaError::Io(m) => internal("media storage", &Bug(&m)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +239,7 @@ mod tests {
             MatrixError::from(EphError::Internal(secret())),
             MatrixError::from(SyncError::Internal(secret())),
             MatrixError::from(DbError::Protocol(secret())),
+            MatrixError::from(MediaError::Io(secret())),
             MatrixError::from(SyncError::Room(RoomError::Db(DbError::Type(secret())))),
         ];
         for e in answers {

@@ -81,6 +81,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0012_cross_signing_backup.sql"),
     },
     Migration {
+        version: 13,
+        name: "media",
+        sql: include_str!("../../migrations/0013_media.sql"),
+    },
+    Migration {
         version: 16,
         name: "token_hashes",
         sql: include_str!("../../migrations/0016_token_hashes.sql"),

@@ -8,7 +8,9 @@ use std::time::Duration;
 pub struct HttpConfig {
     /// Largest request line + headers; more is answered 431 and closed.
     pub max_header_bytes: usize,
-    /// Largest request body; more is answered 413 `M_TOO_LARGE` and closed.
+    /// Largest request body, unless its route has its own limit
+    /// (`Router::body_limit`: media uploads); more is answered 413
+    /// `M_TOO_LARGE` and closed.
     pub max_body_bytes: usize,
     /// Time allowed to receive a request head, from its first byte.
     pub header_timeout: Duration,

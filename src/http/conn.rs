@@ -45,6 +45,10 @@ const FLUSH_AT: usize = 64 * 1024;
 /// reads our error response instead of a TCP reset.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 const LINGER_BYTES: usize = 256 * 1024;
+/// A body announced over its route's limit is read and thrown away up to
+/// this size (within the body timeout) so the client reads our 413; larger
+/// ones only get the short linger.
+const DISCARD_MAX: u64 = 512 * 1024 * 1024;
 
 /// Everything a connection needs from its server, shared by all of a
 /// shard's connections.
@@ -95,7 +99,13 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
                 Err(e) => return self.fail(e).await,
             };
             let started = std::time::Instant::now();
-            let body = match self.read_body(&head).await {
+            let limit = self.body_limit(&head);
+            if let BodyFraming::Length(n) = head.framing {
+                if n > limit as u64 {
+                    return self.refuse_body(n, head.expect_continue).await;
+                }
+            }
+            let body = match self.read_body(&head, limit).await {
                 Ok(b) => b,
                 Err(e) => return self.fail(e).await,
             };
@@ -138,6 +148,56 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
         }
     }
 
+    /// The body limit of the request's route: its own (uploads), else the
+    /// server-wide one.
+    fn body_limit(&self, head: &RequestHead) -> usize {
+        if head.framing == BodyFraming::Length(0) {
+            return self.ctx.cfg.max_body_bytes;
+        }
+        self.ctx
+            .router
+            .body_limit_for(&head.method, &head.path)
+            .unwrap_or(self.ctx.cfg.max_body_bytes)
+    }
+
+    /// Answers 413 `M_TOO_LARGE` to a body announced larger than its route
+    /// allows, then reads and discards that body (bounded by the body
+    /// timeout and [`DISCARD_MAX`]) before closing: most clients write the
+    /// whole body before reading, and closing on unread data would reset
+    /// the connection under them before they see the 413.
+    async fn refuse_body(mut self, n: u64, expect_continue: bool) {
+        self.queue_error(ParseError::BodyTooLarge.to_matrix());
+        if self.flush().await.is_err() {
+            return;
+        }
+        if expect_continue || n > DISCARD_MAX {
+            // A client waiting for 100 Continue sends no body.
+            self.linger().await;
+            return;
+        }
+        let deadline = Instant::now() + self.ctx.cfg.body_timeout;
+        let mut left = n as usize;
+        loop {
+            let take = left.min(self.rbuf.len());
+            bytes::Buf::advance(&mut self.rbuf, take);
+            left -= take;
+            if left == 0 {
+                break;
+            }
+            self.rbuf.clear();
+            match timeout_at(
+                deadline,
+                read_into(&mut self.stream, &mut self.rbuf, left.min(1024 * 1024)),
+            )
+            .await
+            {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+        let _ = self.stream.shutdown().await;
+    }
+
     fn queue_error(&mut self, err: MatrixError) {
         let resp = err.into_response();
         write_head(&mut self.wbuf, &resp, ConnHeader::Close);
@@ -166,7 +226,11 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
 
     /// Reads until one request head is parsed.
     async fn next_head(&mut self) -> Result<RequestHead, ReadError> {
-        let limits = self.ctx.cfg.limits();
+        // The body's size is checked against its route's limit afterwards.
+        let limits = super::parser::Limits {
+            max_body_bytes: usize::MAX,
+            ..self.ctx.cfg.limits()
+        };
         let mut deadline = None;
         loop {
             if !self.rbuf.is_empty() {
@@ -219,12 +283,12 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
     }
 
     /// Reads the body the head announced.
-    async fn read_body(&mut self, head: &RequestHead) -> Result<Bytes, ReadError> {
+    async fn read_body(&mut self, head: &RequestHead, limit: usize) -> Result<Bytes, ReadError> {
         let deadline = Instant::now() + self.ctx.cfg.body_timeout;
         match head.framing {
             BodyFraming::Length(0) => Ok(Bytes::new()),
             BodyFraming::Length(n) => {
-                // The parser already rejected lengths over the limit.
+                // `run` already refused lengths over the limit.
                 let n = n as usize;
                 if head.expect_continue && self.rbuf.len() < n {
                     self.wbuf
@@ -238,7 +302,10 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
                 Ok(self.rbuf.split_to(n).freeze())
             }
             BodyFraming::Chunked => {
-                let mut dec = ChunkedDecoder::new(self.ctx.cfg.limits());
+                let mut dec = ChunkedDecoder::new(super::parser::Limits {
+                    max_body_bytes: limit,
+                    ..self.ctx.cfg.limits()
+                });
                 if head.expect_continue && self.rbuf.is_empty() {
                     self.wbuf
                         .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");

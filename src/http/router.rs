@@ -35,6 +35,9 @@ struct Pattern<S> {
     literals: usize,
     params: usize,
     handlers: Vec<(Method, Handler<S>)>,
+    /// Methods of this pattern whose bodies may exceed the server-wide
+    /// limit (media uploads), with their own limit.
+    body_limits: Vec<(Method, usize)>,
 }
 
 impl<S> Pattern<S> {
@@ -102,6 +105,8 @@ pub(crate) enum Lookup<'a, S> {
 /// the shard's state `Rc<S>` and the request.
 pub struct Router<S> {
     patterns: Vec<Pattern<S>>,
+    /// The largest of the routes' own body limits (0: none has one).
+    largest_body_limit: usize,
 }
 
 impl<S: 'static> Default for Router<S> {
@@ -114,6 +119,7 @@ impl<S: 'static> Router<S> {
     pub fn new() -> Self {
         Router {
             patterns: Vec::new(),
+            largest_body_limit: 0,
         }
     }
 
@@ -158,6 +164,7 @@ impl<S: 'static> Router<S> {
             literals,
             params,
             handlers: vec![(method, boxed)],
+            body_limits: Vec::new(),
         });
         // Most specific first: no wildcard before wildcard, then more
         // literal segments first; registration order otherwise (stable).
@@ -196,6 +203,50 @@ impl<S: 'static> Router<S> {
         Fut: Future<Output = HandlerResult> + 'static,
     {
         self.route(Method::Delete, pattern, handler)
+    }
+
+    /// Gives the already registered route `method pattern` its own body
+    /// limit instead of the server-wide `max_body_bytes` (uploads are far
+    /// larger than any JSON body). Unknown routes are a programming error.
+    pub fn body_limit(mut self, method: Method, pattern: &str, bytes: usize) -> Self {
+        let segments = parse_pattern(pattern);
+        let p = self
+            .patterns
+            .iter_mut()
+            .find(|p| p.segments == segments && p.handler(&method).is_some());
+        let Some(p) = p else {
+            panic!("body_limit for unregistered route {method} {pattern}");
+        };
+        p.body_limits.retain(|(m, _)| *m != method);
+        p.body_limits.push((method, bytes));
+        self.largest_body_limit = self
+            .patterns
+            .iter()
+            .flat_map(|p| p.body_limits.iter().map(|(_, n)| *n))
+            .max()
+            .unwrap_or(0);
+        self
+    }
+
+    /// The body limit of the route a request goes to, if it has its own.
+    pub(crate) fn body_limit_for(&self, method: &Method, path: &str) -> Option<usize> {
+        if self.largest_body_limit() == 0 || !path.starts_with('/') {
+            return None;
+        }
+        let nsegs = path.bytes().filter(|b| *b == b'/').count();
+        let p = self
+            .patterns
+            .iter()
+            .find(|p| p.matches(path, nsegs) && p.handler(method).is_some())?;
+        p.body_limits
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, n)| *n)
+    }
+
+    /// The largest route-specific body limit (0 without any).
+    pub(crate) fn largest_body_limit(&self) -> usize {
+        self.largest_body_limit
     }
 
     /// The registered patterns (for diagnostics).
@@ -356,6 +407,22 @@ mod tests {
         assert_eq!(param("/media/", &p, "rest"), "");
         assert!(found(&r, Method::Head, "/").is_some());
         assert!(found(&r, Method::Get, "/media").is_none());
+    }
+
+    #[test]
+    fn route_body_limits() {
+        let r = router().body_limit(Method::Put, "/rooms/{roomId}/send/{eventType}/{txnId}", 99);
+        assert_eq!(r.largest_body_limit(), 99);
+        assert_eq!(
+            r.body_limit_for(&Method::Put, "/rooms/!a/send/m.x/t"),
+            Some(99)
+        );
+        assert_eq!(r.body_limit_for(&Method::Get, "/rooms/!a/send/m.x/t"), None);
+        assert_eq!(r.body_limit_for(&Method::Get, "/user/@a:b/filter"), None);
+        assert_eq!(
+            router().body_limit_for(&Method::Put, "/rooms/!a/send/m.x/t"),
+            None
+        );
     }
 
     #[test]

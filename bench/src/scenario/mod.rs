@@ -5,6 +5,7 @@
 
 pub mod fixture;
 pub mod keys;
+pub mod media;
 pub mod mixed;
 pub mod send;
 pub mod sync;

@@ -11,6 +11,7 @@ mod inject;
 mod key_backup;
 mod keys;
 mod login;
+mod media;
 mod profile;
 mod push;
 mod rooms;
@@ -23,6 +24,7 @@ mod well_known;
 use std::future::Future;
 use std::rc::Rc;
 
+use crate::config::Config;
 use crate::http::{HandlerResult, Method, Request, Router};
 use crate::shard_state::ShardState;
 
@@ -37,8 +39,9 @@ where
         .route(m, &format!("/_matrix/client/r0{path}"), h)
 }
 
-/// Routes served on `kind = "client"` listeners.
-pub fn client_router() -> Router<ShardState> {
+/// Routes served on `kind = "client"` listeners (`config` sizes the
+/// media upload routes' body limit).
+pub fn client_router(config: &Config) -> Router<ShardState> {
     use Method::{Delete, Get, Post, Put};
     let r = Router::new()
         .route(Get, "/_matrix/client/versions", versions::versions)
@@ -187,6 +190,7 @@ pub fn client_router() -> Router<ShardState> {
     );
     let r = gaps::routes(r);
     let r = well_known::routes(r);
+    let r = media::routes(r, config);
     ephemeral_routes(r)
 }
 

@@ -10,7 +10,8 @@ use crate::http::{HandlerResult, Request, Response};
 use crate::shard_state::ShardState;
 
 /// The spec versions hearth targets, as Synapse lists them: clients pick the
-/// newest they share with us.
+/// newest they share with us. v1.11 and v1.12 hold since authenticated
+/// media (`/_matrix/client/v1/media/*`, `api/client/media.rs`) is served.
 pub const SPEC_VERSIONS: &[&str] = &[
     "r0.0.1", "r0.1.0", "r0.2.0", "r0.3.0", "r0.4.0", "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2",
     "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12",
