@@ -68,6 +68,24 @@ pub struct Config {
     pub registration: RegistrationSection,
     #[serde(default)]
     pub voip: VoipSection,
+    #[serde(default)]
+    pub push: PushSection,
+}
+
+/// Push rule evaluation (`src/push/`). `enabled = false` skips evaluating
+/// rules for new events (no counts, no notifications, no pushes): for
+/// benchmarks comparing the cost, and for deployments without clients
+/// that use notifications.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushSection {
+    pub enabled: bool,
+}
+
+impl Default for PushSection {
+    fn default() -> Self {
+        PushSection { enabled: true }
+    }
 }
 
 /// TURN servers handed to clients by `GET /voip/turnServer` (spec "Voice

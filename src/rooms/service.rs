@@ -523,16 +523,18 @@ impl Rooms {
                 event: Arc::new(pdu.client_format()),
             })),
         };
-        self.heads.borrow_mut().put(
-            pdu.room_id.clone(),
-            Rc::new(RoomHead {
-                version: head.version,
-                state: new_state,
-                snapshot,
-                extremities: vec![pdu.event_id.clone()],
-                max_depth: head.max_depth.max(pdu.depth),
-            }),
-        );
+        let new_head = Rc::new(RoomHead {
+            version: head.version,
+            state: new_state,
+            snapshot,
+            extremities: vec![pdu.event_id.clone()],
+            max_depth: head.max_depth.max(pdu.depth),
+        });
+        self.heads
+            .borrow_mut()
+            .put(pdu.room_id.clone(), new_head.clone());
+        // Push rules run after commit, off this request's path.
+        crate::push::engine::after_commit(&new_head, &pdu, stream);
         self.events
             .borrow_mut()
             .put(pdu.event_id.clone(), pdu.clone());
