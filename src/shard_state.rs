@@ -84,6 +84,16 @@ pub enum OnShardError {
     NoState,
 }
 
+impl crate::error::Retryable for OnShardError {
+    fn retryable(&self) -> bool {
+        match self {
+            OnShardError::Mesh(e) => e.retryable(),
+            // A shard without its state is starting or stopping.
+            OnShardError::NoState => true,
+        }
+    }
+}
+
 /// Runs `f` on shard `target` with that shard's state, over the mesh. The
 /// one way code reaches another shard's state; callers map
 /// [`OnShardError`] into their own error type.

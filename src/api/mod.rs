@@ -4,6 +4,7 @@
 //! API; what both use (request helpers) stays here.
 
 pub mod client;
+pub mod errors;
 pub mod federation;
 mod util;
 

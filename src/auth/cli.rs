@@ -61,26 +61,31 @@ pub fn register_user(
     }
     let hash = password::hash_blocking(password)?;
     let database = db_setup::prepare(config)?;
-    let result =
-        (|| {
-            let mut rt = build_runtime(config.io_driver)
-                .map_err(|e| RegisterUserError::Other(format!("cannot build a runtime: {e}")))?
-                .runtime;
-            rt.block_on(async {
-                let conn = Connection::connect(&database.connect).await?;
-                let n = conn
+    let result = (|| {
+        let mut rt = build_runtime(config.io_driver)
+            .map_err(|e| RegisterUserError::Other(format!("cannot build a runtime: {e}")))?
+            .runtime;
+        rt.block_on(async {
+            let conn = Connection::connect(&database.connect).await?;
+            let n = conn
                 .execute(
                     "INSERT INTO users (user_id, password_hash, admin, created_ts, displayname) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO NOTHING",
-                    &[&user_id.as_str(), &hash, &admin, &super::now_ms(), &localpart],
+                    &[
+                        &user_id.as_str(),
+                        &hash,
+                        &admin,
+                        &crate::primitives::unix_ms_i64(),
+                        &localpart,
+                    ],
                 )
                 .await?;
-                if n == 0 {
-                    return Err(RegisterUserError::Exists(user_id.to_string()));
-                }
-                Ok(user_id.to_string())
-            })
-        })();
+            if n == 0 {
+                return Err(RegisterUserError::Exists(user_id.to_string()));
+            }
+            Ok(user_id.to_string())
+        })
+    })();
     database.shutdown();
     result
 }

@@ -9,7 +9,6 @@ mod error;
 pub mod password;
 pub mod store;
 pub mod tokens;
-pub mod uia;
 pub mod username;
 
 use std::future::Future;
@@ -19,7 +18,7 @@ use std::time::Duration;
 
 use ruma::OwnedUserId;
 
-use crate::http::{MatrixError, Request};
+use crate::http::Request;
 use crate::mesh::{shard_for_user, BroadcastScope};
 use crate::primitives::{FutureCache, RealClock};
 use crate::shard_state::{current_shard, Here, ShardState};
@@ -73,10 +72,10 @@ impl AuthState {
 /// The requester of an authenticated endpoint (client-server API, "Using
 /// access tokens"): 401 `M_MISSING_TOKEN` without a token, 401
 /// `M_UNKNOWN_TOKEN` for an unknown, revoked or deactivated one.
-pub async fn require_user(state: &ShardState, req: &Request) -> Result<Requester, MatrixError> {
+pub async fn require_user(state: &ShardState, req: &Request) -> Result<Requester, AuthError> {
     let token = match req.access_token() {
         Some(t) if !t.is_empty() => t.into_owned(),
-        _ => return Err(AuthError::MissingToken.into()),
+        _ => return Err(AuthError::MissingToken),
     };
     let pool = state.db.clone();
     let key = token.clone();
@@ -133,10 +132,4 @@ where
     crate::shard_state::on_shard(&state.mesh, target, Here::Spawn, f)
         .await
         .map_err(|e| AuthError::Internal(e.to_string()))?
-}
-
-/// Milliseconds since the Unix epoch, for `*_ts` columns.
-pub fn now_ms() -> i64 {
-    use crate::primitives::Clock;
-    i64::try_from(RealClock.now_ms()).unwrap_or(i64::MAX)
 }

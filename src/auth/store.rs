@@ -4,9 +4,10 @@
 
 use ruma::{OwnedUserId, UserId};
 
-use super::{now_ms, tokens, AuthError, Requester};
+use super::{tokens, AuthError, Requester};
 use crate::db::error::UNIQUE_VIOLATION;
 use crate::db::{DbError, Pool, Row, ToSql};
+use crate::primitives::unix_ms_i64 as now_ms;
 
 /// What login needs to know about a user.
 #[derive(Debug, Clone)]

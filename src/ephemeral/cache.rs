@@ -39,7 +39,7 @@ pub struct PresenceEntry {
 }
 
 /// See the module doc. One per shard, inside its `Notifier`.
-pub struct SyncCache {
+pub struct EphemeralCache {
     startup: StreamToken,
     typing: RefCell<HashMap<OwnedRoomId, TypingEntry>>,
     receipts: RefCell<HashMap<OwnedRoomId, (usize, i64)>>,
@@ -53,10 +53,10 @@ pub struct SyncCache {
     user_room: RefCell<HashMap<(OwnedUserId, OwnedRoomId), (usize, i64)>>,
 }
 
-impl SyncCache {
+impl EphemeralCache {
     /// `startup`: the notifier's token at start (stand-in for keys never seen).
-    pub fn new(startup: StreamToken) -> SyncCache {
-        SyncCache {
+    pub fn new(startup: StreamToken) -> EphemeralCache {
+        EphemeralCache {
             startup,
             typing: RefCell::default(),
             receipts: RefCell::default(),
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn presence_since_uses_positions_per_shard() {
-        let c = SyncCache::new(tok(&[(0, 0), (0, 0)]));
+        let c = EphemeralCache::new(tok(&[(0, 0), (0, 0)]));
         c.apply(0, &presence("@a:x", 10, "online"));
         c.apply(1, &presence("@b:x", 5, "online"));
         c.apply(0, &presence("@a:x", 12, "unavailable"));
@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_count_as_changed_at_startup() {
-        let c = SyncCache::new(tok(&[(7, 0)]));
+        let c = EphemeralCache::new(tok(&[(7, 0)]));
         let room = OwnedRoomId::try_from("!r:x").unwrap();
         assert!(c.receipts_changed(&room, &tok(&[(6, 0)])));
         assert!(!c.receipts_changed(&room, &tok(&[(7, 0)])));

@@ -10,7 +10,7 @@
 //! Durable data (receipts, account data, to-device) is committed before the
 //! client is answered and announced with a persisted position; typing and
 //! presence live in memory and are announced with an ephemeral position.
-//! Every shard's notifier feeds a [`SyncCache`] with what `/sync` reads from
+//! Every shard's notifier feeds a [`EphemeralCache`] with what `/sync` reads from
 //! memory (typing sets, presence, "last changed" positions); the rest is read
 //! from PostgreSQL by the functions in [`sync`].
 
@@ -27,12 +27,11 @@ use std::future::Future;
 use std::rc::Rc;
 
 use crate::db::DbError;
-use crate::http::MatrixError;
 use crate::mesh::{MeshEndpoint, MeshError};
 use crate::rooms::RoomError;
 use crate::shard_state::{Here, OnShardError, ShardState};
 
-pub use cache::SyncCache;
+pub use cache::EphemeralCache;
 
 /// Errors of the ephemeral/per-user endpoints, mapped to Matrix errors at
 /// the HTTP edge.
@@ -61,18 +60,13 @@ pub enum EphError {
     Internal(String),
 }
 
-impl From<EphError> for MatrixError {
-    fn from(e: EphError) -> MatrixError {
-        match e {
-            EphError::NotFound(m) => MatrixError::not_found(m),
-            EphError::Forbidden(m) => MatrixError::forbidden(m),
-            EphError::InvalidParam(m) => MatrixError::invalid_param(m),
-            EphError::BadJson(m) => MatrixError::bad_json(m),
-            EphError::NotAllowed(m) => MatrixError::bad_json(m).with_status(405),
-            EphError::Room(e) => MatrixError::from(e),
-            EphError::Db(e) => MatrixError::from(e),
-            EphError::Mesh(e) => MatrixError::unknown(e.to_string()),
-            EphError::Internal(m) => MatrixError::unknown(m),
+impl crate::error::Retryable for EphError {
+    fn retryable(&self) -> bool {
+        match self {
+            EphError::Room(e) => e.retryable(),
+            EphError::Db(e) => e.retryable(),
+            EphError::Mesh(e) => e.retryable(),
+            _ => false,
         }
     }
 }
@@ -93,12 +87,6 @@ where
             OnShardError::Mesh(e) => EphError::from(e),
             OnShardError::NoState => EphError::Internal(e.to_string()),
         })?
-}
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    use crate::primitives::Clock;
-    crate::primitives::RealClock.now_ms()
 }
 
 /// The shard id as the `stream_shard` column wants it.

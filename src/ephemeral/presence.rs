@@ -1,6 +1,6 @@
 //! Presence (client-server API "Presence"), in memory on the user's shard.
 //! A change is announced with an ephemeral position and the user's joined
-//! rooms, so every shard caches it (`SyncCache`) and wakes the local members
+//! rooms, so every shard caches it (`EphemeralCache`) and wakes the local members
 //! of those rooms: whoever shares a room with the user may see it.
 //!
 //! As Synapse: `last_active_ago` counts from the last pro-active act
@@ -20,7 +20,8 @@ use crate::mesh::{shard_for_user, MeshEndpoint};
 use crate::shard_state::ShardState;
 use crate::stream::{Change, Pos, PresenceUpdate, UserChange};
 
-use super::{now_ms, on_shard, service, EphError};
+use super::{on_shard, service, EphError};
+use crate::primitives::unix_ms as now_ms;
 
 /// Within this long after the last activity an online user is
 /// `currently_active` (Synapse's `LAST_ACTIVE_GRANULARITY`).

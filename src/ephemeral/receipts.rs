@@ -12,7 +12,7 @@ use crate::mesh::{shard_for_room, MeshEndpoint};
 use crate::rooms::{RoomError, Rooms};
 use crate::stream::{Change, Pos, RoomChange, StreamToken, UserChange};
 
-use super::{now_ms, on_shard, shard_i32, EphError};
+use super::{on_shard, shard_i32, EphError};
 
 /// Receipt types a client may post (spec `receipts.yaml`: `m.read`,
 /// `m.read.private`, and `m.fully_read`, which is a read marker).
@@ -122,7 +122,7 @@ pub async fn post_receipt(
         require_event(&rooms, &room, &event).await?;
         let ticket = state.stream.allocate();
         let pos = ticket.pos();
-        let ts = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        let ts = crate::primitives::unix_ms_i64();
         let w = Write::new().statement(
             "INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_id, ts, \
              stream_shard, stream_ordering) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \

@@ -11,7 +11,7 @@
 //! | [`to_device`]       | `to_device.events`                             |
 //! | [`set_presence`]    | the `set_presence` query parameter             |
 //!
-//! Memory first: typing and presence come from the shard's `SyncCache`;
+//! Memory first: typing and presence come from the shard's `EphemeralCache`;
 //! receipts, account data and to-device are read from PostgreSQL only for
 //! rooms/users whose cached "last changed" position is after `since`.
 //!
@@ -36,7 +36,8 @@ use crate::shard_state::ShardState;
 use crate::stream::StreamToken;
 
 use super::account_data::{self, AccountDataSync};
-use super::{now_ms, presence as presence_mod, receipts, to_device as td, EphError};
+use super::{presence as presence_mod, receipts, to_device as td, EphError};
+use crate::primitives::unix_ms as now_ms;
 
 /// `m.typing` events of `rooms` whose typing set changed after `since` (on
 /// an initial sync: rooms where someone is typing).

@@ -31,7 +31,7 @@ use crate::mesh::{shard_for_user, MeshEndpoint};
 use crate::shard_state::ShardState;
 use crate::stream::{Change, Pos, ShardPos, StreamToken, UserChange};
 
-use super::{now_ms, on_shard, service, shard_i32, EphError};
+use super::{on_shard, service, shard_i32, EphError};
 
 /// Most messages one sync delivers (Synapse: 100).
 pub const MAX_PER_SYNC: usize = 100;
@@ -128,7 +128,7 @@ async fn store(
             sender.device_id.into(),
             sender.txn_id.into(),
             shard.into(),
-            i64::try_from(now_ms()).unwrap_or(i64::MAX).into(),
+            crate::primitives::unix_ms_i64().into(),
             pos.into(),
             event_type.into(),
             SqlValue::TextArray(users.clone()),

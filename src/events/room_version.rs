@@ -27,11 +27,6 @@ pub enum RoomVersion {
 #[error("unsupported room version {0:?}")]
 pub struct UnsupportedRoomVersion(pub String);
 
-impl UnsupportedRoomVersion {
-    /// The Matrix error code for this error (client-server API, "Other error codes").
-    pub const ERRCODE: &'static str = "M_UNSUPPORTED_ROOM_VERSION";
-}
-
 // Statics so `rules()` can hand out `&'static` references.
 static RULES_V10: RoomVersionRules = RoomVersionRules::V10;
 static RULES_V11: RoomVersionRules = RoomVersionRules::V11;

@@ -1,9 +1,9 @@
 //! Matrix "standard error response" (client-server API, "Standard error response"):
 //! `{"errcode": "M_…", "error": "…"}` with the right HTTP status.
 //!
-//! This is THE one place where domain errors are mapped to Matrix errcodes and
-//! HTTP statuses; handlers return `Err(MatrixError::…)` and the server turns it
-//! into a response.
+//! The type of an error answer; handlers return `Err(MatrixError::…)` and the
+//! server turns it into a response. Domain errors become `MatrixError`s in one
+//! place, `api/errors.rs` (the HTTP edge): no domain module names an errcode.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -82,6 +82,12 @@ impl MatrixError {
     }
 
     /// Replaces the HTTP status, keeping errcode and message.
+    /// Adds a `Retry-After` header (503s the client may retry).
+    pub fn with_retry_after_secs(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
     pub fn with_status(mut self, status: u16) -> Self {
         self.status = status;
         self
@@ -269,30 +275,6 @@ impl From<serde_json::Error> for MatrixError {
     }
 }
 
-/// Account and authentication errors at the HTTP edge (statuses and codes as
-/// the spec and Synapse give them).
-impl From<crate::auth::AuthError> for MatrixError {
-    fn from(e: crate::auth::AuthError) -> Self {
-        use crate::auth::AuthError as A;
-        let msg = e.to_string();
-        match e {
-            A::MissingToken => MatrixError::missing_token(msg),
-            A::UnknownToken => MatrixError::unknown_token(false).with_field("soft_logout", false),
-            A::InvalidUsername(_) => MatrixError::invalid_username(msg),
-            A::UserInUse => MatrixError::user_in_use(msg),
-            A::BadCredentials | A::Forbidden(_) => MatrixError::forbidden(msg),
-            A::Deactivated => MatrixError::user_deactivated(msg),
-            A::NotFound(_) => MatrixError::not_found(msg),
-            A::BadRequest(_) => MatrixError::bad_request(msg),
-            A::Busy => MatrixError::limit_exceeded(Some(1000)),
-            A::Db(_) | A::Internal(_) => {
-                tracing::error!(error = %msg, "account operation failed");
-                MatrixError::unknown("Internal server error")
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,72 +309,10 @@ mod tests {
     }
 
     #[test]
-    fn auth_errors_map_to_matrix_codes() {
-        use crate::auth::AuthError as A;
-        let m = |e: A| {
-            let e = MatrixError::from(e);
-            (e.status, e.errcode)
-        };
-        assert_eq!(m(A::MissingToken), (401, "M_MISSING_TOKEN"));
-        assert_eq!(m(A::UnknownToken), (401, "M_UNKNOWN_TOKEN"));
-        assert_eq!(m(A::UserInUse), (400, "M_USER_IN_USE"));
-        assert_eq!(
-            m(A::InvalidUsername("x".into())),
-            (400, "M_INVALID_USERNAME")
-        );
-        assert_eq!(m(A::BadCredentials), (403, "M_FORBIDDEN"));
-        assert_eq!(m(A::Deactivated), (403, "M_USER_DEACTIVATED"));
-        assert_eq!(m(A::Busy), (429, "M_LIMIT_EXCEEDED"));
-        assert_eq!(m(A::Internal("secret detail".into())), (500, "M_UNKNOWN"));
-        let e = MatrixError::from(A::Internal("secret detail".into()));
-        assert!(!e.error.contains("secret"), "internals stay in the log");
-        let v: Value =
-            serde_json::from_slice(&MatrixError::from(A::UnknownToken).to_json_bytes()).unwrap();
-        assert_eq!(v["soft_logout"], false);
-    }
-
-    #[test]
     fn json_error_classification() {
         let e: MatrixError = serde_json::from_str::<Value>("{nope").unwrap_err().into();
         assert_eq!(e.errcode, "M_NOT_JSON");
         let e: MatrixError = serde_json::from_str::<u32>("\"str\"").unwrap_err().into();
         assert_eq!(e.errcode, "M_BAD_JSON");
-    }
-}
-
-/// Database failures at the HTTP edge. A full pool is back-pressure, not a
-/// fault: 503 `M_LIMIT_EXCEEDED` with a short retry hint (Synapse answers an
-/// overloaded worker the same way). Everything else is a 500 whose details
-/// stay in the server log, never in the response.
-impl From<crate::db::DbError> for MatrixError {
-    fn from(e: crate::db::DbError) -> Self {
-        match e {
-            crate::db::DbError::Busy => MatrixError::limit_exceeded(Some(100)).with_status(503),
-            other => {
-                tracing::error!(error = %other, "database error");
-                MatrixError::new(500, "M_UNKNOWN", "Internal server error")
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod db_error_tests {
-    use super::*;
-
-    #[test]
-    fn busy_pool_is_503_limit_exceeded_with_retry() {
-        let e = MatrixError::from(crate::db::DbError::Busy);
-        assert_eq!(e.status, 503);
-        assert_eq!(e.errcode, "M_LIMIT_EXCEEDED");
-        let resp = e.into_response();
-        assert_eq!(resp.header("Retry-After"), Some("1"));
-    }
-
-    #[test]
-    fn other_db_errors_are_500_without_details() {
-        let e = MatrixError::from(crate::db::DbError::Protocol("secret detail".into()));
-        assert_eq!(e.status, 500);
-        assert!(!e.error.contains("secret"));
     }
 }

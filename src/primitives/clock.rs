@@ -20,6 +20,18 @@ pub trait Clock {
     fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()>>>;
 }
 
+/// Wall-clock milliseconds since the Unix epoch, for code that stamps rows
+/// and events and has no [`ClockHandle`] (the one free function for it;
+/// code whose timing tests drive takes a `ClockHandle` instead).
+pub fn unix_ms() -> u64 {
+    RealClock.now_ms()
+}
+
+/// [`unix_ms`] for BIGINT columns (`*_ts`).
+pub fn unix_ms_i64() -> i64 {
+    i64::try_from(unix_ms()).unwrap_or(i64::MAX)
+}
+
 /// The handle every component holds: shard-local, cheap to clone.
 pub type ClockHandle = Rc<dyn Clock>;
 

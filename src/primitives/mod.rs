@@ -11,7 +11,7 @@ pub mod rwlock;
 pub mod shared_future;
 pub mod task;
 
-pub use clock::{timeout, Clock, ClockHandle, Elapsed, FakeClock, RealClock};
+pub use clock::{timeout, unix_ms, unix_ms_i64, Clock, ClockHandle, Elapsed, FakeClock, RealClock};
 pub use future_cache::FutureCache;
 pub use linearizer::{Linearizer, LinearizerGuard};
 pub use notify::{Notified, Notify};

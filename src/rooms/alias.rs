@@ -94,7 +94,7 @@ pub async fn insert(
     room_id: &OwnedRoomId,
     creator: &str,
 ) -> Result<bool, RoomError> {
-    let now = crate::auth::now_ms();
+    let now = crate::primitives::unix_ms_i64();
     match db
         .execute(
             "INSERT INTO room_aliases (room_alias, room_id, creator, created_ts) \

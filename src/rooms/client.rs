@@ -202,28 +202,6 @@ pub async fn get_state_event(
     .await
 }
 
-/// `GET /rooms/{roomId}/event/{eventId}` (joined users only; anything else
-/// is 404 as Synapse answers for events one may not see).
-pub async fn get_event(
-    mesh: &MeshEndpoint,
-    user: OwnedUserId,
-    room_id: OwnedRoomId,
-    event_id: OwnedEventId,
-) -> Result<Value, RoomError> {
-    on_owner(mesh, &room_id.clone(), move |rooms| async move {
-        let not_found = || RoomError::NotFound("event not found".into());
-        require_joined(&rooms, &room_id, user.as_str())
-            .await
-            .map_err(|_| not_found())?;
-        let p = rooms.event(&event_id).await?.ok_or_else(not_found)?;
-        if p.room_id != room_id {
-            return Err(not_found());
-        }
-        Ok(p.client_format())
-    })
-    .await
-}
-
 /// `GET /joined_rooms`: readable on any shard from `current_state`.
 pub async fn joined_rooms(db: &Pool, user: &str) -> Result<Vec<String>, RoomError> {
     let rows = db

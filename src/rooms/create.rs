@@ -276,7 +276,7 @@ static LAST_CREATE_TS: AtomicU64 = AtomicU64::new(0);
 /// same millisecond (clients and bots do this) would otherwise build the
 /// same event, hence the same room. One atomic per createRoom is no hot path.
 fn unique_create_ts() -> u64 {
-    let now = super::service::now_ms();
+    let now = crate::primitives::unix_ms();
     let mut last = LAST_CREATE_TS.load(Ordering::Relaxed);
     loop {
         let next = now.max(last + 1);

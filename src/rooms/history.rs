@@ -9,14 +9,13 @@
 use serde_json::{json, Value};
 
 use crate::db::{DbError, Pool};
-use crate::http::MatrixError;
 
-use super::event_filter::EventFilter;
 use super::serve::{self, Viewer};
 use super::state;
 use super::timeline::{self, Dir, PageToken, RoomPos, RoomToken, TimelineEvent};
 use super::visibility::{self, check_access, Access};
 use super::RoomError;
+use crate::filter::RoomEventFilter;
 
 /// Rounds of fetching a page when history visibility hides rows, before
 /// answering a short chunk (with `end`, so the client continues).
@@ -39,15 +38,6 @@ impl From<DbError> for HistoryError {
     }
 }
 
-impl From<HistoryError> for MatrixError {
-    fn from(e: HistoryError) -> MatrixError {
-        match e {
-            HistoryError::BadRequest(m) => MatrixError::bad_request(m),
-            HistoryError::Room(e) => e.into(),
-        }
-    }
-}
-
 /// Events read by a walk, and where it stopped.
 struct Walk {
     events: Vec<TimelineEvent>,
@@ -63,7 +53,7 @@ struct WalkSpec<'a> {
     user: &'a str,
     peeking: bool,
     dir: Dir,
-    filter: &'a EventFilter,
+    filter: &'a RoomEventFilter,
     limit: usize,
 }
 
@@ -114,8 +104,9 @@ async fn walk(
 }
 
 /// The effective limit: the query's, capped by the filter's and [`MAX_LIMIT`].
-fn effective_limit(limit: usize, filter: &EventFilter) -> usize {
+fn effective_limit(limit: usize, filter: &RoomEventFilter) -> usize {
     let f = filter
+        .base
         .limit
         .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
     limit.min(f).min(MAX_LIMIT)
@@ -128,7 +119,7 @@ pub struct MessagesQuery {
     pub from: Option<PageToken>,
     pub to: Option<PageToken>,
     pub limit: usize,
-    pub filter: EventFilter,
+    pub filter: RoomEventFilter,
 }
 
 /// `GET /rooms/{roomId}/messages` (message_pagination.yaml). `start` echoes
@@ -290,7 +281,7 @@ pub async fn context(
     viewer: &Viewer,
     event_id: &str,
     limit: usize,
-    filter: &EventFilter,
+    filter: &RoomEventFilter,
 ) -> Result<Value, HistoryError> {
     let access: Access = check_access(db, room_id, &viewer.user_id).await?;
     let user = viewer.user_id.as_str();
@@ -401,7 +392,7 @@ pub async fn members_at(
         Dir::Back,
         pos,
         RoomPos::START,
-        &EventFilter::default(),
+        &RoomEventFilter::default(),
         1,
     )
     .await?;

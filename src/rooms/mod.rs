@@ -13,7 +13,6 @@ pub mod alias;
 pub mod client;
 pub mod create;
 pub mod directory;
-pub mod event_filter;
 pub mod forget;
 pub mod history;
 pub mod member_profile;
@@ -27,7 +26,6 @@ pub mod txn;
 pub mod visibility;
 
 use crate::db::DbError;
-use crate::http::MatrixError;
 use crate::mesh::MeshError;
 
 pub use forget::{forgotten_rooms, is_forgotten};
@@ -72,24 +70,12 @@ pub enum RoomError {
     BadAlias(String),
 }
 
-impl From<RoomError> for MatrixError {
-    fn from(e: RoomError) -> MatrixError {
-        match e {
-            RoomError::NotFound(m) => MatrixError::not_found(m),
-            RoomError::Forbidden(m) => MatrixError::forbidden(m),
-            RoomError::TooLarge(m) => MatrixError::too_large(m),
-            RoomError::BadJson(m) => MatrixError::bad_json(m),
-            RoomError::UnsupportedVersion(v) => {
-                MatrixError::unsupported_room_version(v.to_string())
-            }
-            RoomError::Db(e) => MatrixError::from(e),
-            RoomError::Mesh(e) => MatrixError::unknown(e.to_string()),
-            RoomError::Internal(m) => MatrixError::unknown(m),
-            RoomError::InvalidParam(m) => MatrixError::invalid_param(m),
-            RoomError::BadRequest(m) => MatrixError::bad_request(m),
-            RoomError::RoomInUse(m) => MatrixError::room_in_use(m),
-            RoomError::AliasTaken(m) => MatrixError::new(409, "M_UNKNOWN", m),
-            RoomError::BadAlias(m) => MatrixError::new(400, "M_BAD_ALIAS", m),
+impl crate::error::Retryable for RoomError {
+    fn retryable(&self) -> bool {
+        match self {
+            RoomError::Db(e) => e.retryable(),
+            RoomError::Mesh(e) => e.retryable(),
+            _ => false,
         }
     }
 }

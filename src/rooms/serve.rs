@@ -25,9 +25,9 @@ use crate::db::Pool;
 use crate::events::{redact, RoomVersion};
 
 use super::pdu::Pdu;
-use super::service::now_ms;
 use super::timeline::{load_by_ids, TimelineEvent};
 use super::RoomError;
+use crate::primitives::unix_ms as now_ms;
 
 /// Who is reading: decides `unsigned.transaction_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
 use ruma::canonical_json::{self, CanonicalJsonObject};
@@ -82,12 +81,6 @@ pub fn local() -> Result<Rc<Rooms>, RoomError> {
     LOCAL
         .with(|l| l.borrow().clone())
         .ok_or_else(|| RoomError::Internal("room service not started on this shard".into()))
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn pdu_error(e: PduError) -> RoomError {
@@ -228,7 +221,7 @@ impl Rooms {
             }
         }
         let head = self.head(&req.room_id).await?;
-        self.append(&head, req, false).await
+        self.append(&head, req).await
     }
 
     /// Like [`Rooms::send`], but the request is built under the room's lock
@@ -256,7 +249,7 @@ impl Rooms {
                 "send_built: request for another room".into(),
             ));
         }
-        self.append(&head, req, false).await.map(Some)
+        self.append(&head, req).await.map(Some)
     }
 
     async fn txn_event(
@@ -308,12 +301,7 @@ impl Rooms {
 
     /// Builds the event on `head`, checks auth, persists. The caller holds
     /// the room's lock.
-    async fn append(
-        &self,
-        head: &RoomHead,
-        mut req: EventRequest,
-        _internal: bool,
-    ) -> Result<Rc<Pdu>, RoomError> {
+    async fn append(&self, head: &RoomHead, mut req: EventRequest) -> Result<Rc<Pdu>, RoomError> {
         let version = head.version;
         super::redaction::prepare(&mut req)?;
         super::redaction::authorize(self, head, &req).await?;
@@ -369,7 +357,7 @@ impl Rooms {
                 prev_events: head.extremities.clone(),
                 auth_events,
                 depth: head.max_depth + 1,
-                origin_server_ts: now_ms(),
+                origin_server_ts: crate::primitives::unix_ms(),
                 redacts: req.redacts.clone(),
             },
             &self.key,

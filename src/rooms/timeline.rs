@@ -26,9 +26,9 @@ use crate::db::{DbError, Pool, Row};
 use crate::events::RoomVersion;
 use crate::stream::StreamToken;
 
-use super::event_filter::EventFilter;
 use super::pdu::Pdu;
 use super::RoomError;
+use crate::filter::RoomEventFilter;
 
 /// A position in room order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -284,7 +284,7 @@ pub async fn page(
     dir: Dir,
     from: RoomPos,
     to: RoomPos,
-    filter: &EventFilter,
+    filter: &RoomEventFilter,
     limit: usize,
 ) -> Result<Vec<TimelineEvent>, RoomError> {
     // One SQL text per direction (prepared once per connection); the
@@ -307,8 +307,8 @@ pub async fn page(
          ORDER BY e.depth {order}, e.stream_shard {order}, e.stream_ordering {order} \
          LIMIT $13"
     );
-    let types = filter.types.as_ref().map(|t| like_patterns(t));
-    let not_types = like_patterns(&filter.not_types);
+    let types = filter.base.types.as_ref().map(|t| like_patterns(t));
+    let not_types = like_patterns(&filter.base.not_types);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = db
         .query(
@@ -323,8 +323,8 @@ pub async fn page(
                 &lo.stream,
                 &types,
                 &not_types,
-                &filter.senders,
-                &filter.not_senders,
+                &filter.base.senders,
+                &filter.base.not_senders,
                 &filter.contains_url,
                 &limit,
             ],

@@ -40,7 +40,7 @@ pub struct Notifier {
     stopping: std::cell::Cell<bool>,
     /// What `/sync` needs of the ephemeral and per-user streams (typing
     /// sets, presence, receipt/account-data positions), fed by `apply`.
-    pub ephemeral: crate::ephemeral::SyncCache,
+    pub ephemeral: crate::ephemeral::EphemeralCache,
     /// Observers of every applied batch (e.g. `/sync`'s timeline cache).
     hooks: RefCell<Vec<BatchHook>>,
 }
@@ -147,7 +147,7 @@ impl Notifier {
             room_local: RefCell::default(),
             waiters: RefCell::default(),
             stopping: std::cell::Cell::new(false),
-            ephemeral: crate::ephemeral::SyncCache::new(startup_for_cache),
+            ephemeral: crate::ephemeral::EphemeralCache::new(startup_for_cache),
             hooks: RefCell::default(),
         }
     }

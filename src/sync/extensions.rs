@@ -24,7 +24,7 @@ fn shard() -> Result<Rc<ShardState>, SyncError> {
 }
 
 fn err(e: EphError) -> SyncError {
-    SyncError::Matrix(e.into())
+    SyncError::Ephemeral(e)
 }
 
 fn limit(evs: Vec<Value>, limit: Option<u64>) -> Vec<Value> {

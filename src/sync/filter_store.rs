@@ -12,10 +12,9 @@ use ruma::{OwnedUserId, UserId};
 use serde_json::Value;
 
 use crate::db::Pool;
-use crate::http::MatrixError;
 
-use super::filter::Filter;
 use super::SyncError;
+use crate::filter::Filter;
 
 const CACHE: usize = 20_000;
 
@@ -93,14 +92,14 @@ pub async fn resolve(
         let (f, _) = Filter::from_slice(p.as_bytes())?;
         return Ok(Rc::new(f));
     }
-    let id = parse_id(p).ok_or_else(|| MatrixError::invalid_param("Invalid filter id"))?;
+    let id = parse_id(p).ok_or_else(|| SyncError::UnknownFilter("Invalid filter id".into()))?;
     let key = (user.to_owned(), id);
     if let Some(f) = PARSED.with(|c| c.borrow_mut().get(&key).cloned()) {
         return Ok(f);
     }
     let json = get(db, user, id)
         .await?
-        .ok_or_else(|| MatrixError::invalid_param("No such filter"))?;
+        .ok_or_else(|| SyncError::UnknownFilter("No such filter".into()))?;
     let f = Rc::new(Filter::from_value(&json)?);
     PARSED.with(|c| c.borrow_mut().put(key, f.clone()));
     Ok(f)

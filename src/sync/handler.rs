@@ -12,12 +12,11 @@ use futures_util::future::join_all;
 use ruma::OwnedRoomId;
 
 use crate::auth::Requester;
-use crate::http::MatrixError;
 use crate::shard_state::ShardState;
 use crate::stream::{Notifier, ShardPos, StreamToken};
 
 use super::cache::{self, SyncCache};
-use super::response::{RoomEntry, Rooms, SyncResponse};
+use super::response::{RoomEntry, SyncResponse, SyncRooms};
 use super::timeline::{self, MemberChange};
 use super::{extensions, filter_store, response, SyncContext, SyncError};
 
@@ -72,7 +71,7 @@ pub async fn sync(
     state: Rc<ShardState>,
     who: Requester,
     p: SyncParams,
-) -> Result<SyncOutcome, MatrixError> {
+) -> Result<SyncOutcome, SyncError> {
     let filter = filter_store::resolve(&state.db, &who.user_id, p.filter.as_deref()).await?;
     let notifier = state.notifier.clone();
     let cache = cache::local(&notifier);
@@ -116,7 +115,7 @@ pub async fn sync(
     let after = cache.stats();
     let mut bytes = Vec::with_capacity(4096);
     serde_json::to_writer(&mut bytes, &body)
-        .map_err(|e| MatrixError::unknown(format!("failed to serialise sync: {e}")))?;
+        .map_err(|e| SyncError::Internal(format!("failed to serialise sync: {e}")))?;
     drop(body);
     let body = bytes;
     Ok(SyncOutcome {
@@ -148,7 +147,7 @@ async fn compute(
         .filter(|(r, _)| ctx.filter.allows_room(r.as_str()))
         .filter(|(r, _)| !forgotten.contains(r.as_str()))
         .map(|(room, m)| one_room(ctx, cache, notifier, room, m));
-    let mut out = Rooms::default();
+    let mut out = SyncRooms::default();
     for r in join_all(work).await {
         let Some((section, room, v)) = r? else {
             continue;

@@ -1,8 +1,8 @@
 //! `/sync` (client-server API "Syncing"): initial and incremental syncs
 //! served on the user's shard, mostly from shard-local memory.
 //!
-//! - [`filter`]: the filter language ("Filtering") and its matching rules;
-//!   [`filter_store`] keeps users' stored filters in PostgreSQL.
+//! - [`filter_store`] keeps users' stored filters in PostgreSQL (the filter
+//!   language itself is `crate::filter`, shared with `/messages`).
 //! - [`handler`]: the request flow — the cheap path (nothing changed for the
 //!   user since the token: answered from the notifier, no database, no
 //!   cross-shard call), long polling on the notifier, then computing.
@@ -18,7 +18,6 @@
 
 pub mod cache;
 pub mod extensions;
-pub mod filter;
 pub mod filter_store;
 pub mod handler;
 pub mod response;
@@ -30,10 +29,9 @@ use std::rc::Rc;
 use ruma::OwnedUserId;
 
 use crate::db::{DbError, Pool};
-use crate::http::MatrixError;
 use crate::stream::StreamToken;
 
-pub use filter::Filter;
+pub use crate::filter::Filter;
 
 /// What every part of one sync computation shares: who syncs, between
 /// which tokens, with which filter.
@@ -60,26 +58,32 @@ impl SyncContext {
     }
 }
 
-/// Errors while computing a sync, mapped to Matrix errors at the edge.
+/// Errors while computing a sync (the HTTP edge maps them to errcodes).
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The `filter` parameter or a stored filter is unusable.
     #[error(transparent)]
-    Matrix(#[from] MatrixError),
+    Filter(#[from] crate::filter::FilterError),
+    /// `filter=` names no filter of the user (400 `M_INVALID_PARAM`).
+    #[error("{0}")]
+    UnknownFilter(String),
     #[error(transparent)]
     Room(#[from] crate::rooms::RoomError),
+    #[error(transparent)]
+    Ephemeral(#[from] crate::ephemeral::EphError),
     #[error("{0}")]
     Internal(String),
 }
 
-impl From<SyncError> for MatrixError {
-    fn from(e: SyncError) -> MatrixError {
-        match e {
-            SyncError::Db(e) => MatrixError::from(e),
-            SyncError::Matrix(m) => m,
-            SyncError::Room(e) => MatrixError::from(e),
-            SyncError::Internal(m) => MatrixError::unknown(m),
+impl crate::error::Retryable for SyncError {
+    fn retryable(&self) -> bool {
+        match self {
+            SyncError::Db(e) => e.retryable(),
+            SyncError::Room(e) => e.retryable(),
+            SyncError::Ephemeral(e) => e.retryable(),
+            SyncError::Filter(_) | SyncError::UnknownFilter(_) | SyncError::Internal(_) => false,
         }
     }
 }

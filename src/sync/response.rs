@@ -135,7 +135,7 @@ pub enum RoomEntry {
 pub type Section = BTreeMap<String, RoomEntry>;
 
 #[derive(Debug, Default, Serialize)]
-pub struct Rooms {
+pub struct SyncRooms {
     pub invite: Section,
     pub join: Section,
     pub knock: Section,
@@ -164,7 +164,7 @@ pub struct SyncResponse {
     device_unused_fallback_key_types: Option<Vec<String>>,
     next_batch: String,
     presence: Events<Value>,
-    rooms: Rooms,
+    rooms: SyncRooms,
     to_device: Events<Value>,
 }
 
@@ -177,7 +177,7 @@ pub fn empty(next_batch: &StreamToken) -> SyncResponse {
         device_unused_fallback_key_types: None,
         next_batch: next_batch.to_string(),
         presence: Events::default(),
-        rooms: Rooms::default(),
+        rooms: SyncRooms::default(),
         to_device: Events::default(),
     }
 }
@@ -519,7 +519,7 @@ pub async fn knocked(
 }
 
 /// Assembles the top-level response.
-pub async fn assemble(ctx: &SyncContext, rooms: Rooms) -> Result<SyncResponse, SyncError> {
+pub async fn assemble(ctx: &SyncContext, rooms: SyncRooms) -> Result<SyncResponse, SyncError> {
     let mut out = empty(&ctx.current);
     out.rooms = rooms;
     out.account_data.events = extensions::account_data(ctx).await?;

@@ -174,7 +174,7 @@ pub async fn personalize(
         .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
         .collect();
     let txns = timeline::txn_ids(&ctx.db, ctx.user.as_str(), &ctx.device_id, own).await?;
-    let now = crate::auth::now_ms();
+    let now = crate::primitives::unix_ms_i64();
     Ok(events
         .iter()
         .map(|e| {
@@ -283,7 +283,7 @@ pub async fn personalize_timeline(
     events: &[Rc<TlEvent>],
     bases: &[Arc<Value>],
 ) -> Result<Vec<ServedEvent>, SyncError> {
-    let now = crate::auth::now_ms();
+    let now = crate::primitives::unix_ms_i64();
     let fast = ctx.filter.event_fields.is_none() && events.len() == bases.len();
     let mut out: Vec<Option<ServedEvent>> = Vec::with_capacity(bases.len());
     let mut slow: Vec<Arc<Value>> = Vec::new();

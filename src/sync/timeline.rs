@@ -20,8 +20,8 @@ use crate::rooms::timeline::{TimelineEvent, EVENT_COLUMNS};
 use crate::stream::StreamToken;
 
 use super::cache::{SyncCache, TlEvent};
-use super::filter::RoomEventFilter;
 use super::SyncError;
+use crate::filter::RoomEventFilter;
 
 /// Rows read per page when filling a filtered timeline from the database.
 const PAGE: usize = 50;

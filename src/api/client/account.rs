@@ -9,8 +9,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::uia::{self, Outcome, Uia};
 use crate::auth::store::{self, NewSession, NewUser};
-use crate::auth::uia::{self, Outcome, Uia};
 use crate::auth::{self, password, tokens, username, AuthError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::shard_state::ShardState;

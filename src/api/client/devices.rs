@@ -5,8 +5,8 @@ use std::rc::Rc;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::uia::{self, Outcome, Uia};
 use crate::auth::store;
-use crate::auth::uia::{self, Outcome, Uia};
 use crate::auth::{self, Requester};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::shard_state::ShardState;

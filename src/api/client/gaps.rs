@@ -46,7 +46,7 @@ async fn event(state: Rc<ShardState>, req: Request) -> HandlerResult {
 /// is configured, as Synapse answers.
 async fn turn_server(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = auth::require_user(&state, &req).await?;
-    let now = u64::try_from(auth::now_ms()).unwrap_or(0);
+    let now = crate::primitives::unix_ms();
     Ok(Response::json(
         200,
         &turn_answer(&state.config.voip, who.user_id.as_str(), now),

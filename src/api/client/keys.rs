@@ -15,11 +15,12 @@ use futures_util::future::join_all;
 use ruma::UserId;
 use serde_json::{json, Map, Value};
 
-use crate::auth::{self, now_ms};
+use crate::auth;
 use crate::http::{HandlerResult, MatrixError, Method, Request, Response, Router};
 use crate::keys::store::{self, UploadKey};
 use crate::keys::{validate, KeysError};
 use crate::mesh::shard_for_user;
+use crate::primitives::unix_ms_i64 as now_ms;
 use crate::shard_state::{on_shard, Here, ShardState};
 use crate::stream::{Change, Pos, StreamToken, Ticket, UserChange};
 
@@ -175,8 +176,7 @@ async fn upload(state: Rc<ShardState>, req: Request) -> HandlerResult {
         announce(&st, ticket, &me.user_id, changed).await;
         Ok::<_, MatrixError>(counts)
     })
-    .await
-    .map_err(|e| MatrixError::unknown(e.to_string()))??;
+    .await??;
     Ok(Response::json(
         200,
         &json!({ "one_time_key_counts": counts }),

@@ -5,8 +5,8 @@ use std::rc::Rc;
 
 use serde_json::{json, Map, Value};
 
+use super::uia::password_credentials;
 use crate::auth::store::{self, NewSession};
-use crate::auth::uia::password_credentials;
 use crate::auth::{self, password, username, AuthError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::shard_state::ShardState;

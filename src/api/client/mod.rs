@@ -13,6 +13,7 @@ mod push;
 mod rooms;
 mod sync;
 mod timeline;
+pub mod uia;
 pub(super) mod versions;
 
 use std::future::Future;

@@ -21,7 +21,7 @@ use crate::api::util::{json_body, optional_json_body};
 const MAX_EVENT_BODY: usize = 65_536;
 
 async fn user(state: &ShardState, req: &Request) -> Result<Requester, MatrixError> {
-    auth::require_user(state, req).await
+    Ok(auth::require_user(state, req).await?)
 }
 
 fn room_param(req: &Request) -> Result<OwnedRoomId, MatrixError> {

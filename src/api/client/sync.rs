@@ -10,11 +10,11 @@ use ruma::UserId;
 use serde_json::json;
 
 use crate::auth;
+use crate::filter::Filter;
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::mesh::shard_for_user;
 use crate::shard_state::{on_shard, Here, ShardState};
 use crate::stream::StreamToken;
-use crate::sync::filter::Filter;
 use crate::sync::handler::{self, SyncOutcome, SyncParams};
 use crate::sync::{filter_store, SyncError};
 
@@ -74,8 +74,7 @@ pub async fn sync(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let out: SyncOutcome = on_shard(&state.mesh, target, Here::Inline, move |s| {
         handler::sync(s, who, p)
     })
-    .await
-    .map_err(|e| MatrixError::unknown(e.to_string()))??;
+    .await??;
     let mut resp = Response::json_bytes(200, out.body).with_header("X-Hearth-Sync", out.path);
     if let Some((hits, misses)) = out.window {
         resp = resp.with_header(

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{self, Requester};
+use crate::filter::RoomEventFilter;
 use crate::http::{HandlerResult, MatrixError, Request, Response};
-use crate::rooms::event_filter::{EventFilter, FilterError};
 use crate::rooms::history::{self, MessagesQuery};
 use crate::rooms::timeline::{Dir, PageToken};
 use crate::rooms::{client, forget, EventRequest, Viewer};
@@ -67,13 +67,10 @@ fn limit_param(req: &Request) -> Result<usize, MatrixError> {
         .min(history::MAX_LIMIT))
 }
 
-fn filter_param(req: &Request) -> Result<EventFilter, MatrixError> {
+fn filter_param(req: &Request) -> Result<RoomEventFilter, MatrixError> {
     match req.query_param("filter") {
-        None => Ok(EventFilter::default()),
-        Some(f) => EventFilter::parse(&f).map_err(|e| match e {
-            FilterError::NotJson(m) => MatrixError::not_json(m),
-            FilterError::BadJson(m) => MatrixError::bad_json(m),
-        }),
+        None => Ok(RoomEventFilter::default()),
+        Some(f) => Ok(RoomEventFilter::parse(&f)?),
     }
 }
 

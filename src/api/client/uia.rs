@@ -2,6 +2,9 @@
 //! Authentication API"). Sessions live in PostgreSQL (`ui_auth_sessions`)
 //! because the next request of a flow may land on any shard.
 //!
+//! It lives at the HTTP edge because it is an HTTP protocol: its answer is
+//! a 401 carrying flows and a session, and its stage errors are errcodes.
+//!
 //! Supported stages: `m.login.dummy`, `m.login.password` (re-authentication
 //! of the requester) and `m.login.registration_token` (registration only).
 
@@ -10,8 +13,9 @@ use std::sync::Arc;
 use ruma::UserId;
 use serde_json::{json, Map, Value};
 
-use super::{now_ms, password, store, tokens, username, AuthError};
+use crate::auth::{password, store, tokens, username, AuthError};
 use crate::http::{MatrixError, Response};
+use crate::primitives::unix_ms_i64 as now_ms;
 use crate::shard_state::ShardState;
 
 pub const DUMMY: &str = "m.login.dummy";

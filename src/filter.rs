@@ -1,5 +1,9 @@
 //! Filters (client-server API "Filtering", `data/api/client-server/
-//! definitions/sync_filter.yaml`): what a client wants in its syncs.
+//! definitions/sync_filter.yaml`): what a client wants in its syncs, and
+//! the `RoomEventFilter` of `/messages` and `/context`. One model for both:
+//! `/messages` applies a [`RoomEventFilter`]'s type, sender and URL
+//! conditions in SQL (`rooms::timeline::page`), so a page is `limit`
+//! *matching* events; `/sync` applies the same conditions in memory.
 //!
 //! Parsed leniently (unknown keys are ignored, as the spec's objects are
 //! open) but with the declared types enforced, so a wrong shape is a 400
@@ -8,7 +12,19 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::http::MatrixError;
+/// Most entries a filter list may have: bounds the SQL arrays of
+/// `/messages` and the work of matching.
+const MAX_LIST: usize = 1000;
+
+/// Why a filter was refused (the HTTP edge maps it: `NotJson` is 400
+/// `M_NOT_JSON`, `BadJson` 400 `M_BAD_JSON`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("filter is not JSON: {0}")]
+    NotJson(String),
+    #[error("invalid filter: {0}")]
+    BadJson(String),
+}
 
 /// Default `timeline.limit` (Synapse's default too).
 pub const DEFAULT_TIMELINE_LIMIT: usize = 10;
@@ -74,30 +90,50 @@ pub struct RoomFilter {
     pub account_data: RoomEventFilter,
 }
 
-/// `*` matches any sequence of characters (spec: `types`/`not_types`);
-/// one implementation for `/sync` and `/messages`.
-pub use crate::rooms::event_filter::glob_match;
+/// `*` matches any sequence of characters (spec: `types`/`not_types`).
+pub fn glob_match(pattern: &str, value: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == value;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !value.starts_with(first) || !value.ends_with(last) || value.len() < first.len() + last.len()
+    {
+        return false;
+    }
+    // Both ends are whole prefixes/suffixes: the slice is on char boundaries.
+    let mut rest = &value[first.len()..value.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
 
 impl Filter {
     /// Parses and validates a filter from JSON.
-    pub fn from_value(v: &Value) -> Result<Filter, MatrixError> {
+    pub fn from_value(v: &Value) -> Result<Filter, FilterError> {
         if !v.is_object() {
-            return Err(MatrixError::bad_json("a filter must be a JSON object"));
+            return Err(FilterError::BadJson(
+                "a filter must be a JSON object".into(),
+            ));
         }
-        let f: Filter = serde_path_to_error::deserialize(v)
-            .map_err(|e| MatrixError::bad_json(format!("invalid filter: {e}")))?;
+        let f: Filter =
+            serde_path_to_error::deserialize(v).map_err(|e| FilterError::BadJson(e.to_string()))?;
         f.validate()?;
         Ok(f)
     }
 
     /// Parses a filter from raw bytes: 400 `M_NOT_JSON` when not JSON.
-    pub fn from_slice(b: &[u8]) -> Result<(Filter, Value), MatrixError> {
-        let v: Value = serde_json::from_slice(b)
-            .map_err(|_| MatrixError::not_json("the filter is not valid JSON"))?;
+    pub fn from_slice(b: &[u8]) -> Result<(Filter, Value), FilterError> {
+        let v: Value =
+            serde_json::from_slice(b).map_err(|e| FilterError::NotJson(e.to_string()))?;
         Ok((Filter::from_value(&v)?, v))
     }
 
-    fn validate(&self) -> Result<(), MatrixError> {
+    fn validate(&self) -> Result<(), FilterError> {
         self.presence.validate("presence")?;
         self.account_data.validate("account_data")?;
         let r = &self.room;
@@ -154,11 +190,11 @@ fn check_prefix<'a>(
     ids: impl Iterator<Item = &'a String>,
     prefix: char,
     what: &str,
-) -> Result<(), MatrixError> {
+) -> Result<(), FilterError> {
     for id in ids {
         if !id.starts_with(prefix) {
-            return Err(MatrixError::bad_json(format!(
-                "invalid filter: {what}: {id:?} does not start with '{prefix}'"
+            return Err(FilterError::BadJson(format!(
+                "{what}: {id:?} does not start with '{prefix}'"
             )));
         }
     }
@@ -179,11 +215,33 @@ fn allowed(
 }
 
 impl EventFilter {
-    fn validate(&self, what: &str) -> Result<(), MatrixError> {
+    fn validate(&self, what: &str) -> Result<(), FilterError> {
+        let lists = [
+            self.types.as_deref().unwrap_or_default(),
+            &self.not_types,
+            self.senders.as_deref().unwrap_or_default(),
+            &self.not_senders,
+        ];
+        if lists.iter().any(|l| l.len() > MAX_LIST) {
+            return Err(FilterError::BadJson(format!(
+                "{what}: filter lists hold at most {MAX_LIST} entries"
+            )));
+        }
         check_prefix(
             self.senders.iter().flatten().chain(&self.not_senders),
             '@',
             what,
+        )
+    }
+
+    /// Whether `event_type` passes `types`/`not_types` (where events are
+    /// filtered in memory, e.g. `/context` state).
+    pub fn type_matches(&self, event_type: &str) -> bool {
+        allowed(
+            event_type,
+            self.types.as_deref(),
+            &self.not_types,
+            glob_match,
         )
     }
 
@@ -211,6 +269,21 @@ impl EventFilter {
 }
 
 impl RoomEventFilter {
+    /// Parses the `filter` query parameter of `/messages` and `/context`
+    /// (JSON text; spec `RoomEventFilter`).
+    pub fn parse(json: &str) -> Result<RoomEventFilter, FilterError> {
+        let value: Value =
+            serde_json::from_str(json).map_err(|e| FilterError::NotJson(e.to_string()))?;
+        if !value.is_object() {
+            return Err(FilterError::BadJson("filter must be an object".into()));
+        }
+        let f: RoomEventFilter = serde_path_to_error::deserialize(&value)
+            .map_err(|e| FilterError::BadJson(e.to_string()))?;
+        f.base.validate("filter")?;
+        check_prefix(f.rooms.iter().flatten().chain(&f.not_rooms), '!', "filter")?;
+        Ok(f)
+    }
+
     /// Whether a client-format event of `room_id` passes.
     pub fn allows_event(&self, room_id: &str, ev: &Value) -> bool {
         if !allowed(room_id, self.rooms.as_deref(), &self.not_rooms, |a, b| {
@@ -337,12 +410,12 @@ mod tests {
             json!({"event_format": "xml"}),
         ] {
             let e = Filter::from_value(&bad).unwrap_err();
-            assert_eq!(e.errcode, "M_BAD_JSON", "{bad}");
+            assert!(matches!(e, FilterError::BadJson(_)), "{bad}");
         }
-        assert_eq!(
-            Filter::from_slice(b"{nope").unwrap_err().errcode,
-            "M_NOT_JSON"
-        );
+        assert!(matches!(
+            Filter::from_slice(b"{nope"),
+            Err(FilterError::NotJson(_))
+        ));
     }
 
     #[test]
@@ -376,5 +449,45 @@ mod tests {
             f.project(ev),
             json!({"type": "t", "content": {"body": "x"}, "a.b": 2})
         );
+    }
+
+    #[test]
+    fn parses_the_room_event_filter_of_messages() {
+        let f = RoomEventFilter::parse(
+            r#"{"limit":5,"types":["m.room.*"],"not_types":["m.room.member"],
+                "senders":["@a:h"],"not_senders":["@b:h"],"contains_url":true,
+                "lazy_load_members":true,"rooms":["!x:h"],"unknown":1}"#,
+        )
+        .unwrap();
+        assert_eq!(f.base.limit, Some(5));
+        assert_eq!(f.base.types, Some(vec!["m.room.*".to_owned()]));
+        assert_eq!(f.base.not_senders, vec!["@b:h".to_owned()]);
+        assert_eq!(f.contains_url, Some(true));
+        assert!(f.lazy_load_members);
+        assert!(RoomEventFilter::parse("{}").is_ok());
+        assert!(f.base.type_matches("m.room.message"));
+        assert!(!f.base.type_matches("m.room.member"));
+        assert!(!f.base.type_matches("org.x"));
+    }
+
+    #[test]
+    fn bad_room_event_filters_are_typed_errors() {
+        assert!(matches!(
+            RoomEventFilter::parse("{nope"),
+            Err(FilterError::NotJson(_))
+        ));
+        let long = format!(r#"{{"types":[{}]}}"#, vec!["\"a\""; 1001].join(","));
+        for bad in [
+            "[]",
+            "3",
+            r#"{"types":"m.room.message"}"#,
+            r#"{"limit":-1}"#,
+            long.as_str(),
+        ] {
+            assert!(
+                matches!(RoomEventFilter::parse(bad), Err(FilterError::BadJson(_))),
+                "{bad}"
+            );
+        }
     }
 }
