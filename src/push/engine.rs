@@ -245,7 +245,7 @@ async fn process(state: &Rc<ShardState>, e: &Engine, item: &Item) -> Result<(), 
         return Ok(());
     }
     let thread = eval::thread_of(&event);
-    let ts = i64::try_from(crate::ephemeral::now_ms()).unwrap_or(i64::MAX);
+    let ts = crate::primitives::unix_ms_i64();
     let mut w = Write::new();
     for n in &outcome.notified {
         let users: Vec<String> = n.users.iter().map(|u| u.to_string()).collect();
