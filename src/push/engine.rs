@@ -42,10 +42,15 @@ const ROOMS_CACHE: usize = 10_000;
 /// How long `/sync` waits for a pending evaluation before answering with
 /// the counts it has (only if evaluation is stuck, e.g. database down).
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+/// Events of one room evaluated together, their rows in one write.
+const BATCH: usize = 64;
 
-/// A committed event waiting for evaluation.
+/// A committed event waiting for evaluation. The head (state after the
+/// event) is kept only for state events: a message's state is its
+/// predecessor's, and holding a state map per queued message would make a
+/// backlog in a big room costly.
 struct Item {
-    head: Rc<RoomHead>,
+    head: Option<Rc<RoomHead>>,
     pdu: Rc<Pdu>,
     pos: i64,
 }
@@ -53,7 +58,7 @@ struct Item {
 #[derive(Default)]
 struct RoomQueue {
     queue: VecDeque<Item>,
-    /// The position being evaluated now.
+    /// The lowest position of the batch being evaluated now.
     running: Option<i64>,
     /// Fired after each event is done.
     done: Notify,
@@ -119,8 +124,9 @@ pub fn after_commit(head: &Rc<RoomHead>, pdu: &Rc<Pdu>, pos: i64) {
     let mut queues = e.queues.borrow_mut();
     let q = queues.entry(pdu.room_id.clone()).or_default();
     let idle = q.running.is_none() && q.queue.is_empty();
+    let keep_head = pdu.state_key.is_some() || pdu.kind == TimelineEventType::RoomRedaction;
     q.queue.push_back(Item {
-        head: head.clone(),
+        head: keep_head.then(|| head.clone()),
         pdu: pdu.clone(),
         pos,
     });
@@ -133,30 +139,45 @@ pub fn after_commit(head: &Rc<RoomHead>, pdu: &Rc<Pdu>, pos: i64) {
 async fn worker(state: Rc<ShardState>, room: OwnedRoomId) {
     let e = engine();
     loop {
-        let item = {
+        let batch: Vec<Item> = {
             let mut queues = e.queues.borrow_mut();
             let Some(q) = queues.get_mut(&room) else {
                 return;
             };
-            match q.queue.pop_front() {
-                Some(item) => {
-                    q.running = Some(item.pos);
-                    item
+            if q.queue.is_empty() {
+                if let Some(q) = queues.remove(&room) {
+                    q.done.notify_all();
                 }
-                None => {
-                    if let Some(q) = queues.remove(&room) {
-                        q.done.notify_all();
-                    }
-                    return;
+                return;
+            }
+            let n = q.queue.len().min(BATCH);
+            let batch: Vec<Item> = q.queue.drain(..n).collect();
+            q.running = batch.first().map(|i| i.pos);
+            batch
+        };
+        let mut w = Write::new();
+        let mut pushes = Vec::new();
+        for item in &batch {
+            match evaluate_one(&state, &e, item, &mut w).await {
+                Ok(Some(p)) => pushes.push(p),
+                Ok(None) => {}
+                Err(err) => {
+                    // This event's notifications are lost; the member
+                    // list is rebuilt from the next event's state.
+                    tracing::warn!(room = %room, event = %item.pdu.event_id, error = %err,
+                        "push rule evaluation failed");
+                    e.rooms.borrow_mut().pop(&room);
                 }
             }
-        };
-        if let Err(err) = process(&state, &e, &item).await {
-            // The counts of this event are lost; the member list is
-            // rebuilt from the next event's state.
-            tracing::warn!(room = %room, event = %item.pdu.event_id, error = %err,
-                "push rule evaluation failed");
-            e.rooms.borrow_mut().pop(&room);
+        }
+        if !w.is_empty() {
+            if let Err(err) = state.writer.submit(w).await {
+                tracing::warn!(room = %room, error = %err, "storing notifications failed");
+                pushes.clear();
+            }
+        }
+        for p in pushes {
+            super::gateway::dispatch(&state, p);
         }
         if let Some(q) = e.queues.borrow_mut().get_mut(&room) {
             q.running = None;
@@ -200,7 +221,13 @@ pub fn forget_rules(user: &ruma::UserId) {
     e.rules.borrow_mut().pop(user);
 }
 
-async fn process(state: &Rc<ShardState>, e: &Engine, item: &Item) -> Result<(), String> {
+/// Evaluates one event; its rows join `w`, and what to push is returned.
+async fn evaluate_one(
+    state: &Rc<ShardState>,
+    e: &Engine,
+    item: &Item,
+    w: &mut Write,
+) -> Result<Option<super::gateway::Push>, String> {
     let rooms = crate::rooms::local().map_err(|x| x.to_string())?;
     let server = state.config.server_name.as_str();
     let ctx = room_ctx(&rooms, e, item, server).await?;
@@ -219,7 +246,7 @@ async fn process(state: &Rc<ShardState>, e: &Engine, item: &Item) -> Result<(), 
     }
     users.retain(|u| *u != pdu.sender);
     if users.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let rules = rules_for(&state.db, e, &users).await?;
     let candidates: Vec<Candidate> = users
@@ -242,14 +269,14 @@ async fn process(state: &Rc<ShardState>, e: &Engine, item: &Item) -> Result<(), 
     e.evaluations
         .set(e.evaluations.get() + outcome.evaluations as u64);
     if outcome.notified.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let thread = eval::thread_of(&event);
     let ts = crate::primitives::unix_ms_i64();
-    let mut w = Write::new();
     for n in &outcome.notified {
         let users: Vec<String> = n.users.iter().map(|u| u.to_string()).collect();
-        w = w.statement(
+        let taken = std::mem::replace(w, Write::new());
+        *w = taken.statement(
             "INSERT INTO push_actions (user_id, room_id, event_id, stream_ordering, thread_id, \
              highlight, actions, ts) SELECT u, $2, $3, $4, $5, $6, $7, $8 \
              FROM unnest($1::text[]) AS u ON CONFLICT (user_id, event_id) DO NOTHING",
@@ -265,19 +292,14 @@ async fn process(state: &Rc<ShardState>, e: &Engine, item: &Item) -> Result<(), 
             ],
         );
     }
-    state.writer.submit(w).await.map_err(|x| x.to_string())?;
-    super::gateway::dispatch(
-        state,
-        super::gateway::Push {
-            event: Rc::new(event),
-            event_id: pdu.event_id.clone(),
-            room_id: pdu.room_id.clone(),
-            room_name: ctx.name.clone(),
-            sender_display_name: ctx.members.get(&pdu.sender).cloned(),
-            notified: outcome.notified,
-        },
-    );
-    Ok(())
+    Ok(Some(super::gateway::Push {
+        event: Rc::new(event),
+        event_id: pdu.event_id.clone(),
+        room_id: pdu.room_id.clone(),
+        room_name: ctx.name.clone(),
+        sender_display_name: ctx.members.get(&pdu.sender).cloned(),
+        notified: outcome.notified,
+    }))
 }
 
 /// The room's context after `item`: the cached one updated by the event
@@ -290,9 +312,19 @@ async fn room_ctx(
 ) -> Result<Rc<RoomCtx>, String> {
     let pdu = &item.pdu;
     let room = &pdu.room_id;
-    let cached = e.rooms.borrow_mut().get(room).cloned();
+    let changes = matches!(
+        (&pdu.kind, pdu.state_key.as_deref()),
+        (TimelineEventType::RoomMember, Some(_))
+            | (TimelineEventType::RoomPowerLevels, Some(""))
+            | (TimelineEventType::RoomCreate, Some(""))
+            | (TimelineEventType::RoomName, Some(""))
+    );
+    let redaction = pdu.kind == TimelineEventType::RoomRedaction;
+    let cached = e.rooms.borrow_mut().pop(room);
     let ctx = match cached {
-        Some(c) if pdu.kind != TimelineEventType::RoomRedaction => {
+        Some(c) if !redaction && !changes => c,
+        Some(c) if !redaction => {
+            // Taken out of the cache, so normally not shared: no copy.
             let mut c = Rc::unwrap_or_clone(c);
             match (pdu.kind.clone(), pdu.state_key.as_deref()) {
                 (TimelineEventType::RoomMember, Some(k)) => {
@@ -300,19 +332,28 @@ async fn room_ctx(
                         apply_member(&mut c, u, pdu, server);
                     }
                 }
-                (TimelineEventType::RoomPowerLevels, Some(""))
-                | (TimelineEventType::RoomCreate, Some("")) => {
-                    c.power = power(rooms, &item.head).await?;
-                }
-                (TimelineEventType::RoomName, Some("")) => c.name = content_str(pdu, "name"),
-                _ => {}
+                (TimelineEventType::RoomName, _) => c.name = content_str(pdu, "name"),
+                _ => c.power = power(rooms, &*head_of(rooms, item).await?).await?,
             }
             Rc::new(c)
         }
-        _ => Rc::new(build(rooms, &item.head, server).await?),
+        _ => Rc::new(build(rooms, &*head_of(rooms, item).await?, server).await?),
     };
     e.rooms.borrow_mut().put(room.clone(), ctx.clone());
     Ok(ctx)
+}
+
+/// The state after the event: kept for state events; for others the
+/// room's current head (newer only if the room moved on meanwhile and the
+/// cached context was evicted: then the member list is a little ahead).
+async fn head_of(rooms: &Rooms, item: &Item) -> Result<Rc<RoomHead>, String> {
+    match &item.head {
+        Some(h) => Ok(h.clone()),
+        None => rooms
+            .head(&item.pdu.room_id)
+            .await
+            .map_err(|x| x.to_string()),
+    }
 }
 
 fn content(pdu: &Pdu) -> Value {
