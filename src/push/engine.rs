@@ -279,7 +279,7 @@ async fn evaluate_one(
         *w = taken.statement(
             "INSERT INTO push_actions (user_id, room_id, event_id, stream_ordering, thread_id, \
              highlight, actions, ts) SELECT u, $2, $3, $4, $5, $6, $7, $8 \
-             FROM unnest($1::text[]) AS u ON CONFLICT (user_id, event_id) DO NOTHING",
+             FROM unnest($1::text[]) AS u",
             vec![
                 SqlValue::TextArray(users),
                 pdu.room_id.as_str().into(),
