@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Node dependencies of the matrix-js-sdk interop test (tests/interop_jssdk.rs):
-# the packages pinned in tests/interop/js/package-lock.json, installed into
+# the packages pinned in tests/interop/js/package-lock.json (matrix-js-sdk and,
+# with it, its Rust crypto @matrix-org/matrix-sdk-crypto-wasm, whose wasm
+# binary ships inside the npm package), installed into
 # tests/interop/js/node_modules (git-ignored) with `npm ci`. Idempotent: when
 # node_modules already matches the lock file (a stamp holds the lock's hash)
 # nothing runs. Fails loudly when node or npm is missing. Prints the
@@ -24,15 +26,18 @@ if [ "$major" -lt 20 ]; then
 fi
 
 want="$(sha256sum "$DIR/package-lock.json" | cut -d' ' -f1)"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -d "$DIR/node_modules/matrix-js-sdk" ]; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -d "$DIR/node_modules/matrix-js-sdk" ] \
+    && [ -d "$DIR/node_modules/@matrix-org/matrix-sdk-crypto-wasm" ]; then
     echo "$DIR"
     exit 0
 fi
 
 (cd "$DIR" && npm ci --no-audit --no-fund --loglevel=error >&2)
-[ -d "$DIR/node_modules/matrix-js-sdk" ] || {
-    echo "ensure-node-deps: matrix-js-sdk did not install" >&2
-    exit 1
-}
+for pkg in matrix-js-sdk @matrix-org/matrix-sdk-crypto-wasm; do
+    [ -d "$DIR/node_modules/$pkg" ] || {
+        echo "ensure-node-deps: $pkg did not install" >&2
+        exit 1
+    }
+done
 echo "$want" >"$STAMP"
 echo "$DIR"

@@ -70,6 +70,81 @@ pub struct Config {
     pub voip: VoipSection,
     #[serde(default)]
     pub push: PushSection,
+    #[serde(default)]
+    pub federation: FederationSection,
+    #[serde(default)]
+    pub well_known: WellKnownSection,
+}
+
+/// Server-server API settings (spec server-server-api; names follow
+/// Synapse's `ip_range_blacklist`, `federation_verify_certificates` and
+/// `trusted_key_servers`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationSection {
+    /// CIDR ranges outbound federation never connects to. Default: the
+    /// private, loopback, link-local and reserved ranges Synapse denies.
+    pub deny_ip_ranges: Vec<String>,
+    /// CIDR ranges allowed even though `deny_ip_ranges` covers them (tests
+    /// on loopback: `["127.0.0.0/8"]`).
+    pub allow_ip_ranges: Vec<String>,
+    /// Check peers' TLS certificates against the system's CAs.
+    pub verify_peer_tls: bool,
+    /// Notaries to fetch remote keys from; empty: straight from the origin.
+    pub trusted_key_servers: Vec<TrustedKeyServer>,
+    pub connect_timeout_ms: u64,
+    /// Whole request (head and body) after the connection is up.
+    pub request_timeout_ms: u64,
+    /// Largest response body accepted from a peer.
+    pub max_response_bytes: usize,
+    /// Idle connections kept per destination.
+    pub max_idle_per_destination: usize,
+    /// Nameservers for SRV lookups (`ip:port`); empty: `/etc/resolv.conf`.
+    pub dns_servers: Vec<std::net::SocketAddr>,
+}
+
+impl Default for FederationSection {
+    fn default() -> Self {
+        Self {
+            deny_ip_ranges: crate::federation::ip_range::DEFAULT_DENY
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            allow_ip_ranges: Vec::new(),
+            verify_peer_tls: true,
+            trusted_key_servers: Vec::new(),
+            connect_timeout_ms: 10_000,
+            request_timeout_ms: 60_000,
+            max_response_bytes: 50 * 1024 * 1024,
+            max_idle_per_destination: 4,
+            dns_servers: Vec::new(),
+        }
+    }
+}
+
+/// A notary (`[[federation.trusted_key_servers]]`). With `verify_keys`
+/// its answers must carry its signature by one of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKeyServer {
+    pub server_name: String,
+    /// key id (`ed25519:abc`) → unpadded base64 public key.
+    #[serde(default)]
+    pub verify_keys: BTreeMap<String, String>,
+}
+
+/// `/.well-known/matrix/{server,client}` answers on client listeners
+/// (spec server-server "Resolving server names", client-server
+/// "Well-known URIs"). Unset: 404.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WellKnownSection {
+    /// `m.server`: `<delegated_hostname>[:<port>]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// `m.homeserver.base_url`, e.g. `https://matrix.example.org`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// Push rule evaluation (`src/push/`). `enabled = false` skips evaluating
@@ -123,6 +198,13 @@ pub struct Listener {
     pub port: u16,
     #[serde(default)]
     pub kind: ListenerKind,
+    /// PEM certificate chain: with `tls_private_key`, the listener speaks
+    /// TLS (federation listeners must, unless a proxy terminates TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_certificate: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_private_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -251,6 +333,8 @@ fn default_listeners() -> Vec<Listener> {
         address: default_address(),
         port: 8008,
         kind: ListenerKind::Client,
+        tls_certificate: None,
+        tls_private_key: None,
     }]
 }
 
@@ -331,6 +415,50 @@ impl Config {
                         format!("{}:{} is already used by listeners[{i}]", l.address, l.port),
                     ));
                 }
+            }
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.tls_certificate.is_some() != l.tls_private_key.is_some() {
+                return Err(key_err(
+                    format!("listeners[{i}]"),
+                    "tls_certificate and tls_private_key go together",
+                ));
+            }
+        }
+        let f = &self.federation;
+        for (key, list) in [
+            ("federation.deny_ip_ranges", &f.deny_ip_ranges),
+            ("federation.allow_ip_ranges", &f.allow_ip_ranges),
+        ] {
+            for r in list {
+                if crate::federation::ip_range::IpRange::parse(r).is_none() {
+                    return Err(key_err(
+                        key,
+                        format!("`{r}` is not an IP range (a.b.c.d/n)"),
+                    ));
+                }
+            }
+        }
+        if let Some(s) = &self.well_known.server {
+            if ruma::ServerName::parse(s).is_err() {
+                return Err(key_err("well_known.server", "not a valid server name"));
+            }
+        }
+        for (i, t) in f.trusted_key_servers.iter().enumerate() {
+            if ruma::ServerName::parse(&t.server_name).is_err() {
+                return Err(key_err(
+                    format!("federation.trusted_key_servers[{i}].server_name"),
+                    "not a valid server name",
+                ));
+            }
+        }
+        for (key, v) in [
+            ("federation.connect_timeout_ms", f.connect_timeout_ms),
+            ("federation.request_timeout_ms", f.request_timeout_ms),
+            ("federation.max_response_bytes", f.max_response_bytes as u64),
+        ] {
+            if v == 0 {
+                return Err(key_err(key, "must be greater than 0"));
             }
         }
         let h = &self.http;

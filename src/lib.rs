@@ -11,6 +11,7 @@ pub mod db;
 pub mod ephemeral;
 pub mod error;
 pub mod events;
+pub mod federation;
 pub mod filter;
 pub mod http;
 pub mod keys;

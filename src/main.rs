@@ -30,7 +30,24 @@ HEARTH_LISTENERS__0__PORT=8448; unknown keys and bad values stop hearth at start
   [[listeners]]                   # repeatable; default 127.0.0.1:8008 client
   address = \"0.0.0.0\"
   port = 8008
-  kind = \"client\"                 # client | federation
+  kind = \"client\"                 # client | federation (port 8448 by convention)
+  tls_certificate = \"fed.crt\"     # PEM chain + key: this listener speaks TLS
+  tls_private_key = \"fed.key\"     # (federation must, unless a proxy terminates it)
+
+  [federation]
+  deny_ip_ranges = [...]          # default: Synapse's ip_range_blacklist (private, loopback...)
+  allow_ip_ranges = []            # exceptions, e.g. [\"127.0.0.0/8\"] for loopback tests
+  verify_peer_tls = true          # check peers' certificates against the system CAs
+  connect_timeout_ms = 10000      request_timeout_ms = 60000
+  max_response_bytes = 52428800   max_idle_per_destination = 4
+  dns_servers = []                # SRV nameservers (\"ip:port\"); default /etc/resolv.conf
+  [[federation.trusted_key_servers]]   # notaries; none: keys straight from the origin
+  server_name = \"notary.example\"
+  verify_keys = { \"ed25519:abc\" = \"<base64 public key>\" }
+
+  [well_known]                    # served on client listeners when set
+  server = \"matrix.example.org:443\"   # /.well-known/matrix/server m.server
+  client = \"https://matrix.example.org\"   # /.well-known/matrix/client base_url
 
   [http]
   max_header_bytes = 16384        max_body_bytes = 33554432
@@ -89,6 +106,12 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
+    /// Retire the signing key (kept as an old verify key) and make a new
+    /// one with a fresh key id. Run while hearth is stopped.
+    RotateSigningKey {
+        #[arg(long, short, env = "HEARTH_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Load and validate the configuration, print the effective values.
     CheckConfig {
         #[arg(long, short, env = "HEARTH_CONFIG")]
@@ -110,6 +133,26 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::RotateSigningKey { config } => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("hearth: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let now = hearth::primitives::unix_ms();
+            match hearth::events::old_keys::rotate(&cfg.data_dir, &cfg.server_name, now) {
+                Ok(k) => {
+                    println!("new signing key {}", k.key_id);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hearth: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::RegisterUser {
             config,
             user,

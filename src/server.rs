@@ -25,9 +25,18 @@ use crate::shard_state::{self, ShardState};
 /// Jobs in flight per ordered shard pair before senders wait (backpressure).
 const MESH_RING_CAPACITY: usize = 1024;
 
+/// Federation pieces built once on the main thread (file reads) and
+/// shared by every shard.
+#[derive(Clone)]
+struct FedShared {
+    old_keys: Arc<Vec<crate::events::old_keys::OldVerifyKey>>,
+    tls: Arc<rustls::ClientConfig>,
+    nameservers: Vec<SocketAddr>,
+}
+
 /// Everything one shard owns, moved to its thread at start.
 pub struct ShardPayload {
-    listeners: Vec<(ListenerKind, TcpListener)>,
+    listeners: Vec<(ListenerKind, TcpListener, Option<Arc<rustls::ServerConfig>>)>,
     mesh: MeshEndpoint,
 }
 
@@ -65,14 +74,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             mesh,
         })
         .collect();
-    let mut bound: Vec<(ListenerKind, SocketAddr)> = Vec::new();
+    let mut bound: Vec<(ListenerKind, SocketAddr, bool)> = Vec::new();
     for l in &config.listeners {
         let addr = SocketAddr::new(l.address, l.port);
+        // Certificates are read before binding: a bad file fails the start.
+        let tls = match (&l.tls_certificate, &l.tls_private_key) {
+            (Some(cert), Some(key)) => Some(
+                http::tls::server_config(cert, key)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("TLS for the {addr} listener"))?,
+            ),
+            _ => None,
+        };
         let socks = shard::listener::bind_reuseport(addr, n)
             .with_context(|| format!("binding {addr} ({:?} listener)", l.kind))?;
-        bound.push((l.kind, socks[0].local_addr()?));
+        bound.push((l.kind, socks[0].local_addr()?, tls.is_some()));
         for (payload, sock) in per_shard.iter_mut().zip(socks) {
-            payload.listeners.push((l.kind, sock));
+            payload.listeners.push((l.kind, sock, tls.clone()));
         }
     }
 
@@ -85,7 +103,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         ServerKey::load_or_create(&config.data_dir, &config.server_name)
             .context("loading the server signing key")?,
     );
-    let db = (database.connect.clone(), database.pool.clone(), key);
+    let old_keys = Arc::new(
+        crate::events::old_keys::load(&config.data_dir)
+            .context("loading the retired signing keys")?,
+    );
+    let fed_tls = crate::federation::tls::client_config(config.federation.verify_peer_tls)
+        .map_err(anyhow::Error::msg)
+        .context("federation TLS client")?;
+    let nameservers = if config.federation.dns_servers.is_empty() {
+        crate::federation::dns::system_nameservers()
+    } else {
+        config.federation.dns_servers.clone()
+    };
+    let fed = FedShared {
+        old_keys,
+        tls: fed_tls,
+        nameservers,
+    };
+    let db = (database.connect.clone(), database.pool.clone(), key, fed);
 
     let opts = ShardOptions {
         io_driver: config.io_driver,
@@ -98,8 +133,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     .context("starting shards")?;
 
     log_driver_summary(&shards.infos);
-    for (kind, addr) in &bound {
-        tracing::info!(kind = ?kind, "listening on http://{addr}");
+    for (kind, addr, tls) in &bound {
+        let scheme = if *tls { "https" } else { "http" };
+        tracing::info!(kind = ?kind, "listening on {scheme}://{addr}");
     }
 
     let mut forever = signals.forever();
@@ -155,7 +191,7 @@ fn log_driver_summary(infos: &[ShardInfo]) {
 async fn shard_main(
     start: ShardStart<ShardPayload>,
     config: Arc<Config>,
-    (connect, pool_cfg, key): (ConnectConfig, PoolConfig, Arc<ServerKey>),
+    (connect, pool_cfg, key, fed): (ConnectConfig, PoolConfig, Arc<ServerKey>, FedShared),
 ) {
     let ShardStart {
         info,
@@ -201,6 +237,13 @@ async fn shard_main(
         }
     };
     rooms::install(rooms.clone());
+    let federation = Rc::new(crate::federation::Federation::new(
+        key.clone(),
+        fed.old_keys,
+        fed.tls,
+        &config.federation,
+        fed.nameservers,
+    ));
     let state = Rc::new(ShardState {
         info,
         config,
@@ -212,6 +255,7 @@ async fn shard_main(
         auth: crate::auth::AuthState::default(),
         stream: stream.clone(),
         notifier,
+        federation,
     });
     shard_state::install(state.clone());
     // Only now may jobs from other shards run here: they reach this shard's
@@ -236,7 +280,7 @@ async fn shard_main(
     let client_router = Rc::new(crate::api::client_router());
     let federation_router = Rc::new(crate::api::federation_router());
     let mut serving = Vec::new();
-    for (kind, std_listener) in listeners {
+    for (kind, std_listener, tls) in listeners {
         let listener = match monoio::net::TcpListener::from_std(std_listener) {
             Ok(l) => l,
             Err(e) => {
@@ -254,6 +298,7 @@ async fn shard_main(
             state.clone(),
             http_cfg.clone(),
             shutdown.clone(),
+            tls,
         )));
     }
     for s in serving {

@@ -40,6 +40,8 @@ pub struct ShardState {
     pub stream: Rc<StreamWriter>,
     /// What this shard knows of every stream; wakes parked syncs.
     pub notifier: Rc<Notifier>,
+    /// Outbound federation (client, discovery) and remote keys.
+    pub federation: Rc<crate::federation::Federation>,
 }
 
 thread_local! {

@@ -558,3 +558,75 @@ fn changes_lists_users_sharing_a_room_whose_keys_changed() {
     );
     assert_err(&r, 400, "M_MISSING_PARAM");
 }
+
+#[test]
+fn device_lists_follow_who_shares_a_room() {
+    let h = start();
+    let alice = common::register_user(&h, "alice");
+    let carol = common::register_user(&h, "carol");
+    let dave = common::register_user(&h, "dave");
+    let create = |r: &Registered| {
+        ok(call(
+            &h,
+            "POST",
+            "/createRoom",
+            &r.token,
+            Some(json!({"preset": "public_chat"})),
+        ))["room_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (room, daves) = (create(&alice), create(&dave));
+    let member = |r: &Registered, what: &str, room: &str| {
+        let path = match what {
+            "join" => format!("/join/{}", common::enc(room)),
+            _ => format!("/rooms/{}/leave", common::enc(room)),
+        };
+        ok(call(&h, "POST", &path, &r.token, Some(json!({}))));
+    };
+    let sync = |since: &str| {
+        ok(call(
+            &h,
+            "GET",
+            &format!("/sync?timeout=0&since={since}"),
+            &alice.token,
+            None,
+        ))
+    };
+    let mut since = ok(call(&h, "GET", "/sync?timeout=0", &alice.token, None))["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut step = |expect_changed: Value, expect_left: Value| {
+        let v = sync(&since);
+        assert_eq!(v["device_lists"]["changed"], expect_changed, "{v:#}");
+        assert_eq!(v["device_lists"]["left"], expect_left, "{v:#}");
+        let next = v["next_batch"].as_str().unwrap().to_owned();
+        let c = ok(call(
+            &h,
+            "GET",
+            &format!("/keys/changes?from={since}&to={next}"),
+            &alice.token,
+            None,
+        ));
+        assert_eq!(c["changed"], expect_changed);
+        assert_eq!(c["left"], expect_left);
+        since = next;
+    };
+    // Carol joins Alice's room: she newly shares one.
+    member(&carol, "join", &room);
+    step(json!([carol.id]), json!([]));
+    // Alice joins Dave's room: Dave newly shares one.
+    member(&alice, "join", &daves);
+    step(json!([dave.id]), json!([]));
+    // Carol also joins Dave's room, then leaves Alice's: she still shares
+    // Dave's room with Alice, so she is not left.
+    member(&carol, "join", &daves);
+    step(json!([carol.id]), json!([]));
+    member(&carol, "leave", &room);
+    step(json!([]), json!([]));
+    // Alice leaves Dave's room: neither Dave nor Carol shares one any more.
+    member(&alice, "leave", &daves);
+    step(json!([]), json!([carol.id, dave.id]));
+}

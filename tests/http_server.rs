@@ -123,7 +123,15 @@ impl TestServer {
                 let state = Rc::new(State {
                     shutdown: shutdown.clone(),
                 });
-                serve(listener, Rc::new(router()), state, Rc::new(cfg), shutdown).await;
+                serve(
+                    listener,
+                    Rc::new(router()),
+                    state,
+                    Rc::new(cfg),
+                    shutdown,
+                    None,
+                )
+                .await;
             };
             // HEARTH_TEST_LEGACY_DRIVER=1 runs the suite on the epoll fallback.
             if std::env::var_os("HEARTH_TEST_LEGACY_DRIVER").is_some() {

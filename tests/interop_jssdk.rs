@@ -1,6 +1,8 @@
 //! Interop with matrix-js-sdk (the SDK inside Element Web), from npm, pinned
 //! by `tests/interop/js/package-lock.json`: runs `tests/interop/js/basic.mjs`
-//! in Node against the real binary (2 shards) and real PostgreSQL.
+//! (unencrypted) and `e2ee.mjs` (its Rust crypto, matrix-sdk-crypto-wasm:
+//! encrypted messages both ways, cross-signing, key backup restored on a new
+//! device) in Node against the real binary (2 shards) and real PostgreSQL.
 //!
 //! The test installs its packages by calling `scripts/ensure-node-deps.sh`
 //! (idempotent; a no-op when node_modules matches the lock file). A missing
@@ -89,18 +91,43 @@ fn run_with_deadline(mut cmd: Command, limit: Duration) -> (bool, String, String
     }
 }
 
-#[test]
-fn matrix_js_sdk_basic_scenario() {
+/// Runs `tests/interop/js/{script}` against a fresh hearth (2 shards) and
+/// asserts it printed `passed` (its last line on success).
+fn run_scenario(script: &str, passed: &str, limit: Duration) {
     let dir = interop_js_dir();
     let db = TestCluster::shared().fresh_database();
     let h = Hearth::start(Opts::shards(2).env("HEARTH_DATABASE__URL", &db.url()));
     let mut cmd = Command::new("node");
     cmd.current_dir(&dir)
-        .arg(format!("{dir}/basic.mjs"))
+        .arg(format!("{dir}/{script}"))
         .arg(format!("http://{}", h.addr));
-    // The script has its own 60 s deadline; this one only catches a hung node.
-    let (ok, out, err) = run_with_deadline(cmd, Duration::from_secs(90));
-    println!("--- basic.mjs stdout ---\n{out}--- stderr ---\n{err}");
-    assert!(ok, "matrix-js-sdk interop scenario failed:\n{out}\n{err}");
-    assert!(out.contains("all interop steps passed"), "{out}");
+    // The script has its own deadline; this one only catches a hung node.
+    let (ok, out, err) = run_with_deadline(cmd, limit);
+    println!("--- {script} stdout ---\n{out}--- stderr ---\n{err}");
+    assert!(
+        ok,
+        "matrix-js-sdk interop scenario {script} failed:\n{out}\n{err}"
+    );
+    assert!(out.contains(passed), "{out}");
+}
+
+#[test]
+fn matrix_js_sdk_basic_scenario() {
+    run_scenario(
+        "basic.mjs",
+        "all interop steps passed",
+        Duration::from_secs(90),
+    );
+}
+
+/// matrix-js-sdk with its Rust crypto (matrix-sdk-crypto-wasm, as in
+/// Element): an encrypted conversation both ways, cross-signing
+/// bootstrapped, a key backup made and restored on a new device.
+#[test]
+fn matrix_js_sdk_rust_crypto_e2ee_scenario() {
+    run_scenario(
+        "e2ee.mjs",
+        "all e2ee steps passed",
+        Duration::from_secs(180),
+    );
 }

@@ -49,6 +49,10 @@ pub enum Cmd {
     /// Sends, receipts, typing and long-poll syncs from N users (default 40)
     /// in M rooms (default 10) of skewed sizes.
     Mixed(scenario::mixed::MixedArgs),
+    /// C claimers (`--connections`, default 64) racing for the one-time keys
+    /// of T devices (`--users`, default 64, `--keys` each): `POST /keys/claim`;
+    /// a key handed out twice is an error.
+    KeysClaim(scenario::keys::ClaimArgs),
     /// Every scenario against hearth and a peer (Synapse), alternating, with
     /// a ratio table.
     Compare(compare::CompareArgs),
@@ -76,6 +80,7 @@ pub fn run_scenario(cmd: &Cmd) -> Option<anyhow::Result<RunReport>> {
         Cmd::SyncFanout(a) => scenario::sync::run_fanout(a),
         Cmd::SyncInitial(a) => scenario::sync::run_initial(a),
         Cmd::Mixed(a) => scenario::mixed::run(a),
+        Cmd::KeysClaim(a) => scenario::keys::run(a),
         _ => return None,
     })
 }
@@ -88,6 +93,7 @@ fn common_of(cmd: &Cmd) -> Option<&Common> {
         Cmd::SyncFanout(a) => Some(&a.common),
         Cmd::SyncInitial(a) => Some(&a.common),
         Cmd::Mixed(a) => Some(&a.common),
+        Cmd::KeysClaim(a) => Some(&a.common),
         _ => None,
     }
 }

@@ -59,11 +59,13 @@ impl Default for AuthState {
 impl AuthState {
     /// Whether this shard has `token` cached (tests, diagnostics).
     pub fn is_cached(&self, token: &str) -> bool {
-        self.tokens.get_if_present(&token.to_owned()).is_some()
+        self.tokens
+            .get_if_present(&tokens::hash_token(token))
+            .is_some()
     }
 
-    fn invalidate(&self, tokens: &[String]) {
-        for t in tokens {
+    fn invalidate(&self, token_hashes: &[String]) {
+        for t in token_hashes {
             self.tokens.invalidate(t);
         }
     }
@@ -77,19 +79,22 @@ pub async fn require_user(state: &ShardState, req: &Request) -> Result<Requester
         Some(t) if !t.is_empty() => t.into_owned(),
         _ => return Err(AuthError::MissingToken),
     };
+    // Cached and looked up by hash: no shard keeps a usable token either.
+    let hash = tokens::hash_token(&token);
     let pool = state.db.clone();
-    let key = token.clone();
+    let key = hash.clone();
     let r = state
         .auth
         .tokens
         .get_or_load(key, move || async move {
-            store::lookup_token(&pool, &token).await
+            store::lookup_token(&pool, &hash).await
         })
         .await?;
     Ok(r)
 }
 
-/// Forget `tokens` in every shard's cache, returning once all have. Called
+/// Forget `tokens` (hashes, as the deletes return them) in every shard's
+/// cache, returning once all have. Called
 /// after the tokens were deleted from the database, so a load racing with
 /// this either read the deletion or is detached by the invalidation.
 pub async fn invalidate_tokens(state: &ShardState, tokens: Vec<String>) {

@@ -80,14 +80,15 @@ fn tokens_of(rows: &[Row]) -> Result<Vec<String>, AuthError> {
         .collect()
 }
 
-/// The requester of a valid token of an active user.
-pub async fn lookup_token(pool: &Pool, token: &str) -> Result<Requester, AuthError> {
+/// The requester of a valid token of an active user, found by the token's
+/// hash ([`tokens::hash_token`]: the table holds no usable token).
+pub async fn lookup_token(pool: &Pool, token_hash: &str) -> Result<Requester, AuthError> {
     let row = pool
         .query_opt(
             "SELECT t.user_id, t.device_id, u.is_guest FROM access_tokens t \
              JOIN users u ON u.user_id = t.user_id \
-             WHERE t.token = $1 AND NOT u.deactivated",
-            &[&token],
+             WHERE t.token_hash = $1 AND NOT u.deactivated",
+            &[&token_hash],
         )
         .await?;
     let row = row.ok_or(AuthError::UnknownToken)?;
@@ -131,7 +132,7 @@ const INSERT_USER: &str =
 const INSERT_DEVICE: &str = "INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts, last_seen_ip) \
      VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (user_id, device_id) DO NOTHING";
 const INSERT_TOKEN: &str =
-    "INSERT INTO access_tokens (token, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)";
+    "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)";
 
 /// Create a user, and with `session` its first device and token, atomically.
 /// A taken id is [`AuthError::UserInUse`] (the primary key decides races).
@@ -161,7 +162,8 @@ pub async fn create_user(
     };
     let token = tokens::new_access_token()?;
     let dev_params: [&dyn ToSql; 5] = [&uid, &device_id, &s.display_name, &ts, &s.ip];
-    let tok_params: [&dyn ToSql; 4] = [&token, &uid, &device_id, &ts];
+    let token_hash = tokens::hash_token(&token);
+    let tok_params: [&dyn ToSql; 4] = [&token_hash, &uid, &device_id, &ts];
     pool.pipeline_transaction(&[
         (INSERT_USER, &user_params),
         (INSERT_DEVICE, &dev_params),
@@ -189,7 +191,8 @@ pub async fn create_session(
     };
     let token = tokens::new_access_token()?;
     let dev_params: [&dyn ToSql; 5] = [&uid, &device_id, &s.display_name, &ts, &s.ip];
-    let tok_params: [&dyn ToSql; 4] = [&token, &uid, &device_id, &ts];
+    let token_hash = tokens::hash_token(&token);
+    let tok_params: [&dyn ToSql; 4] = [&token_hash, &uid, &device_id, &ts];
     pool.pipeline_transaction(&[
         (INSERT_DEVICE, &dev_params),
         (
@@ -217,7 +220,7 @@ pub async fn delete_devices(
     let res = pool
         .pipeline_transaction(&[
             (
-                "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = ANY($2) RETURNING token",
+                "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = ANY($2) RETURNING token_hash",
                 &[&uid, &device_ids],
             ),
             (
@@ -241,7 +244,7 @@ pub async fn delete_other_devices(
         .pipeline_transaction(&[
             (
                 "DELETE FROM access_tokens WHERE user_id = $1 \
-                 AND ($2::text IS NULL OR device_id <> $2) RETURNING token",
+                 AND ($2::text IS NULL OR device_id <> $2) RETURNING token_hash",
                 &[&uid, &keep],
             ),
             (
@@ -274,7 +277,7 @@ pub async fn deactivate(pool: &Pool, user_id: &UserId) -> Result<Vec<String>, Au
                 &[&uid],
             ),
             (
-                "DELETE FROM access_tokens WHERE user_id = $1 RETURNING token",
+                "DELETE FROM access_tokens WHERE user_id = $1 RETURNING token_hash",
                 &[&uid],
             ),
             ("DELETE FROM devices WHERE user_id = $1", &[&uid]),

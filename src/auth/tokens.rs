@@ -31,6 +31,20 @@ pub fn new_access_token() -> Result<String, AuthError> {
     Ok(format!("hth_{}", random_string(ALNUM, 43)?))
 }
 
+/// What the database and the caches hold of an access token: its SHA-256,
+/// hex. A read of the table (a backup, a leaked dump) gives no usable
+/// token; the token has ≈ 256 bits, so an unsalted fast hash is enough.
+pub fn hash_token(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(token.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest.iter() {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
 /// A device id: 10 upper-case letters, as Synapse makes them.
 pub fn new_device_id() -> Result<String, AuthError> {
     random_string(UPPER, 10)
@@ -57,6 +71,12 @@ mod tests {
         assert_eq!(t.len(), 47);
         assert!(t[4..].bytes().all(|b| b.is_ascii_alphanumeric()));
         assert_ne!(t, new_access_token().unwrap());
+        // The spec's SHA-256 test vector; and the hash never equals the token.
+        assert_eq!(
+            hash_token("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_ne!(hash_token(&t), t);
         let d = new_device_id().unwrap();
         assert!(d.len() == 10 && d.bytes().all(|b| b.is_ascii_uppercase()));
         let l = new_localpart().unwrap();

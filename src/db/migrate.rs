@@ -71,9 +71,19 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0010_push.sql"),
     },
     Migration {
+        version: 12,
+        name: "cross_signing_backup",
+        sql: include_str!("../../migrations/0012_cross_signing_backup.sql"),
+    },
+    Migration {
         version: 14,
         name: "push_actions",
         sql: include_str!("../../migrations/0014_push_actions.sql"),
+    },
+    Migration {
+        version: 16,
+        name: "token_hashes",
+        sql: include_str!("../../migrations/0016_token_hashes.sql"),
     },
 ];
 

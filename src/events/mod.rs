@@ -4,6 +4,7 @@
 //! Everything cryptographic (canonical JSON, sha256, ed25519) is ruma's; this
 //! module holds hearth's rules around it.
 
+pub mod old_keys;
 pub mod pdu;
 pub mod room_version;
 pub mod signing_key;

@@ -48,6 +48,13 @@ pub enum KeyError {
          (expected one line `ed25519 <key_version> <unpadded base64 seed>`)"
     )]
     Malformed { path: PathBuf, reason: String },
+    /// The key is a secret: a file other users can read is refused, not
+    /// used (it is created 0600; someone changed it, or copied it in).
+    #[error(
+        "signing key file {path} is readable by other users (mode {mode:o}); \
+         refusing to use it: run `chmod 600 {path}`"
+    )]
+    ReadableByOthers { path: PathBuf, mode: u32 },
     #[error("could not get random bytes from the OS: {0}")]
     Random(String),
     #[error("could not sign JSON: {0}")]
@@ -72,7 +79,7 @@ impl ServerKey {
         let path = data_dir.join(KEY_FILE_NAME);
         match fs::read_to_string(&path) {
             Ok(text) => {
-                warn_if_readable_by_others(&path);
+                refuse_if_readable_by_others(&path)?;
                 Self::parse(&path, &text, server_name)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -132,12 +139,36 @@ impl ServerKey {
 
     /// Body of `GET /_matrix/key/v2/server` (server-server-api "Publishing
     /// Keys", definitions/keys.yaml), signed with this key. `valid_until_ts`
-    /// is `now_ms + valid_for_ms`; hearth has no old keys yet.
+    /// is `now_ms + valid_for_ms`.
     pub fn key_server_response(
         &self,
         now_ms: u64,
         valid_for_ms: u64,
     ) -> Result<CanonicalJsonObject, KeyError> {
+        self.key_server_response_with_old(now_ms, valid_for_ms, &[])
+    }
+
+    /// [`key_server_response`](Self::key_server_response) listing retired
+    /// keys in `old_verify_keys`.
+    pub fn key_server_response_with_old(
+        &self,
+        now_ms: u64,
+        valid_for_ms: u64,
+        old: &[super::old_keys::OldVerifyKey],
+    ) -> Result<CanonicalJsonObject, KeyError> {
+        let old_keys: CanonicalJsonObject = old
+            .iter()
+            .map(|k| {
+                let ts = ruma::Int::try_from(k.expired_ts).unwrap_or(ruma::Int::MAX);
+                (
+                    k.key_id.clone(),
+                    CanonicalJsonValue::Object(CanonicalJsonObject::from([
+                        ("key".to_owned(), CanonicalJsonValue::String(k.key.clone())),
+                        ("expired_ts".to_owned(), CanonicalJsonValue::Integer(ts)),
+                    ])),
+                )
+            })
+            .collect();
         let valid_until = now_ms.saturating_add(valid_for_ms);
         let valid_until = ruma::Int::try_from(valid_until).unwrap_or(ruma::Int::MAX);
         let verify_key = CanonicalJsonObject::from([(
@@ -162,7 +193,7 @@ impl ServerKey {
             ),
             (
                 "old_verify_keys".to_owned(),
-                CanonicalJsonValue::Object(CanonicalJsonObject::new()),
+                CanonicalJsonValue::Object(old_keys),
             ),
         ]);
         self.sign_json(&mut body)?;
@@ -263,16 +294,22 @@ impl ServerKey {
     }
 }
 
-/// The key is a secret: say so if the file is group/world readable
-/// (it is created 0600; someone changed it). Not fatal, like Synapse.
-fn warn_if_readable_by_others(path: &Path) {
+/// The key is a secret: a file group or others can read is refused
+/// (Synapse only warns; a leaked key lets anyone speak for the server).
+fn refuse_if_readable_by_others(path: &Path) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "signing key file is readable by other users; chmod 600 it");
-        }
+    let meta = fs::metadata(path).map_err(|source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o044 != 0 {
+        return Err(KeyError::ReadableByOthers {
+            path: path.to_owned(),
+            mode,
+        });
     }
+    Ok(())
 }
 
 /// `n` random characters from `[A-Za-z0-9]`, unbiased (rejection sampling).
@@ -293,7 +330,7 @@ fn random_alphanumeric(n: usize) -> Result<String, KeyError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ruma::signatures::{verify_json, PublicKeyMap, PublicKeySet};
     use std::os::unix::fs::PermissionsExt;
@@ -374,14 +411,39 @@ mod tests {
         assert_ne!(a.key_id, b.key_id);
     }
 
+    /// A key file as an operator copies it in: mode 0600.
+    fn write_secret(path: &Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::write(path, text).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE_NAME);
+        write_secret(&path, &format!("ed25519 a_AbC9 {SPEC_SEED}\n"));
+        for mode in [0o644, 0o640, 0o604] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = ServerKey::load_or_create(dir.path(), "domain").unwrap_err();
+            assert!(
+                matches!(err, KeyError::ReadableByOthers { .. }),
+                "{mode:o}: {err}"
+            );
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(ServerKey::load_or_create(dir.path(), "domain").is_ok());
+    }
+
     #[test]
     fn loads_synapse_format_file() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(
-            dir.path().join(KEY_FILE_NAME),
-            format!("\ned25519 a_AbC9 {SPEC_SEED}\n"),
-        )
-        .unwrap();
+        write_secret(
+            &dir.path().join(KEY_FILE_NAME),
+            &format!("\ned25519 a_AbC9 {SPEC_SEED}\n"),
+        );
         let k = ServerKey::load_or_create(dir.path(), "domain").unwrap();
         assert_eq!(k.key_id.as_str(), "ed25519:a_AbC9");
         assert_eq!(k.version(), "a_AbC9");
@@ -402,14 +464,14 @@ mod tests {
         ];
         for text in cases {
             let dir = tempfile::tempdir().unwrap();
-            fs::write(dir.path().join(KEY_FILE_NAME), text).unwrap();
+            write_secret(&dir.path().join(KEY_FILE_NAME), text);
             let err = ServerKey::load_or_create(dir.path(), "x.test").unwrap_err();
             assert!(matches!(err, KeyError::Malformed { .. }), "{text:?}: {err}");
             assert!(err.to_string().contains("signing.key"), "{err}");
         }
         // The bad file is left alone, not replaced.
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(KEY_FILE_NAME), "junk").unwrap();
+        write_secret(&dir.path().join(KEY_FILE_NAME), "junk");
         assert!(ServerKey::load_or_create(dir.path(), "x.test").is_err());
         assert_eq!(
             fs::read_to_string(dir.path().join(KEY_FILE_NAME)).unwrap(),

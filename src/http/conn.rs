@@ -66,16 +66,17 @@ enum ReadError {
     Parse(ParseError),
 }
 
-pub(crate) struct Conn<S> {
-    stream: TcpStream,
+/// A connection over any byte stream: plain TCP, or TLS on top of it.
+pub(crate) struct Conn<S, IO = TcpStream> {
+    stream: IO,
     peer: SocketAddr,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
     ctx: Rc<ServerCtx<S>>,
 }
 
-impl<S: 'static> Conn<S> {
-    pub(crate) fn new(stream: TcpStream, peer: SocketAddr, ctx: Rc<ServerCtx<S>>) -> Self {
+impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
+    pub(crate) fn new(stream: IO, peer: SocketAddr, ctx: Rc<ServerCtx<S>>) -> Self {
         Conn {
             stream,
             peer,
@@ -416,7 +417,11 @@ impl<S: 'static> Conn<S> {
 /// Reads into the spare capacity of `rbuf` (growing it towards `want`
 /// bytes, within reason). If the future is dropped mid-read the buffer is
 /// lost; callers only drop reads when they are closing the connection.
-async fn read_into(stream: &mut TcpStream, rbuf: &mut BytesMut, want: usize) -> io::Result<usize> {
+async fn read_into<IO: AsyncReadRent>(
+    stream: &mut IO,
+    rbuf: &mut BytesMut,
+    want: usize,
+) -> io::Result<usize> {
     let spare = rbuf.capacity() - rbuf.len();
     if spare < want.min(READ_BUF) {
         rbuf.reserve(want.clamp(READ_BUF, 1024 * 1024));

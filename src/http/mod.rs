@@ -15,6 +15,7 @@ mod response;
 mod router;
 mod server;
 mod shutdown;
+pub mod tls;
 
 pub use access::redact_query;
 pub use config::HttpConfig;

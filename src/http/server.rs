@@ -1,8 +1,12 @@
 //! The accept loop of one shard: spawns a task per connection, enforces the
 //! per-shard connection cap, and drains connections on shutdown.
 
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
@@ -32,7 +36,9 @@ pub async fn serve<S: 'static>(
     state: Rc<S>,
     cfg: Rc<HttpConfig>,
     shutdown: Shutdown,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
+    let acceptor = tls.map(monoio_rustls::TlsAcceptor::from);
     let tracker = Rc::new(ConnTracker::default());
     // Signals connection tasks to drop everything once the grace period ends.
     let force = Shutdown::new();
@@ -60,15 +66,49 @@ pub async fn serve<S: 'static>(
                 // Small responses must not wait for Nagle.
                 let _ = stream.set_nodelay(true);
                 let guard = tracker.enter();
-                let conn = Conn::new(stream, peer, Rc::clone(&ctx));
                 let force = force.clone();
-                monoio::spawn(async move {
-                    let _guard = guard;
-                    monoio::select! {
-                        _ = conn.run() => {},
-                        _ = force.wait() => {},
-                    }
-                });
+                if let Some(acceptor) = &acceptor {
+                    let acceptor = acceptor.clone();
+                    let ctx = Rc::clone(&ctx);
+                    let handshake_timeout = cfg.header_timeout;
+                    monoio::spawn(async move {
+                        let _guard = guard;
+                        let serve = async {
+                            let tls = match monoio::time::timeout(
+                                handshake_timeout,
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
+                                Ok(Ok(tls)) => tls,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                            // See http::tls: a slip in the TLS adapter
+                            // closes this connection, not the shard.
+                            let run = AssertUnwindSafe(Conn::new(tls, peer, ctx).run());
+                            if run.catch_unwind().await.is_err() {
+                                tracing::error!(%peer, "TLS connection task panicked");
+                            }
+                        };
+                        monoio::select! {
+                            _ = serve => {},
+                            _ = force.wait() => {},
+                        }
+                    });
+                } else {
+                    let conn = Conn::new(stream, peer, Rc::clone(&ctx));
+                    monoio::spawn(async move {
+                        let _guard = guard;
+                        monoio::select! {
+                            _ = conn.run() => {},
+                            _ = force.wait() => {},
+                        }
+                    });
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");

@@ -225,9 +225,11 @@ pub fn query_answer(
     out
 }
 
-/// Users whose device keys changed after `from` and at or before `to`
-/// (per-shard persisted positions) and who are `me` or share a joined room
-/// with `me` (spec `GET /keys/changes`).
+/// Users whose device keys (or cross-signing keys and signatures) changed
+/// after `from` and at or before `to` (per-shard persisted positions) and
+/// who are `me` or share a joined room with `me` (spec `GET
+/// /keys/changes`). A change visible to one user only (a signature with
+/// their user-signing key) is listed for that user alone.
 pub async fn changed_users(
     db: &Pool,
     me: &str,
@@ -240,7 +242,8 @@ pub async fn changed_users(
              JOIN unnest($1::bigint[], $2::bigint[]) WITH ORDINALITY AS w(lo, hi, n) \
                ON c.stream_shard = w.n - 1 \
              WHERE c.stream_pos > w.lo AND c.stream_pos <= w.hi \
-               AND (c.user_id = $3 OR EXISTS ( \
+               AND (c.visible_to IS NULL OR c.visible_to = $3) \
+               AND (c.user_id = $3 OR c.visible_to = $3 OR EXISTS ( \
                  SELECT 1 FROM current_state a JOIN current_state b ON a.room_id = b.room_id \
                  WHERE a.type = 'm.room.member' AND a.state_key = $3 AND a.membership = 'join' \
                    AND b.type = 'm.room.member' AND b.state_key = c.user_id \
@@ -281,4 +284,84 @@ pub async fn record_change(db: &Pool, user: &str, shard: i32, pos: i64) -> Resul
     )
     .await?;
     Ok(())
+}
+
+/// Device list consequences of membership changes after `from` and at or
+/// before `to` (spec "Tracking the device list for a user": `changed`
+/// lists users who newly share a room with `me`, `left` those who share
+/// none any more). Candidates are, as in Synapse, users who joined (for
+/// `changed`) or left or were banned (for `left`) a room `me` is in or
+/// left, and the members of rooms whose membership of `me` changed; each is
+/// then checked against the joined rooms now. Returns `(changed, left)`.
+pub async fn membership_device_lists(
+    db: &Pool,
+    me: &str,
+    from: &[i64],
+    to: &[i64],
+) -> Result<(Vec<String>, Vec<String>), KeysError> {
+    let rows = db
+        .query(
+            "WITH ev AS ( \
+               SELECT e.room_id, e.state_key AS u, e.json->'content'->>'membership' AS m \
+               FROM events e \
+               JOIN unnest($1::bigint[], $2::bigint[]) WITH ORDINALITY AS w(lo, hi, n) \
+                 ON e.stream_shard = w.n - 1 \
+               WHERE e.type = 'm.room.member' AND e.state_key IS NOT NULL \
+                 AND e.stream_ordering > w.lo AND e.stream_ordering <= w.hi), \
+             joined AS ( \
+               SELECT room_id FROM current_state \
+               WHERE type = 'm.room.member' AND state_key = $3 AND membership = 'join'), \
+             mine AS ( \
+               SELECT DISTINCT ev.room_id, (ev.room_id IN (SELECT room_id FROM joined)) AS now_in \
+               FROM ev WHERE ev.u = $3), \
+             cand AS ( \
+               SELECT ev.u, true AS joining FROM ev \
+               WHERE ev.m = 'join' AND ev.room_id IN (SELECT room_id FROM joined) \
+               UNION \
+               SELECT ev.u, false FROM ev \
+               WHERE ev.m IN ('leave', 'ban') \
+                 AND (ev.room_id IN (SELECT room_id FROM joined) \
+                      OR ev.room_id IN (SELECT room_id FROM mine)) \
+               UNION \
+               SELECT cs.state_key, mine.now_in FROM current_state cs \
+               JOIN mine ON cs.room_id = mine.room_id \
+               WHERE cs.type = 'm.room.member' AND cs.membership = 'join') \
+             SELECT c.u, bool_or(c.joining), EXISTS ( \
+               SELECT 1 FROM current_state b JOIN joined j ON b.room_id = j.room_id \
+               WHERE b.type = 'm.room.member' AND b.state_key = c.u AND b.membership = 'join') \
+             FROM cand c WHERE c.u <> $3 GROUP BY c.u ORDER BY c.u",
+            &[&from, &to, &me],
+        )
+        .await?;
+    let (mut changed, mut left) = (Vec::new(), Vec::new());
+    for r in rows {
+        let user: String = r.get(0)?;
+        let joining: bool = r.get(1)?;
+        let shares: bool = r.get(2)?;
+        if shares && joining {
+            changed.push(user);
+        } else if !shares {
+            left.push(user);
+        }
+    }
+    Ok((changed, left))
+}
+
+/// `(changed, left)` of `/sync` and `/keys/changes` from key changes and
+/// [`membership_device_lists`]: a user both changed and left is left only
+/// if no key change of theirs is visible (they share no room: the key
+/// change query already required one).
+pub fn merge_device_lists(
+    key_changes: Vec<String>,
+    (newly, left): (Vec<String>, Vec<String>),
+) -> (Vec<String>, Vec<String>) {
+    let mut changed = key_changes;
+    changed.extend(newly);
+    changed.sort();
+    changed.dedup();
+    let left = left
+        .into_iter()
+        .filter(|u| changed.binary_search(u).is_err())
+        .collect();
+    (changed, left)
 }

@@ -32,27 +32,55 @@ pub fn device_keys(keys: &Map<String, Value>, user: &str, device: &str) -> Resul
         .and_then(|k| k.get(&key_id))
         .and_then(Value::as_str)
         .ok_or_else(|| bad(format!("device keys lack {key_id}")))?;
-    let signature = keys
-        .get("signatures")
+    keys.get("signatures")
         .and_then(|s| s.get(user))
         .and_then(|s| s.get(&key_id))
-        .and_then(Value::as_str)
         .ok_or_else(|| bad("device keys are not self-signed"))?;
-    let public = Base64::<Standard, Vec<u8>>::parse(public)
-        .map_err(|_| bad("device ed25519 key is not base64"))?;
+    verify_signed(keys, user, &key_id, public).map_err(|e| match e {
+        KeysError::InvalidSignature(_) => bad("invalid signature on device keys"),
+        other => other,
+    })
+}
+
+/// Verifies `signer`'s signature `key_id` (`ed25519:...`) on `object`
+/// with the unpadded base64 ed25519 key `public` (spec "Signing JSON":
+/// over the canonical JSON without `signatures` and `unsigned`).
+pub fn verify_signed(
+    object: &Map<String, Value>,
+    signer: &str,
+    key_id: &str,
+    public: &str,
+) -> Result<(), KeysError> {
+    let invalid = |m: &str| KeysError::InvalidSignature(m.to_owned());
+    let signature = object
+        .get("signatures")
+        .and_then(|s| s.get(signer))
+        .and_then(|s| s.get(key_id))
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("missing signature"))?;
+    let public =
+        Base64::<Standard, Vec<u8>>::parse(public).map_err(|_| bad("ed25519 key is not base64"))?;
     let signature = Base64::<Standard, Vec<u8>>::parse(signature)
-        .map_err(|_| bad("device signature is not base64"))?;
-    let object: CanonicalJsonObject =
-        ruma::canonical_json::try_from_json_map(keys.clone()).map_err(|e| bad(e.to_string()))?;
-    let canonical =
-        to_canonical_json_string_for_signing(&object).map_err(|e| bad(e.to_string()))?;
+        .map_err(|_| invalid("signature is not base64"))?;
+    let canonical: CanonicalJsonObject =
+        ruma::canonical_json::try_from_json_map(object.clone()).map_err(|e| bad(e.to_string()))?;
+    let text = to_canonical_json_string_for_signing(&canonical).map_err(|e| bad(e.to_string()))?;
     verify_canonical_json_bytes(
         &SigningKeyAlgorithm::Ed25519,
         public.as_bytes(),
         signature.as_bytes(),
-        canonical.as_bytes(),
+        text.as_bytes(),
     )
-    .map_err(|_| bad("invalid signature on device keys"))
+    .map_err(|_| invalid("invalid signature"))
+}
+
+/// `object` without `signatures` and `unsigned`: what a signature covers,
+/// to compare an uploaded copy with the stored one.
+pub fn signed_part(object: &Map<String, Value>) -> Map<String, Value> {
+    let mut m = object.clone();
+    m.remove("signatures");
+    m.remove("unsigned");
+    m
 }
 
 /// `algorithm:key_id` of a one-time or fallback key, split.

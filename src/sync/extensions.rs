@@ -143,21 +143,27 @@ pub async fn key_counts(
     Ok((counts.map_err(err)?, fallback.map_err(err)?))
 }
 
-/// `device_lists.changed`: users sharing a joined room with the requester
-/// whose device keys changed since `ctx.since` (nothing on an initial sync:
-/// the client queries everyone then). A key upload pokes every such user,
-/// so this never hides behind the cheap path.
-pub async fn device_lists_changed(ctx: &SyncContext) -> Result<Vec<String>, SyncError> {
+/// `device_lists` (`changed`, `left`): users sharing a joined room with
+/// the requester whose device or cross-signing keys changed since
+/// `ctx.since`, or who newly share one; users who share none any more
+/// (nothing on an initial sync: the client queries everyone then). A key
+/// upload pokes every such user and a membership change wakes the room, so
+/// this never hides behind the cheap path.
+pub async fn device_lists(ctx: &SyncContext) -> Result<(Vec<String>, Vec<String>), SyncError> {
     let Some(since) = &ctx.since else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
     let n = ctx.current.len();
-    crate::keys::store::changed_users(
-        &ctx.db,
-        ctx.user.as_str(),
-        &since.persisted_vec(n),
-        &ctx.current.persisted_vec(n),
+    let (from, to) = (since.persisted_vec(n), ctx.current.persisted_vec(n));
+    let user = ctx.user.as_str();
+    let (keys, members) = futures_util::future::join(
+        crate::keys::store::changed_users(&ctx.db, user, &from, &to),
+        crate::keys::store::membership_device_lists(&ctx.db, user, &from, &to),
     )
-    .await
-    .map_err(|e| SyncError::Internal(e.to_string()))
+    .await;
+    let err = |e: crate::keys::KeysError| SyncError::Internal(e.to_string());
+    Ok(crate::keys::store::merge_device_lists(
+        keys.map_err(err)?,
+        members.map_err(err)?,
+    ))
 }

@@ -145,7 +145,7 @@ pub struct SyncRooms {
 #[derive(Debug, Default, Serialize)]
 struct DeviceLists {
     changed: Vec<String>,
-    left: [(); 0],
+    left: Vec<String>,
 }
 
 /// The whole response, written with one `serde_json::to_writer` (no
@@ -527,7 +527,9 @@ pub async fn assemble(ctx: &SyncContext, rooms: SyncRooms) -> Result<SyncRespons
     out.to_device.events = extensions::to_device(ctx).await?;
     let (counts, fallback) = extensions::key_counts(ctx).await?;
     out.device_one_time_keys_count = Some(counts);
-    out.device_lists.changed = extensions::device_lists_changed(ctx).await?;
+    let (changed, left) = extensions::device_lists(ctx).await?;
+    out.device_lists.changed = changed;
+    out.device_lists.left = left;
     out.device_unused_fallback_key_types = Some(fallback);
     Ok(out)
 }

@@ -4,6 +4,7 @@
 //! (`fixture.rs`), so it runs against any homeserver.
 
 pub mod fixture;
+pub mod keys;
 pub mod mixed;
 pub mod send;
 pub mod sync;

@@ -17,8 +17,9 @@ use serde_json::{json, Map, Value};
 
 use crate::auth;
 use crate::http::{HandlerResult, MatrixError, Method, Request, Response, Router};
+use crate::keys::cross_signing::{self, KeyType};
 use crate::keys::store::{self, UploadKey};
-use crate::keys::{validate, KeysError};
+use crate::keys::{cross_store, validate, KeysError};
 use crate::mesh::shard_for_user;
 use crate::primitives::unix_ms_i64 as now_ms;
 use crate::shard_state::{on_shard, Here, ShardState};
@@ -33,9 +34,18 @@ pub fn routes(r: Router<ShardState>) -> Router<ShardState> {
     super::client(r, Post, "/keys/claim", claim)
 }
 
-fn keys_error(e: KeysError) -> MatrixError {
+pub(super) fn keys_error(e: KeysError) -> MatrixError {
     match e {
         KeysError::InvalidParam(m) => MatrixError::invalid_param(m),
+        KeysError::MissingParam(m) => MatrixError::missing_param(m),
+        KeysError::InvalidSignature(m) => MatrixError::new(400, "M_INVALID_SIGNATURE", m),
+        KeysError::Forbidden(m) => MatrixError::forbidden(m),
+        KeysError::NotFound(m) => MatrixError::not_found(m),
+        KeysError::Unsupported(m) => MatrixError::new(400, "M_UNRECOGNIZED", m),
+        KeysError::WrongBackupVersion(current) => {
+            MatrixError::new(403, "M_WRONG_ROOM_KEYS_VERSION", "Wrong backup version.")
+                .with_field("current_version", current)
+        }
         KeysError::Db(e) => MatrixError::from(e),
     }
 }
@@ -63,7 +73,7 @@ async fn announced(state: &ShardState, pos: i64) {
 /// device list change (`device_list`) concerns everyone sharing a joined
 /// room (their `device_lists.changed`); other changes only `user`. Runs
 /// on the user's shard; returns once every shard applied it.
-async fn announce(st: &ShardState, ticket: Ticket, user: &UserId, device_list: bool) {
+pub(super) async fn announce(st: &ShardState, ticket: Ticket, user: &UserId, device_list: bool) {
     let pos = ticket.pos();
     let mut woken = vec![user.to_owned()];
     if device_list {
@@ -93,14 +103,18 @@ async fn announce(st: &ShardState, ticket: Ticket, user: &UserId, device_list: b
 }
 
 /// Records and announces that `user`'s device list changed after a device
-/// was deleted or logged out (its keys went with it, by cascade): room
-/// peers see the user in `device_lists.changed` and query again. Call on
+/// was deleted or logged out (its keys went with it, by cascade, and the
+/// signatures of it are forgotten): room peers see the user in
+/// `device_lists.changed` and query again. Call on
 /// the user's shard, after the deletion committed.
 pub(super) async fn devices_removed(st: &ShardState, user: &UserId) {
     let ticket = st.stream.allocate();
     let Ok(shard) = i32::try_from(st.stream.shard()) else {
         return;
     };
+    if let Err(e) = cross_store::forget_device_signatures(&st.db, user.as_str()).await {
+        tracing::warn!(error = %e, %user, "signatures of removed devices not forgotten");
+    }
     if let Err(e) = store::record_change(&st.db, user.as_str(), shard, ticket.pos()).await {
         tracing::warn!(error = %e, %user, "device list change not recorded");
         return; // the ticket's drop leaves a gap
@@ -187,7 +201,7 @@ async fn upload(state: Rc<ShardState>, req: Request) -> HandlerResult {
 /// remote servers (the federation seam: issue 11 [4/6] asks them over
 /// `/_matrix/federation/v1/user/keys/*`; until then each remote server is
 /// reported in `failures`).
-fn split_local<'a>(
+pub(super) fn split_local<'a>(
     state: &ShardState,
     users: impl Iterator<Item = &'a String>,
 ) -> (Vec<String>, Map<String, Value>) {
@@ -211,9 +225,11 @@ fn split_local<'a>(
 }
 
 /// `POST /keys/query`: device keys of local users, with
-/// `unsigned.device_display_name`.
+/// `unsigned.device_display_name` and the signatures uploaded since;
+/// their master and self-signing keys, and the requester's own
+/// user-signing key.
 async fn query(state: Rc<ShardState>, req: Request) -> HandlerResult {
-    auth::require_user(&state, &req).await?;
+    let me = auth::require_user(&state, &req).await?;
     let body: Map<String, Value> = req.json()?;
     let Some(Value::Object(wanted)) = body.get("device_keys") else {
         return Err(MatrixError::bad_json("'device_keys' must be an object"));
@@ -232,14 +248,47 @@ async fn query(state: Rc<ShardState>, req: Request) -> HandlerResult {
         };
         want.insert(u.clone(), devices);
     }
-    let found = store::device_keys(&state.db, &local)
-        .await
-        .map_err(keys_error)?;
-    let device_keys = store::query_answer(found, &want);
-    Ok(Response::json(
-        200,
-        &json!({ "device_keys": device_keys, "failures": failures }),
-    ))
+    let me = me.user_id.as_str();
+    let (found, cross, sigs) = futures_util::future::join3(
+        store::device_keys(&state.db, &local),
+        cross_store::keys_of(&state.db, &local),
+        cross_store::signatures_for(&state.db, &local, me),
+    )
+    .await;
+    let (cross, sigs) = (cross.map_err(keys_error)?, sigs.map_err(keys_error)?);
+    let mut found = found.map_err(keys_error)?;
+    for d in &mut found {
+        if let (Some(obj), Some(s)) = (
+            d.keys.as_object_mut(),
+            sigs.get(&(d.user_id.clone(), d.device_id.clone())),
+        ) {
+            cross_signing::merge_signatures(obj, s);
+        }
+    }
+    let mut answer = Map::new();
+    answer.insert(
+        "device_keys".into(),
+        Value::Object(store::query_answer(found, &want)),
+    );
+    for kind in KeyType::ALL {
+        let mut of_kind = Map::new();
+        for (user, keys) in &cross {
+            // Spec: user-signing keys only of the requester's own user.
+            if kind == KeyType::UserSigning && user != me {
+                continue;
+            }
+            if let Some(k) = keys.iter().find(|k| k.kind == kind) {
+                let mut json = k.json.clone();
+                if let Some(s) = sigs.get(&(user.clone(), k.public.clone())) {
+                    cross_signing::merge_signatures(&mut json, s);
+                }
+                of_kind.insert(user.clone(), Value::Object(json));
+            }
+        }
+        answer.insert(kind.query_field().into(), Value::Object(of_kind));
+    }
+    answer.insert("failures".into(), Value::Object(failures));
+    Ok(Response::json(200, &Value::Object(answer)))
 }
 
 /// `POST /keys/claim`: one key per requested device, each handed out once.
@@ -295,8 +344,8 @@ async fn claim(state: Rc<ShardState>, req: Request) -> HandlerResult {
 }
 
 /// `GET /keys/changes?from=&to=`: users (sharing a room with the requester)
-/// whose device keys changed between two sync tokens. `left` stays empty
-/// until membership-driven device lists land.
+/// whose keys changed or who newly share a room between two sync tokens,
+/// and in `left` those who share none any more.
 async fn changes(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let me = auth::require_user(&state, &req).await?;
     let token = |name: &str| -> Result<StreamToken, MatrixError> {
@@ -308,16 +357,17 @@ async fn changes(state: Rc<ShardState>, req: Request) -> HandlerResult {
     };
     let (from, to) = (token("from")?, token("to")?);
     let n = state.mesh.n_shards();
-    let changed = store::changed_users(
-        &state.db,
-        me.user_id.as_str(),
-        &from.persisted_vec(n),
-        &to.persisted_vec(n),
+    let (from, to) = (from.persisted_vec(n), to.persisted_vec(n));
+    let user = me.user_id.as_str();
+    let (keys, members) = futures_util::future::join(
+        store::changed_users(&state.db, user, &from, &to),
+        store::membership_device_lists(&state.db, user, &from, &to),
     )
-    .await
-    .map_err(keys_error)?;
+    .await;
+    let (changed, left) =
+        store::merge_device_lists(keys.map_err(keys_error)?, members.map_err(keys_error)?);
     Ok(Response::json(
         200,
-        &json!({ "changed": changed, "left": [] }),
+        &json!({ "changed": changed, "left": left }),
     ))
 }

@@ -2,10 +2,12 @@
 //! router served by `kind = "client"` listeners.
 
 mod account;
+mod cross_signing;
 mod devices;
 mod directory;
 mod ephemeral;
 mod gaps;
+mod key_backup;
 mod keys;
 mod login;
 mod profile;
@@ -15,6 +17,7 @@ mod sync;
 mod timeline;
 pub mod uia;
 pub(super) mod versions;
+mod well_known;
 
 use std::future::Future;
 use std::rc::Rc;
@@ -182,6 +185,7 @@ pub fn client_router() -> Router<ShardState> {
         timeline::timestamp_to_event,
     );
     let r = gaps::routes(r);
+    let r = well_known::routes(r);
     ephemeral_routes(r)
 }
 
@@ -243,5 +247,7 @@ fn ephemeral_routes(r: Router<ShardState>) -> Router<ShardState> {
         e::send_to_device,
     );
     let r = keys::routes(r);
+    let r = cross_signing::routes(r);
+    let r = key_backup::routes(r);
     push::routes(r)
 }

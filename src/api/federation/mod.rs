@@ -1,11 +1,36 @@
 //! Server-server (federation) API endpoints (`/_matrix/federation/...`,
-//! `/_matrix/key/...`) go here, registered on the router served by
+//! `/_matrix/key/...`), registered on the router served by
 //! `kind = "federation"` listeners.
 
-use crate::http::{Method, Router};
+pub mod auth;
+mod keys;
+mod query;
+
+use std::rc::Rc;
+
+use serde_json::json;
+
+use crate::http::{HandlerResult, Method, Request, Response, Router};
 use crate::shard_state::ShardState;
 
 /// Routes served on `kind = "federation"` listeners.
 pub fn federation_router() -> Router<ShardState> {
-    Router::new().route(Method::Get, "/health", super::client::versions::health)
+    use Method::{Get, Post};
+    Router::new()
+        .route(Get, "/health", super::client::versions::health)
+        .route(Get, "/_matrix/federation/v1/version", version)
+        .route(Get, "/_matrix/key/v2/server", keys::server)
+        .route(Get, "/_matrix/key/v2/server/{keyId}", keys::server)
+        .route(Get, "/_matrix/key/v2/query/{serverName}", keys::query_one)
+        .route(Post, "/_matrix/key/v2/query", keys::query_many)
+        .route(Get, "/_matrix/federation/v1/query/profile", query::profile)
+}
+
+/// `GET /_matrix/federation/v1/version` (server-server "Server
+/// implementation"): unauthenticated.
+async fn version(_state: Rc<ShardState>, _req: Request) -> HandlerResult {
+    Ok(Response::json(
+        200,
+        &json!({ "server": { "name": "hearth", "version": env!("CARGO_PKG_VERSION") } }),
+    ))
 }
