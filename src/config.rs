@@ -69,6 +69,8 @@ pub struct Config {
     #[serde(default)]
     pub voip: VoipSection,
     #[serde(default)]
+    pub push: PushSection,
+    #[serde(default)]
     pub federation: FederationSection,
     #[serde(default)]
     pub well_known: WellKnownSection,
@@ -178,6 +180,22 @@ pub struct WellKnownSection {
     /// `m.homeserver.base_url`, e.g. `https://matrix.example.org`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+}
+
+/// Push rule evaluation (`src/push/`). `enabled = false` skips evaluating
+/// rules for new events (no counts, no notifications, no pushes): for
+/// benchmarks comparing the cost, and for deployments without clients
+/// that use notifications.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushSection {
+    pub enabled: bool,
+}
+
+impl Default for PushSection {
+    fn default() -> Self {
+        PushSection { enabled: true }
+    }
 }
 
 /// TURN servers handed to clients by `GET /voip/turnServer` (spec "Voice

@@ -86,6 +86,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0013_media.sql"),
     },
     Migration {
+        version: 14,
+        name: "push_actions",
+        sql: include_str!("../../migrations/0014_push_actions.sql"),
+    },
+    Migration {
         version: 16,
         name: "token_hashes",
         sql: include_str!("../../migrations/0016_token_hashes.sql"),

@@ -18,7 +18,7 @@ use ruma::{OwnedUserId, UserId};
 use crate::db::Pool;
 use crate::ephemeral::account_data::{self, Update};
 use crate::ephemeral::{on_shard, EphError};
-use crate::mesh::{shard_for_user, MeshEndpoint};
+use crate::mesh::{shard_for_user, BroadcastScope, MeshEndpoint};
 
 use super::rules::{self, Edit, RuleError, ACCOUNT_DATA_TYPE};
 
@@ -53,6 +53,7 @@ pub async fn change(mesh: &MeshEndpoint, user: OwnedUserId, edit: Edit) -> Resul
             return Ok(Err(e));
         }
         let content = rules::to_account_data(&set);
+        let user_id = user.clone();
         account_data::update(
             &state.mesh,
             user,
@@ -63,8 +64,26 @@ pub async fn change(mesh: &MeshEndpoint, user: OwnedUserId, edit: Edit) -> Resul
             },
         )
         .await?;
+        forget_everywhere(&state.mesh, &user_id).await;
         Ok(Ok(()))
     })
     .await?;
     Ok(outcome?)
+}
+
+/// Every shard drops its cached copy of the user's rules (rooms are
+/// evaluated on their owner shards) before the change is acknowledged.
+async fn forget_everywhere(mesh: &MeshEndpoint, user: &OwnedUserId) {
+    let user = user.clone();
+    let results = mesh
+        .broadcast_wait(BroadcastScope::All, move || {
+            let user = user.clone();
+            async move { super::engine::forget_rules(&user) }
+        })
+        .await;
+    for (shard, r) in results {
+        if let Err(e) = r {
+            tracing::warn!(shard, error = %e, "push rule cache not invalidated");
+        }
+    }
 }

@@ -387,10 +387,11 @@ impl Rooms {
             ticket.publish(Vec::new()).await;
             return Ok(pdu);
         };
-        self.heads
-            .borrow_mut()
-            .put(pdu.room_id.clone(), Rc::new(head));
-        // Committed: here per-event hooks (push evaluation) run.
+        let head = Rc::new(head);
+        self.heads.borrow_mut().put(pdu.room_id.clone(), head.clone());
+        // Committed: push rules run now, off this request's path (soft-failed
+        // events and outliers have no head and never notify).
+        crate::push::engine::after_commit(&head, &pdu, stream);
         let change = Change::Room {
             room_id: pdu.room_id.clone(),
             pos: Pos::Persisted(stream),

@@ -47,6 +47,53 @@ struct Counts {
     notification_count: u64,
 }
 
+impl From<crate::push::counts::Counts> for Counts {
+    fn from(c: crate::push::counts::Counts) -> Counts {
+        Counts {
+            highlight_count: c.highlights,
+            notification_count: c.notifications,
+        }
+    }
+}
+
+/// `unread_notifications` and, when the filter asks for them per thread
+/// (`unread_thread_notifications`), `unread_thread_notifications`: then
+/// the first is the main timeline's only (spec "Threading" → "Receiving
+/// notifications"). Read on the room's owner shard once push evaluation
+/// caught up with this sync's token (`push::counts::for_sync`).
+async fn unread(
+    ctx: &SyncContext,
+    room: &OwnedRoomId,
+) -> Result<(Counts, Option<BTreeMap<String, Counts>>), SyncError> {
+    let Some(state) = crate::shard_state::current_shard() else {
+        return Ok((Counts::default(), None));
+    };
+    let current = ctx.current.clone();
+    let per_thread =
+        crate::push::counts::for_sync(&state.mesh, ctx.user.clone(), room.clone(), move |s| {
+            current.persisted(s)
+        })
+        .await
+        .map_err(|e| SyncError::Internal(e.to_string()))?;
+    if !ctx.filter.room.timeline.unread_thread_notifications {
+        let mut all = crate::push::counts::Counts::default();
+        for c in per_thread.into_values() {
+            all += c;
+        }
+        return Ok((all.into(), None));
+    }
+    let mut main = Counts::default();
+    let mut threads = BTreeMap::new();
+    for (t, c) in per_thread {
+        if t == "main" {
+            main = c.into();
+        } else {
+            threads.insert(t, c.into());
+        }
+    }
+    Ok((main, Some(threads)))
+}
+
 #[derive(Debug, Serialize)]
 pub struct TimelineOut {
     pub events: Vec<ServedEvent>,
@@ -63,6 +110,8 @@ pub struct JoinedRoom {
     summary: Value,
     timeline: TimelineOut,
     unread_notifications: Counts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unread_thread_notifications: Option<BTreeMap<String, Counts>>,
 }
 
 /// A `rooms.leave` entry.
@@ -356,6 +405,7 @@ pub async fn joined(
     {
         return Ok(None);
     }
+    let (unread_notifications, unread_thread_notifications) = unread(ctx, room).await?;
     let summary = if full || b.members_changed {
         summary(ctx, room).await?
     } else {
@@ -373,7 +423,8 @@ pub async fn joined(
             limited: b.limited,
             prev_batch: b.prev_batch,
         },
-        unread_notifications: Counts::default(),
+        unread_notifications,
+        unread_thread_notifications,
     }))))
 }
 

@@ -3,8 +3,7 @@
 //! negotiation"): thin handlers over `crate::push`.
 //!
 //! matrix-js-sdk (Element) reads `/pushrules/` at start-up and stops its
-//! sync loop on a 404, so these must always answer. Evaluating rules per
-//! event is later work (issue 11, item 3).
+//! sync loop on a 404, so these must always answer.
 
 use std::rc::Rc;
 
@@ -198,10 +197,41 @@ async fn set_pusher(state: Rc<ShardState>, req: Request) -> HandlerResult {
     Ok(Response::json(200, &json!({})))
 }
 
-/// `GET /notifications`: no rule is evaluated yet, so nothing has notified.
+/// Page size of `GET /notifications` without `limit` (as Synapse), and
+/// the most one page holds.
+const NOTIFICATIONS_DEFAULT: i64 = 50;
+const NOTIFICATIONS_MAX: i64 = 1000;
+
+/// `GET /notifications?from=&limit=&only=highlight`: the events that
+/// notified the user, newest first.
 async fn notifications(state: Rc<ShardState>, req: Request) -> HandlerResult {
-    auth::require_user(&state, &req).await?;
-    Ok(Response::json(200, &json!({ "notifications": [] })))
+    let me = auth::require_user(&state, &req).await?;
+    let from = match req.query_param("from") {
+        None => None,
+        Some(f) if f.is_empty() => None,
+        Some(f) => Some(
+            f.parse::<i64>()
+                .map_err(|_| MatrixError::invalid_param("Invalid 'from' token"))?,
+        ),
+    };
+    let limit = req
+        .query_as::<i64>("limit")?
+        .unwrap_or(NOTIFICATIONS_DEFAULT)
+        .clamp(0, NOTIFICATIONS_MAX);
+    let only_highlight = req.query_param("only").as_deref() == Some("highlight");
+    let page = crate::push::counts::notifications(
+        &state.db,
+        me.user_id.as_str(),
+        from,
+        limit,
+        only_highlight,
+    )
+    .await?;
+    let mut body = json!({ "notifications": page.notifications });
+    if let Some(t) = page.next_token {
+        body["next_token"] = json!(t);
+    }
+    Ok(Response::json(200, &body))
 }
 
 /// `GET /capabilities` (authenticated, as the spec requires).
