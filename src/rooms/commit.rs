@@ -388,7 +388,9 @@ impl Rooms {
             return Ok(pdu);
         };
         let head = Rc::new(head);
-        self.heads.borrow_mut().put(pdu.room_id.clone(), head.clone());
+        self.heads
+            .borrow_mut()
+            .put(pdu.room_id.clone(), head.clone());
         // Committed: push rules run now, off this request's path (soft-failed
         // events and outliers have no head and never notify).
         crate::push::engine::after_commit(&head, &pdu, stream);
