@@ -190,11 +190,18 @@ pub struct WellKnownSection {
 #[serde(deny_unknown_fields, default)]
 pub struct PushSection {
     pub enabled: bool,
+    /// Check `https://` push gateways' certificates against the system's
+    /// CAs (as `federation.verify_peer_tls` does for peers); `false` for
+    /// tests with self-signed gateways.
+    pub verify_gateway_tls: bool,
 }
 
 impl Default for PushSection {
     fn default() -> Self {
-        PushSection { enabled: true }
+        PushSection {
+            enabled: true,
+            verify_gateway_tls: true,
+        }
     }
 }
 

@@ -31,6 +31,8 @@ const MESH_RING_CAPACITY: usize = 1024;
 struct FedShared {
     old_keys: Arc<Vec<crate::events::old_keys::OldVerifyKey>>,
     tls: Arc<rustls::ClientConfig>,
+    /// For `https://` push gateways.
+    push_tls: Arc<rustls::ClientConfig>,
     nameservers: Vec<SocketAddr>,
 }
 
@@ -110,6 +112,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let fed_tls = crate::federation::tls::client_config(config.federation.verify_peer_tls)
         .map_err(anyhow::Error::msg)
         .context("federation TLS client")?;
+    let push_tls = if config.push.verify_gateway_tls == config.federation.verify_peer_tls {
+        fed_tls.clone()
+    } else {
+        crate::federation::tls::client_config(config.push.verify_gateway_tls)
+            .map_err(anyhow::Error::msg)
+            .context("push gateway TLS client")?
+    };
     let nameservers = if config.federation.dns_servers.is_empty() {
         crate::federation::dns::system_nameservers()
     } else {
@@ -118,6 +127,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let fed = FedShared {
         old_keys,
         tls: fed_tls,
+        push_tls,
         nameservers,
     };
     let db = (database.connect.clone(), database.pool.clone(), key, fed);
@@ -256,6 +266,7 @@ async fn shard_main(
         stream: stream.clone(),
         notifier,
         federation,
+        push_tls: fed.push_tls,
     });
     shard_state::install(state.clone());
     // Only now may jobs from other shards run here: they reach this shard's

@@ -42,6 +42,9 @@ pub struct ShardState {
     pub notifier: Rc<Notifier>,
     /// Outbound federation (client, discovery) and remote keys.
     pub federation: Rc<crate::federation::Federation>,
+    /// TLS client config for `https://` push gateways (federation's, or
+    /// one without certificate checks under `push.verify_gateway_tls = false`).
+    pub push_tls: Arc<rustls::ClientConfig>,
 }
 
 thread_local! {

@@ -127,7 +127,7 @@ async fn deliver(state: &ShardState, push: &Push, t: &Target, actions: &Value) {
         if wait > 0 {
             monoio::time::sleep(Duration::from_millis(wait)).await;
         }
-        match http_client::post_json(url, body.clone(), ATTEMPT_TIMEOUT).await {
+        match http_client::post_json(url, body.clone(), ATTEMPT_TIMEOUT, &state.push_tls).await {
             Ok((200..=299, answer)) => {
                 rejected(state, t, &answer).await;
                 return;

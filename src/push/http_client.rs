@@ -1,22 +1,28 @@
 //! A minimal HTTP/1.1 client for push gateways: one `POST` of a JSON body
 //! per connection (`Connection: close`), over the shard's monoio TCP, with
-//! timeouts. Plain `http://` only for now: `https://` gateways are refused
-//! with [`ClientError::Unsupported`] (no TLS stack in hearth yet). A host
-//! name is resolved on the blocking pool, never on the shard.
+//! one timeout over the whole attempt and a bounded answer. `https://`
+//! gateways go through rustls (`monoio-rustls`) with the client config
+//! federation uses (system roots; `push.verify_gateway_tls = false` skips
+//! the certificate check, for tests). A connection is never reused, so a
+//! TLS stream whose IO timed out (unusable afterwards, see DECISIONS
+//! "Federation transport") is always dropped with its attempt. A host name
+//! is resolved on the blocking pool, never on the shard.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::timeout;
+use rustls::pki_types::ServerName;
 
 /// A gateway's answer is small (`{"rejected": [...]}`); more is refused.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    /// Never retried (bad URL, `https`).
+    /// Never retried (bad URL).
     #[error("unsupported push gateway URL: {0}")]
     Unsupported(String),
     /// Worth retrying (connection refused, timeout, bad answer).
@@ -24,25 +30,26 @@ pub enum ClientError {
     Transient(String),
 }
 
-/// Where to send: `http://host[:port]/path[?query]`.
+/// Where to send: `http[s]://host[:port]/path[?query]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     /// Path and query, as sent on the request line.
     pub path: String,
 }
 
-/// Splits an `http://` URL (the pusher's `data.url`).
+/// Splits an `http://` or `https://` URL (the pusher's `data.url`).
 pub fn parse_url(url: &str) -> Result<Target, ClientError> {
-    if url.starts_with("https://") {
-        return Err(ClientError::Unsupported(
-            "https push gateways are not supported yet".into(),
-        ));
-    }
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| ClientError::Unsupported(format!("not an http URL: {url}")))?;
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(ClientError::Unsupported(format!("not an http URL: {url}")));
+    };
+    let default_port = if tls { 443 } else { 80 };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -53,20 +60,21 @@ pub fn parse_url(url: &str) -> Result<Target, ClientError> {
         let (h, after) = v6.split_once(']').ok_or_else(bad)?;
         let port = match after.strip_prefix(':') {
             Some(p) => p.parse().map_err(|_| bad())?,
-            None if after.is_empty() => 80,
+            None if after.is_empty() => default_port,
             None => return Err(bad()),
         };
         (h.to_owned(), port)
     } else {
         match authority.rsplit_once(':') {
             Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
-            None => (authority.to_owned(), 80),
+            None => (authority.to_owned(), default_port),
         }
     };
     if host.is_empty() || host.contains('@') || path.contains(['\r', '\n', ' ']) {
         return Err(bad());
     }
     Ok(Target {
+        tls,
         host,
         port,
         path: path.to_owned(),
@@ -95,13 +103,16 @@ async fn resolve(t: &Target) -> Result<SocketAddr, ClientError> {
 }
 
 /// `POST`s `body` (JSON) to `url`; the status and body of the answer.
+/// `tls` is the client config for `https://` URLs. `limit` covers the
+/// whole attempt: resolution, connection, handshake, request and answer.
 pub async fn post_json(
     url: &str,
     body: Vec<u8>,
     limit: Duration,
+    tls: &Arc<rustls::ClientConfig>,
 ) -> Result<(u16, Vec<u8>), ClientError> {
     let t = parse_url(url)?;
-    match timeout(limit, exchange(&t, body)).await {
+    match timeout(limit, connect_and_exchange(&t, body, tls)).await {
         Ok(r) => r,
         Err(_) => Err(ClientError::Transient(format!(
             "no answer from {}:{} within {limit:?}",
@@ -110,10 +121,39 @@ pub async fn post_json(
     }
 }
 
-async fn exchange(t: &Target, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientError> {
+async fn connect_and_exchange(
+    t: &Target,
+    body: Vec<u8>,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<(u16, Vec<u8>), ClientError> {
     let addr = resolve(t).await?;
+    let tcp = TcpStream::connect_addr(addr)
+        .await
+        .map_err(|e| ClientError::Transient(format!("{addr}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    if !t.tls {
+        return exchange(t, addr, tcp, body).await;
+    }
+    let name = match t.host.parse::<IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => ServerName::try_from(t.host.clone())
+            .map_err(|_| ClientError::Unsupported(format!("bad TLS name {}", t.host)))?,
+    };
+    let connector = monoio_rustls::TlsConnector::from(tls.clone());
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ClientError::Transient(format!("TLS with {addr}: {e}")))?;
+    exchange(t, addr, stream, body).await
+}
+
+async fn exchange<S: AsyncReadRent + AsyncWriteRent>(
+    t: &Target,
+    addr: SocketAddr,
+    mut stream: S,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>), ClientError> {
     let io = |e: std::io::Error| ClientError::Transient(format!("{addr}: {e}"));
-    let mut stream = TcpStream::connect_addr(addr).await.map_err(io)?;
     let host = if t.host.contains(':') {
         format!("[{}]", t.host)
     } else {
@@ -134,7 +174,13 @@ async fn exchange(t: &Target, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientErr
     loop {
         let buf = Vec::with_capacity(8192);
         let (res, buf) = stream.read(buf).await;
-        let n = res.map_err(io)?;
+        let n = match res {
+            Ok(n) => n,
+            // A TLS peer closing without `close_notify` after an unframed
+            // answer: what came is all there is.
+            Err(e) if !got.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(io(e)),
+        };
         if n == 0 {
             break;
         }
@@ -200,6 +246,7 @@ mod tests {
         assert_eq!(
             t,
             Target {
+                tls: false,
                 host: "127.0.0.1".into(),
                 port: 8080,
                 path: "/_matrix/push/v1/notify?x=1".into()
@@ -208,8 +255,14 @@ mod tests {
         let t = parse_url("http://[::1]/_matrix/push/v1/notify").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 80));
         assert_eq!(parse_url("http://push.example").unwrap().path, "/");
+        let t = parse_url("https://push.example/_matrix/push/v1/notify").unwrap();
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port),
+            (true, "push.example", 443)
+        );
+        let t = parse_url("https://[::1]:8443/n").unwrap();
+        assert_eq!((t.tls, t.host.as_str(), t.port), (true, "::1", 8443));
         for bad in [
-            "https://push.example/_matrix/push/v1/notify",
             "ftp://x/",
             "http://:80/",
             "http://u@h/",
