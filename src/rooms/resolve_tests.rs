@@ -398,3 +398,219 @@ fn concurrent_topics_the_later_wins() {
         assert_eq!(Room::get(&s, "m.room.topic", ""), Some(b), "v{v}");
     }
 }
+
+/// Power levels content `users`, with alice at 100 where the room version
+/// lets creators be listed (v12 creators have infinite power instead).
+fn users(v: RoomVersion, others: Value) -> Value {
+    let mut u = others;
+    if !v.creators_have_infinite_power() {
+        u[ALICE] = 100.into();
+    }
+    json!({ "users": u })
+}
+
+const ZARA: &str = "@zara:z.test";
+
+/// The worked examples of state resolution v2 (MSC1442, the proposal the
+/// spec's algorithm comes from; Synapse's `tests/state/test_v2.py` carries
+/// them): the room starts with alice (100), bob, carol and zara joined.
+fn example_room(v: RoomVersion) -> (Room, OwnedEventId) {
+    let (mut r, tip) = Room::new(v, json!({}));
+    let b = r.join(BOB, &tip);
+    let c = r.join(CAROL, &b);
+    let z = r.join(ZARA, &c);
+    (r, z)
+}
+
+/// "Offtopic power levels": alice gives bob 50, bob gives carol 50, carol
+/// demotes herself; a fork holding only alice's change does not undo the
+/// chain that builds on it.
+#[test]
+fn example_offtopic_power_levels() {
+    for v in VERSIONS {
+        let (mut r, start) = example_room(v);
+        let pa = r.add(
+            ALICE,
+            "m.room.power_levels",
+            Some(""),
+            users(v, json!({ BOB: 50 })),
+            &[&start],
+        );
+        let pb_c = users(v, json!({ BOB: 50, CAROL: 50 }));
+        let pb = r.add(BOB, "m.room.power_levels", Some(""), pb_c, &[&pa]);
+        let pc_c = users(v, json!({ BOB: 50, CAROL: 0 }));
+        let pc = r.add(CAROL, "m.room.power_levels", Some(""), pc_c, &[&pb]);
+        let s = r.resolved(&[&pc, &pa]);
+        assert_eq!(Room::get(&s, "m.room.power_levels", ""), Some(pc), "v{v}");
+    }
+}
+
+/// "Topic basic": alice promotes bob, sets a topic, demotes bob; bob's
+/// concurrent power change and topic (on the branch where he still had
+/// power) lose: alice's second topic and her demotion stand.
+#[test]
+fn example_topic_basic() {
+    for v in VERSIONS {
+        let (mut r, start) = example_room(v);
+        let t1 = r.add(
+            ALICE,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "T1"}),
+            &[&start],
+        );
+        let pa1 = r.add(
+            ALICE,
+            "m.room.power_levels",
+            Some(""),
+            users(v, json!({ BOB: 50 })),
+            &[&t1],
+        );
+        let t2 = r.add(
+            ALICE,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "T2"}),
+            &[&pa1],
+        );
+        let pa2 = r.add(
+            ALICE,
+            "m.room.power_levels",
+            Some(""),
+            users(v, json!({ BOB: 0 })),
+            &[&t2],
+        );
+        let pb = r.add(
+            BOB,
+            "m.room.power_levels",
+            Some(""),
+            users(v, json!({ BOB: 50 })),
+            &[&pa1],
+        );
+        let t3 = r.add(
+            BOB,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "T3"}),
+            &[&pb],
+        );
+        let s = r.resolved(&[&pa2, &t3]);
+        assert_eq!(Room::get(&s, "m.room.topic", ""), Some(t2), "v{v}");
+        assert_eq!(Room::get(&s, "m.room.power_levels", ""), Some(pa2), "v{v}");
+    }
+}
+
+/// "Topic reset": bob (promoted) sets a topic, then alice bans him; against
+/// a fork that only knows alice's first topic, the ban stands and bob's
+/// topic, no longer authorised, falls back to alice's.
+#[test]
+fn example_topic_reset() {
+    for v in VERSIONS {
+        let (mut r, start) = example_room(v);
+        let t1 = r.add(
+            ALICE,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "T1"}),
+            &[&start],
+        );
+        let pa = r.add(
+            ALICE,
+            "m.room.power_levels",
+            Some(""),
+            users(v, json!({ BOB: 50 })),
+            &[&t1],
+        );
+        let t2 = r.add(
+            BOB,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "T2"}),
+            &[&pa],
+        );
+        let ban = json!({"membership": "ban"});
+        let mb = r.add(ALICE, "m.room.member", Some(BOB), ban, &[&t2]);
+        let s = r.resolved(&[&mb, &t1]);
+        assert_eq!(Room::get(&s, "m.room.topic", ""), Some(t1), "v{v}");
+        assert_eq!(Room::get(&s, "m.room.member", BOB), Some(mb), "v{v}");
+        assert_eq!(Room::get(&s, "m.room.power_levels", ""), Some(pa), "v{v}");
+    }
+}
+
+/// "Topic": as "topic basic", but zara's message closes the fork and alice
+/// sets a topic after it: the state at the merge (alice's demotion beats
+/// bob's change) decides what comes after.
+#[test]
+fn example_topic_after_a_merge() {
+    for v in VERSIONS {
+        let (mut r, start) = example_room(v);
+        let t1 = r.add(
+            ALICE,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "T1"}),
+            &[&start],
+        );
+        let pa1 = r.add(
+            ALICE,
+            "m.room.power_levels",
+            Some(""),
+            users(v, json!({ BOB: 50 })),
+            &[&t1],
+        );
+        let t2 = r.add(
+            ALICE,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "T2"}),
+            &[&pa1],
+        );
+        let pa2 = r.add(
+            ALICE,
+            "m.room.power_levels",
+            Some(""),
+            users(v, json!({ BOB: 0 })),
+            &[&t2],
+        );
+        let pb = r.add(
+            BOB,
+            "m.room.power_levels",
+            Some(""),
+            users(v, json!({ BOB: 50 })),
+            &[&pa1],
+        );
+        let t3 = r.add(
+            BOB,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "T3"}),
+            &[&pb],
+        );
+        let mz1 = r.add(
+            ZARA,
+            "m.room.message",
+            None,
+            json!({"body": "m"}),
+            &[&pa2, &t3],
+        );
+        let t4 = r.add(
+            ALICE,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "T4"}),
+            &[&mz1],
+        );
+        let s = r.resolved(&[&t4, &mz1]);
+        assert_eq!(Room::get(&s, "m.room.topic", ""), Some(t4), "v{v}");
+        assert_eq!(
+            Room::get(&s, "m.room.power_levels", ""),
+            Some(pa2.clone()),
+            "v{v}"
+        );
+        assert_eq!(
+            Room::get(&r.after[&mz1], "m.room.power_levels", ""),
+            Some(pa2),
+            "v{v}"
+        );
+    }
+}
