@@ -56,6 +56,10 @@ pub enum Cmd {
     /// Media upload then authenticated download of a fresh file (`--file-bytes`,
     /// default 1 MiB) by N users (default 8), one connection each.
     Media(scenario::media::MediaArgs),
+    /// hearth only (HEARTHTEST_INJECT_PDUS=1): state resolution of two forks
+    /// of a `--members` (default 10,000) room's state, with `/versions`
+    /// latency meanwhile.
+    StateRes(scenario::state_res::StateResArgs),
     /// Every scenario against hearth and a peer (Synapse), alternating, with
     /// a ratio table.
     Compare(compare::CompareArgs),
@@ -168,6 +172,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::RawResponder { listen, threads } => raw_responder::run(&listen, threads),
+        Cmd::StateRes(args) => scenario::state_res::run(&args),
         _ => Ok(()),
     }
 }

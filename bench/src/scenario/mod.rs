@@ -8,6 +8,7 @@ pub mod keys;
 pub mod media;
 pub mod mixed;
 pub mod send;
+pub mod state_res;
 pub mod sync;
 
 use std::collections::BTreeMap;
