@@ -106,9 +106,17 @@ pub fn trivially_resolved(states: &[&StateMap]) -> Option<StateMap> {
         .then(|| (*first).clone())
 }
 
+/// A stored event as loaded for a resolution, not parsed yet: `(event_id,
+/// json text, room version)`. Parsing ~10,000 events is CPU work that must
+/// not run on a shard thread, so it happens beside the resolution itself.
+pub type RawEvent = (String, String, String);
+
 /// Loads every event of `states` and their auth chains (room_pdus: timeline,
-/// soft-failed and outlier events alike).
-pub async fn load_for_resolution(db: &Pool, states: &[&StateMap]) -> Result<EventMap, RoomError> {
+/// soft-failed and outlier events alike), unparsed.
+pub async fn load_for_resolution(
+    db: &Pool,
+    states: &[&StateMap],
+) -> Result<Vec<RawEvent>, RoomError> {
     let mut roots: Vec<String> = states.iter().flat_map(|s| s.values().cloned()).collect();
     roots.sort();
     roots.dedup();
@@ -119,21 +127,24 @@ pub async fn load_for_resolution(db: &Pool, states: &[&StateMap]) -> Result<Even
                  UNION \
                  SELECT a.id FROM chain c JOIN room_pdus p ON p.event_id = c.event_id \
                  CROSS JOIN LATERAL jsonb_array_elements_text(p.json->'auth_events') AS a(id)) \
-             SELECT p.event_id, p.json, r.room_version FROM chain c \
+             SELECT p.event_id, p.json::text, r.room_version FROM chain c \
              JOIN room_pdus p ON p.event_id = c.event_id JOIN rooms r ON r.room_id = p.room_id",
             &[&roots],
         )
         .await?;
-    let mut out = EventMap::with_capacity(rows.len());
-    for r in rows {
-        let id: String = r.get(0)?;
+    rows.into_iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .collect()
+}
+
+/// Parses loaded events (see [`RawEvent`]).
+pub fn parse_for_resolution(raw: Vec<RawEvent>) -> Result<EventMap, RoomError> {
+    let mut out = EventMap::with_capacity(raw.len());
+    for (id, json, version) in raw {
         let id = OwnedEventId::try_from(id).map_err(|e| RoomError::Internal(e.to_string()))?;
-        let serde_json::Value::Object(map) = r.get::<serde_json::Value>(1)? else {
-            return Err(RoomError::Internal("stored event is not an object".into()));
-        };
-        let json = canonical_json::try_from_json_map(map)
-            .map_err(|e| RoomError::Internal(e.to_string()))?;
-        let version = RoomVersion::parse(r.get::<&str>(2)?)?;
+        let json: canonical_json::CanonicalJsonObject = serde_json::from_str(&json)
+            .map_err(|e| RoomError::Internal(format!("stored event malformed: {e}")))?;
+        let version = RoomVersion::parse(&version)?;
         out.insert(id.clone(), Pdu::from_json(id, json, version)?);
     }
     Ok(out)
@@ -172,14 +183,17 @@ impl Resolver<'_> {
         let resolved = match trivially_resolved(&states) {
             Some(s) => s,
             None => {
-                let mut events = load_for_resolution(self.db, &states).await?;
-                if let Some(p) = uncommitted {
-                    events.insert(p.event_id.clone(), p.clone());
-                }
+                let raw = load_for_resolution(self.db, &states).await?;
+                let uncommitted = uncommitted.cloned();
                 let owned: Vec<StateMap> = states.iter().map(|s| (*s).clone()).collect();
-                let run = move || {
+                let run = move || -> Result<StateMap, RoomError> {
+                    let mut events = parse_for_resolution(raw)?;
+                    if let Some(p) = uncommitted {
+                        events.insert(p.event_id.clone(), p);
+                    }
                     let refs: Vec<&StateMap> = owned.iter().collect();
                     resolve::resolve(version, &refs, &events)
+                        .map_err(|e| RoomError::Internal(e.to_string()))
                 };
                 let out = if distinct_events(&states) > INLINE_RESOLUTION_EVENTS {
                     // Never on the shard thread: the blocking pool.
@@ -189,7 +203,7 @@ impl Resolver<'_> {
                 } else {
                     run()
                 };
-                out.map_err(|e| RoomError::Internal(e.to_string()))?
+                out?
             }
         };
         let resolved = Rc::new(resolved);
