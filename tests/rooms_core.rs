@@ -401,9 +401,11 @@ fn txn_ids_are_idempotent_across_restarts_and_oversize_is_refused() {
                 let stream = rooms::local().unwrap().stream();
                 let pool = Pool::connect(cfg2, PoolConfig::default()).await.unwrap();
                 let writer = GroupCommit::new(pool.clone(), GroupCommitConfig::default());
-                let fresh = Rooms::open(owner, 2, pool, writer, key(), stream)
-                    .await
-                    .unwrap();
+                let fresh = Rc::new(
+                    Rooms::open(owner, 2, pool, writer, key(), stream)
+                        .await
+                        .unwrap(),
+                );
                 let id = fresh
                     .send(EventRequest {
                         txn: Some(("DEV".into(), "t1".into())),

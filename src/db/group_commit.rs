@@ -70,6 +70,11 @@ impl Write {
         self
     }
 
+    /// Adds `other`'s statements after these (one atomic write of both).
+    pub fn append(&mut self, other: Write) {
+        self.statements.extend(other.statements);
+    }
+
     pub fn len(&self) -> usize {
         self.statements.len()
     }

@@ -13,7 +13,7 @@ pub mod conn;
 pub mod copy;
 pub mod error;
 pub mod group_commit;
-mod local;
+pub(crate) mod local;
 pub mod migrate;
 pub mod pool;
 pub mod setup;

@@ -84,7 +84,7 @@ pub async fn create_room(
 }
 
 async fn run_create(
-    rooms: &Rooms,
+    rooms: &std::rc::Rc<Rooms>,
     plan: CreatePlan,
     creator: OwnedUserId,
 ) -> Result<(), RoomError> {

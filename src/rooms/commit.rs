@@ -18,6 +18,7 @@ use crate::stream::{Change, EventChange, Pos, RoomChange};
 
 use super::graph::Extremity;
 use super::pdu::Pdu;
+use super::pipeline::{Committing, Prepared, TxnKey};
 use super::service::{RoomHead, Rooms};
 use super::state::{self, SnapshotHead, StateMap};
 use super::RoomError;
@@ -45,6 +46,9 @@ pub struct Placement {
     pub depth: i64,
     /// The event is stored as an outlier now and moves out of it.
     pub was_outlier: bool,
+    /// The pipeline's failure count when the head was read
+    /// (`rooms::pipeline`: an event built on a failed write is refused).
+    pub epoch: u64,
 }
 
 impl Placement {
@@ -52,6 +56,7 @@ impl Placement {
         before: Rc<StateMap>,
         base: Option<(SnapshotHead, Rc<StateMap>)>,
         depth: i64,
+        epoch: u64,
     ) -> Placement {
         Placement {
             fate: Fate::Timeline,
@@ -59,6 +64,7 @@ impl Placement {
             base,
             depth,
             was_outlier: false,
+            epoch,
         }
     }
 }
@@ -89,16 +95,18 @@ fn event_snapshot(
 }
 
 impl Rooms {
-    /// Commits `pdu` as `place` says (see the module doc), then caches and
-    /// announces it. Returns the stored event.
+    /// Prepares the write of `pdu` as `place` says (see the module doc) and
+    /// queues it in the room's pipeline; [`Committing::done`] waits for the
+    /// COMMIT and the announcement. The caller holds the room's lock until
+    /// this returns, and may release it before `done`.
     pub(super) async fn commit(
-        &self,
+        self: &Rc<Self>,
         head: &RoomHead,
         pdu: Pdu,
         place: Placement,
         txn: Option<&(String, String)>,
         create_public: Option<bool>,
-    ) -> Result<Rc<Pdu>, RoomError> {
+    ) -> Result<Committing, RoomError> {
         let room = pdu.room_id.as_str().to_owned();
         let ticket = self.stream.allocate();
         let stream = ticket.pos();
@@ -126,7 +134,7 @@ impl Rooms {
                     stream.into(),
                 ],
             );
-            return self.finish(w, pdu, ticket, None).await;
+            return self.finish(w, pdu, ticket, None, None, place.epoch);
         };
         // State after the event, and its snapshot. A non-state event's is
         // the state before it, shared (no copy of a big room's state).
@@ -165,7 +173,7 @@ impl Rooms {
                     stream.into(),
                 ],
             );
-            return self.finish(w, pdu, ticket, None).await;
+            return self.finish(w, pdu, ticket, None, None, place.epoch);
         }
 
         // Forward extremities: the prev events stop being ones.
@@ -283,7 +291,15 @@ impl Rooms {
             extremities,
         };
         self.states.borrow_mut().put(vec![ev_snap.id], after);
-        self.finish(w, pdu, ticket, Some(new_head)).await
+        let txn = txn.map(|(device, txn)| {
+            (
+                pdu.sender.to_string(),
+                device.clone(),
+                room.clone(),
+                txn.clone(),
+            )
+        });
+        self.finish(w, pdu, ticket, Some(new_head), txn, place.epoch)
     }
 
     /// Remembers a received event as rejected (server-server "Rejections"):
@@ -362,39 +378,21 @@ impl Rooms {
         Ok(w)
     }
 
-    /// Submits the write; after COMMIT updates the caches and announces a
-    /// timeline event (`head`: its room's new head; `None`: nothing to
-    /// announce, the position stays a gap in the stream).
-    async fn finish(
-        &self,
+    /// Queues the write in the room's pipeline; with `head` (the room's new
+    /// head) the event is announced after COMMIT, without it (soft-failed,
+    /// outlier) its position stays a gap in the stream.
+    fn finish(
+        self: &Rc<Self>,
         w: Write,
         pdu: Pdu,
         ticket: crate::stream::Ticket,
         head: Option<RoomHead>,
-    ) -> Result<Rc<Pdu>, RoomError> {
+        txn: Option<TxnKey>,
+        epoch: u64,
+    ) -> Result<Committing, RoomError> {
         let stream = ticket.pos();
-        if let Err(e) = self.writer.submit(w).await {
-            // Unknown whether it committed: reload the room from the database.
-            // (Dropping the ticket leaves a gap in the stream.)
-            self.heads.borrow_mut().pop(&pdu.room_id);
-            return Err(e.into());
-        }
         let pdu = Rc::new(pdu);
-        self.events
-            .borrow_mut()
-            .put(pdu.event_id.clone(), pdu.clone());
-        let Some(head) = head else {
-            ticket.publish(Vec::new()).await;
-            return Ok(pdu);
-        };
-        let head = Rc::new(head);
-        self.heads
-            .borrow_mut()
-            .put(pdu.room_id.clone(), head.clone());
-        // Committed: push rules run now, off this request's path (soft-failed
-        // events and outliers have no head and never notify).
-        crate::push::engine::after_commit(&head, &pdu, stream);
-        let change = Change::Room {
+        let change = head.as_ref().map(|_| Change::Room {
             room_id: pdu.room_id.clone(),
             pos: Pos::Persisted(stream),
             what: RoomChange::Event(Arc::new(EventChange {
@@ -405,9 +403,14 @@ impl Rooms {
                 membership: pdu.membership(),
                 event: Arc::new(pdu.client_format()),
             })),
+        });
+        let prepared = Prepared {
+            write: w,
+            pdu,
+            stream,
+            head: head.map(Rc::new),
+            txn,
         };
-        // Answer only once every shard knows (read-your-writes for /sync).
-        ticket.publish(vec![change]).await;
-        Ok(pdu)
+        self.enqueue(epoch, prepared, ticket, change)
     }
 }

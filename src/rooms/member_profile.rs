@@ -121,7 +121,7 @@ pub async fn state_content(
 /// the rest of its content. Nothing is sent if the user is not joined
 /// (any more) or the event already says the same.
 async fn refresh(
-    rooms: &Rooms,
+    rooms: &std::rc::Rc<Rooms>,
     room_id: OwnedRoomId,
     user: OwnedUserId,
     profile: MemberProfile,

@@ -19,6 +19,7 @@ pub mod graph;
 pub mod history;
 pub mod member_profile;
 pub mod pdu;
+pub mod pipeline;
 pub mod receive;
 pub mod redaction;
 pub mod remote_keys;

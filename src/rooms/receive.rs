@@ -76,10 +76,10 @@ impl Rooms {
     /// Applies a PDU received from elsewhere (see the module doc). Runs on
     /// the room's owner shard under the room's lock. `Err`: the PDU was
     /// dropped (malformed, bad signature, unknown room); nothing stored.
-    pub async fn apply_pdu(&self, r: Received) -> Result<Applied, RoomError> {
+    pub async fn apply_pdu(self: &Rc<Self>, r: Received) -> Result<Applied, RoomError> {
         self.check_owner(&r.room_id)?;
         let _guard = self.room_locks.queue(r.room_id.clone()).await;
-        let head = self.head(&r.room_id).await?;
+        let (head, epoch) = self.write_head(&r.room_id).await?;
         let version = head.version;
         let rules = version.rules();
         // 1. Format and size.
@@ -150,7 +150,7 @@ impl Rooms {
         }
         if r.outlier {
             return self
-                .store_outlier(&head, pdu, was_outlier, Vec::new())
+                .store_outlier(&head, epoch, pdu, was_outlier, Vec::new())
                 .await;
         }
 
@@ -171,7 +171,9 @@ impl Rooms {
             .filter_map(|p| p.snapshot.map(|s| (s, p.depth)))
             .collect();
         if !missing.is_empty() || usable.is_empty() {
-            return self.store_outlier(&head, pdu, was_outlier, missing).await;
+            return self
+                .store_outlier(&head, epoch, pdu, was_outlier, missing)
+                .await;
         }
         let resolver = self.resolver();
         let mut inputs = Vec::with_capacity(usable.len());
@@ -209,8 +211,13 @@ impl Rooms {
             base,
             depth,
             was_outlier,
+            epoch,
         };
-        let stored = self.commit(&head, pdu, place, None, None).await?;
+        let stored = self
+            .commit(&head, pdu, place, None, None)
+            .await?
+            .done()
+            .await?;
         Ok(match fate {
             Fate::SoftFailed => Applied::SoftFailed(stored.event_id.clone()),
             _ => Applied::Accepted(stored.event_id.clone()),
@@ -218,8 +225,9 @@ impl Rooms {
     }
 
     async fn store_outlier(
-        &self,
+        self: &Rc<Self>,
         head: &RoomHead,
+        epoch: u64,
         pdu: Pdu,
         was_outlier: bool,
         missing_prev_events: Vec<OwnedEventId>,
@@ -232,8 +240,12 @@ impl Rooms {
                 base: None,
                 depth: i64::try_from(pdu.depth).unwrap_or(i64::MAX),
                 was_outlier: false,
+                epoch,
             };
-            self.commit(head, pdu, place, None, None).await?;
+            self.commit(head, pdu, place, None, None)
+                .await?
+                .done()
+                .await?;
         }
         Ok(Applied::Outlier {
             event_id,

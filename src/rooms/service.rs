@@ -74,6 +74,8 @@ pub struct Rooms {
     pub(super) states: RefCell<LruCache<Vec<i64>, Rc<StateMap>>>,
     /// Public keys of other servers (`rooms::remote_keys`).
     pub remote_keys: super::remote_keys::RemoteKeys,
+    /// Rooms with writes queued or in flight (`rooms::pipeline`).
+    pub(super) pipelines: super::pipeline::Pipelines,
 }
 
 thread_local! {
@@ -124,6 +126,7 @@ impl Rooms {
             events: RefCell::new(LruCache::new(cap(EVENT_CACHE))),
             states: RefCell::new(LruCache::new(cap(STATE_CACHE))),
             remote_keys: super::remote_keys::RemoteKeys::default(),
+            pipelines: Default::default(),
         })
     }
 
@@ -228,20 +231,54 @@ impl Rooms {
         Ok(Some(pdu))
     }
 
-    /// Builds, authorises and persists an event (on the owner shard).
-    pub async fn send(&self, req: EventRequest) -> Result<Rc<Pdu>, RoomError> {
-        self.check_owner(&req.room_id)?;
-        let _guard = self.room_locks.queue(req.room_id.clone()).await;
-        if let Some((device, txn)) = &req.txn {
-            if let Some(id) = self.txn_event(&req, device, txn).await? {
-                return self
-                    .event(&id)
-                    .await?
-                    .ok_or_else(|| RoomError::Internal("txn event missing".into()));
-            }
+    /// The head a new event of the room builds on: its pipeline's tail
+    /// when writes are outstanding, else the committed head; with the
+    /// pipeline's failure count (see `rooms::pipeline`). Under the lock.
+    pub(super) async fn write_head(
+        &self,
+        room_id: &OwnedRoomId,
+    ) -> Result<(Rc<RoomHead>, u64), RoomError> {
+        let epoch = self.pipelines.epoch();
+        if let Some(tail) = self.pipelines.tail(room_id) {
+            return Ok((tail, epoch));
         }
-        let head = self.head(&req.room_id).await?;
-        self.append(&head, req).await
+        Ok((self.head(room_id).await?, epoch))
+    }
+
+    /// Builds, authorises and persists an event (on the owner shard). The
+    /// room's lock covers building; the COMMIT is awaited after it, so
+    /// sends to one room share commits (`rooms::pipeline`).
+    pub async fn send(self: &Rc<Self>, req: EventRequest) -> Result<Rc<Pdu>, RoomError> {
+        self.check_owner(&req.room_id)?;
+        loop {
+            let guard = self.room_locks.queue(req.room_id.clone()).await;
+            if let Some((device, txn)) = &req.txn {
+                let key = (
+                    req.sender.to_string(),
+                    device.clone(),
+                    req.room_id.to_string(),
+                    txn.clone(),
+                );
+                if self.pipelines.pending_txn(&key).is_some() {
+                    // The first send with this txn id is committing: its
+                    // answer is ours once durable (or we build anew if it
+                    // failed).
+                    drop(guard);
+                    self.pipelines.wait_txn(&key).await;
+                    continue;
+                }
+                if let Some(id) = self.txn_event(&req, device, txn).await? {
+                    return self
+                        .event(&id)
+                        .await?
+                        .ok_or_else(|| RoomError::Internal("txn event missing".into()));
+                }
+            }
+            let (head, epoch) = self.write_head(&req.room_id).await?;
+            let committing = self.append(&head, epoch, req).await?;
+            drop(guard);
+            return committing.done().await;
+        }
     }
 
     /// Like [`Rooms::send`], but the request is built under the room's lock
@@ -250,7 +287,7 @@ impl Rooms {
     /// `m.room.canonical_alias`). `build` must not send to this room
     /// itself. `Ok(None)`: `build` decided there is nothing to send.
     pub async fn send_built<F, Fut>(
-        &self,
+        self: &Rc<Self>,
         room_id: &OwnedRoomId,
         build: F,
     ) -> Result<Option<Rc<Pdu>>, RoomError>
@@ -259,8 +296,8 @@ impl Rooms {
         Fut: std::future::Future<Output = Result<Option<EventRequest>, RoomError>>,
     {
         self.check_owner(room_id)?;
-        let _guard = self.room_locks.queue(room_id.clone()).await;
-        let head = self.head(room_id).await?;
+        let guard = self.room_locks.queue(room_id.clone()).await;
+        let (head, epoch) = self.write_head(room_id).await?;
         let Some(req) = build(head.clone()).await? else {
             return Ok(None);
         };
@@ -269,7 +306,9 @@ impl Rooms {
                 "send_built: request for another room".into(),
             ));
         }
-        self.append(&head, req).await.map(Some)
+        let committing = self.append(&head, epoch, req).await?;
+        drop(guard);
+        committing.done().await.map(Some)
     }
 
     async fn txn_event(
@@ -295,7 +334,7 @@ impl Rooms {
 
     /// Persists a prepared `m.room.create` PDU as the first event of its room.
     pub async fn persist_create(
-        &self,
+        self: &Rc<Self>,
         pdu: Pdu,
         version: RoomVersion,
         is_public: bool,
@@ -314,15 +353,22 @@ impl Rooms {
             snapshot: None,
             extremities: Vec::new(),
         };
-        let place = Placement::timeline(Rc::new(StateMap::new()), None, 1);
+        let place = Placement::timeline(Rc::new(StateMap::new()), None, 1, self.pipelines.epoch());
         self.commit(&head, pdu, place, None, Some(is_public))
+            .await?
+            .done()
             .await?;
         Ok(())
     }
 
     /// Builds the event on `head`, checks auth, persists. The caller holds
     /// the room's lock.
-    async fn append(&self, head: &RoomHead, mut req: EventRequest) -> Result<Rc<Pdu>, RoomError> {
+    async fn append(
+        self: &Rc<Self>,
+        head: &RoomHead,
+        epoch: u64,
+        mut req: EventRequest,
+    ) -> Result<super::pipeline::Committing, RoomError> {
         let version = head.version;
         // prev_events: the extremities (at most 10, so a fork closes with
         // the next local event); the state before is their resolution —
@@ -331,7 +377,7 @@ impl Rooms {
         let depth = prevs.iter().map(|e| e.depth).max().unwrap_or(0) + 1;
         let place = if prevs.len() == head.extremities.len() {
             let base = head.snapshot.map(|h| (h, head.state.clone()));
-            Placement::timeline(head.state.clone(), base, depth)
+            Placement::timeline(head.state.clone(), base, depth, epoch)
         } else {
             let resolver = self.resolver();
             let mut inputs = Vec::with_capacity(prevs.len());
@@ -343,7 +389,7 @@ impl Rooms {
                 Some((id, m)) => state::head(&self.db, *id).await?.map(|h| (h, m.clone())),
                 None => None,
             };
-            Placement::timeline(before, base, depth)
+            Placement::timeline(before, base, depth, epoch)
         };
         let before = place.before.clone().unwrap_or_default();
         super::redaction::prepare(&mut req)?;
