@@ -18,7 +18,7 @@ use crate::stream::{Change, EventChange, Pos, RoomChange};
 
 use super::graph::Extremity;
 use super::pdu::Pdu;
-use super::pipeline::{Committing, Prepared, TxnKey};
+use super::pipeline::{Committing, ExtremityChange, Prepared, TxnKey};
 use super::service::{RoomHead, Rooms};
 use super::state::{self, SnapshotHead, StateMap};
 use super::RoomError;
@@ -261,16 +261,12 @@ impl Rooms {
                 .current_state_rows(w, &room, &head.state, &current, &pdu)
                 .await?;
         }
-        let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
-        w = w
-            .statement(
-                "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = ANY($2)",
-                vec![room.clone().into(), SqlValue::TextArray(prev)],
-            )
-            .statement(
-                "INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)",
-                vec![room.clone().into(), event_id.clone().into()],
-            );
+        // The `forward_extremities` rows are written by the pipeline, once
+        // per chain of the room's events (their net change).
+        let ext = ExtremityChange {
+            removed: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
+            added: event_id.clone(),
+        };
         if let Some((device, txn)) = txn {
             w = w.statement(
                 "INSERT INTO txn_ids (user_id, device_id, room_id, txn_id, event_id) \
@@ -299,7 +295,7 @@ impl Rooms {
                 txn.clone(),
             )
         });
-        self.finish(w, pdu, ticket, Some(new_head), txn, place.epoch)
+        self.finish(w, pdu, ticket, Some((new_head, ext)), txn, place.epoch)
     }
 
     /// Remembers a received event as rejected (server-server "Rejections"):
@@ -386,10 +382,11 @@ impl Rooms {
         w: Write,
         pdu: Pdu,
         ticket: crate::stream::Ticket,
-        head: Option<RoomHead>,
+        head: Option<(RoomHead, ExtremityChange)>,
         txn: Option<TxnKey>,
         epoch: u64,
     ) -> Result<Committing, RoomError> {
+        let (head, ext) = head.unzip();
         let stream = ticket.pos();
         let pdu = Rc::new(pdu);
         let change = head.as_ref().map(|_| Change::Room {
@@ -409,6 +406,7 @@ impl Rooms {
             pdu,
             stream,
             head: head.map(Rc::new),
+            ext,
             txn,
         };
         self.enqueue(epoch, prepared, ticket, change)

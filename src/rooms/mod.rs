@@ -5,7 +5,8 @@
 //! (`events::build_pdu`), checked against the room version's authorization
 //! rules (ruma state-res), and committed through the shard's `GroupCommit`
 //! (event row, state snapshot delta, current state, forward extremities,
-//! txn id) before its id is returned. Each shard keeps its own caches of
+//! txn id) before its id is returned; the room's lock covers building
+//! only, and a room's queued events commit together (`pipeline`). Each shard keeps its own caches of
 //! room heads (current state + extremities) and events, touched only by
 //! that shard. State storage: see [`state`] and docs/ARCHITECTURE.md.
 

@@ -33,7 +33,7 @@ use std::rc::Rc;
 use ruma::{OwnedEventId, OwnedRoomId};
 
 use crate::db::local::{oneshot, Answer, Reply};
-use crate::db::{DbError, Write};
+use crate::db::{DbError, SqlValue, Write};
 use crate::stream::{Change, Ticket};
 
 use super::pdu::Pdu;
@@ -54,7 +54,36 @@ pub(super) struct Prepared {
     /// The room's head after it (`None`: soft-failed or outlier, the head
     /// does not move).
     pub head: Option<Rc<RoomHead>>,
+    /// Its change to the room's `forward_extremities` rows.
+    pub ext: Option<ExtremityChange>,
     pub txn: Option<TxnKey>,
+}
+
+/// An event's change to the forward extremities: its prev events stop
+/// being ones, it becomes one. A chain writes only the net change: in one
+/// hot room, a DELETE and INSERT per event left a dead index entry per
+/// event under the same `room_id`, and each later DELETE scanned them all
+/// (PostgreSQL CPU per event doubled, and grew with the room).
+#[derive(Debug, Clone)]
+pub struct ExtremityChange {
+    pub removed: Vec<String>,
+    pub added: String,
+}
+
+/// The net change of a chain's events, in order.
+fn net_extremities(changes: impl Iterator<Item = ExtremityChange>) -> (Vec<String>, Vec<String>) {
+    let (mut removed, mut added): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    for c in changes {
+        for r in c.removed {
+            if let Some(i) = added.iter().position(|a| *a == r) {
+                added.remove(i);
+            } else if !removed.contains(&r) {
+                removed.push(r);
+            }
+        }
+        added.push(c.added);
+    }
+    (removed, added)
 }
 
 struct Queued {
@@ -245,6 +274,21 @@ async fn flush(rooms: Rc<Rooms>, room: OwnedRoomId) {
         for q in &mut chain {
             write.append(std::mem::take(&mut q.prepared.write));
         }
+        let (removed, added) =
+            net_extremities(chain.iter_mut().filter_map(|q| q.prepared.ext.take()));
+        if !removed.is_empty() {
+            write = write.statement(
+                "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = ANY($2)",
+                vec![room.to_string().into(), SqlValue::TextArray(removed)],
+            );
+        }
+        if !added.is_empty() {
+            write = write.statement(
+                "INSERT INTO forward_extremities (room_id, event_id) \
+                 SELECT $1, unnest($2::text[])",
+                vec![room.to_string().into(), SqlValue::TextArray(added)],
+            );
+        }
         let result = rooms.writer.submit(write).await;
         match result {
             Ok(_) => committed(&rooms, chain),
@@ -305,5 +349,37 @@ fn failed(rooms: &Rooms, room: &OwnedRoomId, queued: impl Iterator<Item = Queued
         }
         rooms.events.borrow_mut().pop(&p.pdu.event_id);
         q.reply.send(Err(f.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(removed: &[&str], added: &str) -> ExtremityChange {
+        ExtremityChange {
+            removed: removed.iter().map(|s| s.to_string()).collect(),
+            added: added.into(),
+        }
+    }
+
+    #[test]
+    fn a_linear_chain_nets_to_one_delete_and_one_insert() {
+        let (r, a) =
+            net_extremities([ch(&["$0"], "$1"), ch(&["$1"], "$2"), ch(&["$2"], "$3")].into_iter());
+        assert_eq!((r, a), (vec!["$0".to_owned()], vec!["$3".to_owned()]));
+    }
+
+    #[test]
+    fn a_fork_closed_in_the_chain_keeps_only_the_survivors() {
+        // $a and $b are extremities before; $1 follows $a; $2 (soft-failed
+        // events have no change) closes $1 and $b.
+        let (r, a) = net_extremities([ch(&["$a"], "$1"), ch(&["$1", "$b"], "$2")].into_iter());
+        assert_eq!(r, vec!["$a".to_owned(), "$b".to_owned()]);
+        assert_eq!(a, vec!["$2".to_owned()]);
+        // A received event referencing nothing current adds an extremity.
+        let (r, a) = net_extremities([ch(&["$a"], "$1"), ch(&["$old"], "$x")].into_iter());
+        assert_eq!(r, vec!["$a".to_owned(), "$old".to_owned()]);
+        assert_eq!(a, vec!["$1".to_owned(), "$x".to_owned()]);
     }
 }
