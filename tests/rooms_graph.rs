@@ -589,3 +589,126 @@ fn tokens_stay_valid_when_older_events_arrive() {
     );
     assert_eq!(walk_back(&h, a, &room, None)[0], next);
 }
+
+/// A resolution can change current state without the winning event in the
+/// timeline: dave (power 100, remote) demotes bob on a fork beside bob's
+/// topic, so the resolution drops bob's topic and the room's topic reverts
+/// to alice's older one. An incremental /sync whose timeline is just
+/// dave's power levels must carry the reverted topic in `state`, or the
+/// client keeps bob's.
+#[test]
+fn incremental_sync_carries_state_changed_by_a_resolution() {
+    let db = TestCluster::shared().fresh_database();
+    let opts = Opts::shards(2)
+        .env("HEARTH_DATABASE__URL", &db.url())
+        .env("HEARTHTEST_INJECT_PDUS", "1");
+    let mut h = Hearth::start(opts.clone());
+    let alice = register_user(&h, "alice");
+    let a = alice.token.as_str();
+    let remote = Remote::new();
+    let (bob, dave) = ("@bob:remote.test", "@dave:remote.test");
+    let room = ok(call(
+        &h,
+        "POST",
+        "/createRoom",
+        a,
+        Some(json!({"preset": "public_chat"})),
+    ))["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for user in [bob, dave] {
+        let (_, join) = remote.pdu(
+            &room,
+            &state(&h, a, &room),
+            user,
+            "m.room.member",
+            Some(user),
+            json!({"membership": "join"}),
+            &[&latest(&h, a, &room)],
+            now(),
+        );
+        assert_eq!(remote.inject(&h, a, &room, &join)["outcome"], "accepted");
+    }
+    let pl = json!({"users": {bob: 50, dave: 100}});
+    put_state(&h, a, &room, "m.room.power_levels", "", pl);
+    let t0 = put_state(
+        &h,
+        a,
+        &room,
+        "m.room.topic",
+        "",
+        json!({"topic": "alice's"}),
+    );
+
+    // bob's topic, then a sync: the client has it.
+    let fork_point = latest(&h, a, &room);
+    let st = state(&h, a, &room);
+    let (t_bob, topic) = remote.pdu(
+        &room,
+        &st,
+        bob,
+        "m.room.topic",
+        Some(""),
+        json!({"topic": "bob's"}),
+        &[&fork_point],
+        now(),
+    );
+    assert_eq!(remote.inject(&h, a, &room, &topic)["outcome"], "accepted");
+    let v = ok(call(&h, "GET", "/sync?timeout=0", a, None));
+    let since = v["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(
+        state_id(&state(&h, a, &room), "m.room.topic", "").as_deref(),
+        Some(t_bob.as_str())
+    );
+
+    // dave demotes bob on a fork beside bob's topic.
+    let (demote, d) = remote.pdu(
+        &room,
+        &st,
+        dave,
+        "m.room.power_levels",
+        Some(""),
+        json!({"users": {bob: 0, dave: 100}}),
+        &[&fork_point],
+        now() + 1,
+    );
+    assert_eq!(remote.inject(&h, a, &room, &d)["outcome"], "accepted");
+    assert_eq!(
+        state_id(&state(&h, a, &room), "m.room.topic", "").as_deref(),
+        Some(t0.as_str()),
+        "the resolution reverts the topic"
+    );
+
+    let check = |h: &Hearth| {
+        let v = ok(call(
+            h,
+            "GET",
+            &format!("/sync?timeout=0&since={}", enc(&since)),
+            a,
+            None,
+        ));
+        let r = &v["rooms"]["join"][&room];
+        let timeline: Vec<&str> = r["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(timeline, vec![demote.as_str()], "{r}");
+        let state_ids: Vec<&str> = r["state"]["events"]
+            .as_array()
+            .map(|a| a.iter().map(|e| e["event_id"].as_str().unwrap()).collect())
+            .unwrap_or_default();
+        assert!(state_ids.contains(&t0.as_str()), "{r}");
+    };
+    // From the shards' timeline caches (fed by the announcement)...
+    check(&h);
+    // ...and from the database after a restart (cold caches).
+    h.signal(libc::SIGTERM);
+    assert_eq!(h.wait_exit(Duration::from_secs(60)), Some(0));
+    let data_dir = std::mem::replace(&mut h.data_dir, tempfile::tempdir().unwrap());
+    drop(h);
+    let h = Hearth::start_in(opts, data_dir);
+    check(&h);
+}

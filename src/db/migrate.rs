@@ -95,6 +95,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "token_hashes",
         sql: include_str!("../../migrations/0016_token_hashes.sql"),
     },
+    Migration {
+        version: 17,
+        name: "events_resolved",
+        sql: include_str!("../../migrations/0017_events_resolved.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

@@ -199,6 +199,17 @@ impl Rooms {
             }
             resolver.resolve(head.version, &inputs, Some(&pdu)).await?
         };
+        // Did current state change beyond this event's own key? Only a fork
+        // can do it (a linear event's state before *is* the current state).
+        let resolved = if Rc::ptr_eq(&before, &head.state) && extremities.len() == 1 {
+            false
+        } else {
+            let mut expected = (*head.state).clone();
+            if let Some(k) = &pdu.state_key {
+                expected.insert((pdu.kind.to_string(), k.clone()), event_id.clone());
+            }
+            *current != expected
+        };
         let (cur_snap, cur_write) = if head.snapshot.is_some() && same(&current, &head.state) {
             (head.snapshot, None)
         } else if same(&current, &after) {
@@ -220,8 +231,8 @@ impl Rooms {
         }
         w = w.statement(
             "INSERT INTO events (stream_ordering, room_id, event_id, sender, type, json, \
-             state_key, depth, snapshot_id, stream_shard, prev_state_event_id, room_snapshot) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             state_key, depth, snapshot_id, stream_shard, prev_state_event_id, room_snapshot, \
+             resolved) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             vec![
                 stream.into(),
                 room.clone().into(),
@@ -235,6 +246,7 @@ impl Rooms {
                 shard.into(),
                 prev_state.into(),
                 cur_id.into(),
+                resolved.into(),
             ],
         );
         w = super::redaction::record(w, &pdu);
@@ -295,7 +307,14 @@ impl Rooms {
                 txn.clone(),
             )
         });
-        self.finish(w, pdu, ticket, Some((new_head, ext)), txn, place.epoch)
+        self.finish(
+            w,
+            pdu,
+            ticket,
+            Some((new_head, ext, resolved)),
+            txn,
+            place.epoch,
+        )
     }
 
     /// Remembers a received event as rejected (server-server "Rejections"):
@@ -382,11 +401,12 @@ impl Rooms {
         w: Write,
         pdu: Pdu,
         ticket: crate::stream::Ticket,
-        head: Option<(RoomHead, ExtremityChange)>,
+        head: Option<(RoomHead, ExtremityChange, bool)>,
         txn: Option<TxnKey>,
         epoch: u64,
     ) -> Result<Committing, RoomError> {
-        let (head, ext) = head.unzip();
+        let resolved = head.as_ref().is_some_and(|h| h.2);
+        let (head, ext) = head.map(|(h, e, _)| (h, e)).unzip();
         let stream = ticket.pos();
         let pdu = Rc::new(pdu);
         let change = head.as_ref().map(|_| Change::Room {
@@ -399,6 +419,7 @@ impl Rooms {
                 state_key: pdu.state_key.clone(),
                 membership: pdu.membership(),
                 event: Arc::new(pdu.client_format()),
+                resolved,
             })),
         });
         let prepared = Prepared {

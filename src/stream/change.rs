@@ -73,6 +73,10 @@ pub struct EventChange {
     /// The event in client format, without `unsigned` extras that depend
     /// on the reader (for per-shard timeline caches).
     pub event: Arc<Value>,
+    /// The room's current state changed by more than this event's own key
+    /// (a state resolution): `/sync` cannot derive the new state from the
+    /// timeline alone.
+    pub resolved: bool,
 }
 
 /// What changed for one user.

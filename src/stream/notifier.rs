@@ -379,6 +379,7 @@ mod tests {
                 state_key: Some(target.into()),
                 membership: Some(m.into()),
                 event: Arc::new(serde_json::Value::Null),
+                resolved: false,
             })),
         }
     }

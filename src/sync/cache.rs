@@ -60,6 +60,8 @@ pub struct TlEvent {
     pub membership: Option<String>,
     /// Client format as stored (for filter matching).
     pub event: Arc<Value>,
+    /// A resolution changed state beyond this event (`EventChange::resolved`).
+    pub resolved: bool,
     /// The stored event with what visibility and serving need, when it was
     /// read from the database (window events are loaded on demand).
     pub full: OnceCell<TimelineEvent>,
@@ -245,6 +247,7 @@ impl SyncCache {
                 sender: ev.sender.to_string(),
                 membership: ev.membership.clone(),
                 event: ev.event.clone(),
+                resolved: ev.resolved,
                 full: OnceCell::new(),
                 served,
                 raw: OnceCell::new(),
@@ -436,6 +439,7 @@ mod tests {
             state_key: member.map(|_| "@a:h".to_owned()),
             membership: member.map(str::to_owned),
             event: Arc::new(json!({"type": "x"})),
+            resolved: false,
         };
         Batch {
             shard,

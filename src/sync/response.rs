@@ -282,9 +282,12 @@ async fn body(
         .chain([ctx.user.as_str()])
         .collect();
     let mut wanted: Vec<String> = Vec::new();
-    if full || slice.gap || (lazy && !slice.events.is_empty()) {
+    // The state delta against `since` is needed after a gap, and after a
+    // resolution that changed state the timeline does not show.
+    let delta = slice.gap || slice.resolved;
+    if full || delta || (lazy && !slice.events.is_empty()) {
         let start_state = timeline::state_at(&ctx.db, cache, room, &start).await?;
-        let (base, end_state): (Option<Rc<StateMap>>, Rc<StateMap>) = if full || slice.gap {
+        let (base, end_state): (Option<Rc<StateMap>>, Rc<StateMap>) = if full || delta {
             let base = match (&ctx.since, full) {
                 (Some(since), false) => {
                     Some(timeline::state_at(&ctx.db, cache, room, since).await?)
@@ -310,8 +313,7 @@ async fn body(
             let Some(id) = id.filter(|id| !in_timeline.contains(id.as_str())) else {
                 continue;
             };
-            let in_scope =
-                full || (slice.gap && base.as_ref().is_some_and(|b| b.get(k) != Some(id)));
+            let in_scope = full || (delta && base.as_ref().is_some_and(|b| b.get(k) != Some(id)));
             let include = if lazy && k.0 == "m.room.member" {
                 // Spec "Lazy-loading room members": only the timeline's
                 // senders (and the user) — but those even without a gap

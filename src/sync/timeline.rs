@@ -31,7 +31,7 @@ const MAX_PAGES: usize = 8;
 /// A timeline row: `rooms::timeline::EVENT_COLUMNS` (0–7, so
 /// `TimelineEvent::from_row` reads the events kept) then ours (8–11).
 fn event_cols() -> String {
-    format!("{EVENT_COLUMNS}, e.type, e.state_key, e.sender, e.room_id")
+    format!("{EVENT_COLUMNS}, e.type, e.state_key, e.sender, e.room_id, e.resolved")
 }
 
 /// The chosen timeline of a room.
@@ -44,6 +44,9 @@ pub struct Slice {
     /// Some event of the range (matching or not) precedes the first one
     /// returned: the client has not seen the state changes in between.
     pub gap: bool,
+    /// A state resolution in the range changed state beyond its event:
+    /// the timeline alone does not give the client the new state.
+    pub resolved: bool,
 }
 
 fn shard_of(r: &Row, i: usize) -> Result<usize, SyncError> {
@@ -90,6 +93,7 @@ fn row_event(r: &Row) -> Result<TlEvent, SyncError> {
         state_key,
         sender: r.get(10)?,
         membership,
+        resolved: r.get(12)?,
         full: OnceCell::new(),
         served: OnceCell::new(),
         raw: OnceCell::new(),
@@ -131,6 +135,7 @@ pub async fn select(
             events,
             limited: skip > 0,
             gap,
+            resolved: all.iter().any(|e| e.resolved),
         });
     }
     let n = lower.len().max(upper.len());
@@ -140,6 +145,8 @@ pub async fn select(
     // Unmatched events older than the oldest matched one so far.
     let mut unmatched_tail = false;
     let mut truncated = false;
+    // Rows not read are older than a gap, which computes the state anyway.
+    let mut resolved = false;
     let page = (limit + 1).max(PAGE);
     let page_i64 = i64::try_from(page).unwrap_or(i64::MAX);
     for round in 0..MAX_PAGES {
@@ -163,6 +170,7 @@ pub async fn select(
                 break;
             }
             let e = row_event(r)?;
+            resolved |= e.resolved;
             if pass(&e) {
                 // Kept: visibility and serving need the stored event.
                 let _ = e.full.set(TimelineEvent::from_row(r)?);
@@ -193,6 +201,7 @@ pub async fn select(
         events: newest_first,
         limited,
         gap,
+        resolved,
     })
 }
 
