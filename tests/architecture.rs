@@ -67,3 +67,17 @@ fn domain_modules_never_import_process_orchestration() {
         "only main.rs and lib.rs use crate::server: {offenders:?}"
     );
 }
+
+#[test]
+fn events_never_import_rooms() {
+    let offenders: Vec<String> = code()
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("src/events/"))
+        .filter(|(_, c)| c.contains("crate::rooms"))
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "events/ is below rooms/ (docs/ARCHITECTURE.md): {offenders:?}"
+    );
+}

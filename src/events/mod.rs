@@ -1,14 +1,17 @@
 //! Matrix identity and events: the server signing key, supported room
-//! versions, and building/signing/identifying/redacting PDUs.
+//! versions, building/signing/identifying/redacting PDUs, and parsing them
+//! into [`Pdu`] for auth and state.
 //!
 //! Everything cryptographic (canonical JSON, sha256, ed25519) is ruma's; this
 //! module holds hearth's rules around it.
 
 pub mod old_keys;
+pub mod parsed;
 pub mod pdu;
 pub mod room_version;
 pub mod signing_key;
 
+pub use parsed::{Pdu, PduParseError};
 pub use pdu::{
     add_signature, build_pdu, check_size, content_hash_matches, create_event_content, event_id_of,
     hash_and_sign, redact, redact_because, room_id_from_event_id, room_id_of, verify_content_hash,

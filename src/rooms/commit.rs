@@ -17,11 +17,11 @@ use crate::db::{SqlValue, Write};
 use crate::stream::{Change, EventChange, Pos, RoomChange};
 
 use super::graph::Extremity;
-use super::pdu::Pdu;
 use super::pipeline::{Committing, ExtremityChange, Prepared, TxnKey};
 use super::service::{RoomHead, Rooms};
 use super::state::{self, SnapshotHead, StateMap};
 use super::RoomError;
+use crate::events::Pdu;
 
 /// What happens to the event being stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,8 +10,8 @@ use crate::events::{build_pdu, create_event_content, NewEvent, RoomVersion, Serv
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::pdu::Pdu;
 use super::RoomError;
+use crate::events::Pdu;
 
 /// One entry of `initial_state`.
 #[derive(Debug, Clone, Deserialize)]

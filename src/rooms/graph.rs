@@ -12,10 +12,10 @@ use ruma::OwnedEventId;
 use crate::db::Pool;
 use crate::events::RoomVersion;
 
-use super::pdu::Pdu;
 use super::resolve::{self, EventMap};
 use super::state::{self, StateMap};
 use super::RoomError;
+use crate::events::Pdu;
 
 /// Resolutions loading more events than this run on the blocking pool.
 pub const INLINE_RESOLUTION_EVENTS: usize = 256;

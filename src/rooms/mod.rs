@@ -19,7 +19,6 @@ pub mod forget;
 pub mod graph;
 pub mod history;
 pub mod member_profile;
-pub mod pdu;
 pub mod pipeline;
 pub mod receive;
 pub mod redaction;
@@ -35,8 +34,10 @@ pub mod visibility;
 use crate::db::DbError;
 use crate::mesh::MeshError;
 
+/// Rooms' code and callers name it here; it lives in `events` because it
+/// parses untrusted PDUs from other servers too.
+pub use crate::events::Pdu;
 pub use forget::{forgotten_rooms, is_forgotten};
-pub use pdu::Pdu;
 pub use serve::{client_events, Viewer};
 pub use service::{install, local, EventRequest, Rooms};
 pub use timeline::{PageToken, RoomToken};
@@ -75,6 +76,15 @@ pub enum RoomError {
     /// 400 `M_BAD_ALIAS`: a canonical alias not pointing to the room.
     #[error("{0}")]
     BadAlias(String),
+}
+
+/// An event hearth stored or built that does not parse is hearth's bug, not
+/// the client's: internal. A PDU received from another server maps its
+/// parse error to `BadJson` at the call site instead (`receive.rs`).
+impl From<crate::events::PduParseError> for RoomError {
+    fn from(e: crate::events::PduParseError) -> Self {
+        RoomError::Internal(format!("stored event malformed: {e}"))
+    }
 }
 
 impl crate::error::Retryable for RoomError {

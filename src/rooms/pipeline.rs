@@ -36,9 +36,9 @@ use crate::db::local::{oneshot, Answer, Reply};
 use crate::db::{DbError, SqlValue, Write};
 use crate::stream::{Change, Ticket};
 
-use super::pdu::Pdu;
 use super::service::{RoomHead, Rooms};
 use super::RoomError;
+use crate::events::Pdu;
 
 /// Most events of one room in one write.
 pub const MAX_CHAIN: usize = 64;

@@ -24,10 +24,10 @@ use crate::events::{event_id_of, redact, room_id_of, verify_pdu, RoomVersion};
 
 use super::commit::{Fate, Placement};
 use super::graph::{self, Status};
-use super::pdu::Pdu;
 use super::service::{RoomHead, Rooms};
 use super::state::{self, StateMap};
 use super::RoomError;
+use crate::events::Pdu;
 
 /// A PDU received from another server.
 #[derive(Debug, Clone)]
@@ -109,6 +109,8 @@ impl Rooms {
             Verified::All => r.pdu,
             Verified::Signatures => redact(&r.pdu, version).map_err(bad)?,
         };
+        // The sender's malformed PDU is bad input (`BadJson`), not the
+        // internal error `From<PduParseError>` gives a stored one.
         let pdu = Pdu::from_json(event_id.clone(), json, version).map_err(bad)?;
 
         // 4. Auth against its own auth_events.

@@ -16,9 +16,9 @@ use ruma::OwnedEventId;
 
 use crate::db::Write;
 
-use super::pdu::Pdu;
 use super::service::{EventRequest, RoomHead, Rooms};
 use super::RoomError;
+use crate::events::Pdu;
 
 const REDACTION: &str = "m.room.redaction";
 /// Default `users` power of a creator with no power levels event yet.

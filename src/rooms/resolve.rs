@@ -15,8 +15,8 @@ use ruma::{EventId, OwnedEventId};
 
 use crate::events::RoomVersion;
 
-use super::pdu::Pdu;
 use super::state::StateMap;
+use crate::events::Pdu;
 
 /// The events a resolution may look at, by id.
 pub type EventMap = HashMap<OwnedEventId, Pdu>;

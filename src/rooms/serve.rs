@@ -24,9 +24,9 @@ use serde_json::{json, Value};
 use crate::db::Pool;
 use crate::events::{redact, RoomVersion};
 
-use super::pdu::Pdu;
 use super::timeline::{load_by_ids, TimelineEvent};
 use super::RoomError;
+use crate::events::Pdu;
 use crate::primitives::unix_ms as now_ms;
 
 /// Who is reading: decides `unsigned.transaction_id`.

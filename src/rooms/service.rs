@@ -21,9 +21,9 @@ use crate::stream::StreamWriter;
 
 use super::commit::Placement;
 use super::graph::{self, Extremity, Resolver};
-use super::pdu::Pdu;
 use super::state::{self, SnapshotHead, StateMap};
 use super::RoomError;
+use crate::events::Pdu;
 
 const HEAD_CACHE: usize = 10_000;
 const EVENT_CACHE: usize = 50_000;

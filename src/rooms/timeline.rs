@@ -26,8 +26,8 @@ use crate::db::{DbError, Pool, Row};
 use crate::events::RoomVersion;
 use crate::stream::StreamToken;
 
-use super::pdu::Pdu;
 use super::RoomError;
+use crate::events::Pdu;
 use crate::filter::RoomEventFilter;
 
 /// A position in room order.

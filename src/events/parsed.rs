@@ -1,6 +1,11 @@
-//! A persisted room event in memory: the federation-format JSON plus the
-//! parsed fields auth and state need, implementing ruma's state-res
-//! `Event` trait so the spec's authorization rules can run on it.
+//! A room event in memory: the federation-format JSON plus the parsed fields
+//! auth and state need, implementing ruma's state-res `Event` trait so the
+//! spec's authorization rules can run on it.
+//!
+//! [`Pdu::from_json`] parses events hearth built or stored and PDUs other
+//! servers sent, so it never panics and says which field was wrong
+//! ([`PduParseError`]); the caller decides whether that is hearth's fault
+//! (a stored event) or the sender's (a received one).
 
 use ruma::canonical_json::{CanonicalJsonObject, CanonicalJsonValue};
 use ruma::events::TimelineEventType;
@@ -10,9 +15,24 @@ use ruma::{
 };
 use serde_json::value::RawValue;
 
-use crate::events::{room_id_of, RoomVersion};
+use super::pdu::{room_id_of, PduError};
+use super::room_version::RoomVersion;
 
-use super::RoomError;
+/// Why a PDU's JSON does not parse into a [`Pdu`].
+#[derive(Debug, thiserror::Error)]
+pub enum PduParseError {
+    /// A field the PDU format requires is absent.
+    #[error("PDU field `{field}` is missing")]
+    Missing { field: &'static str },
+    /// A field is present but of the wrong type or syntax (e.g. an
+    /// `auth_events` entry that is not an event id).
+    #[error("PDU field `{field}` is malformed")]
+    Malformed { field: &'static str },
+    /// The room could not be determined (`room_id` missing, malformed, or
+    /// present on a v12 create event).
+    #[error("PDU room: {0}")]
+    Room(#[source] PduError),
+}
 
 /// A parsed PDU.
 #[derive(Debug, Clone)]
@@ -35,51 +55,83 @@ pub struct Pdu {
     pub json: CanonicalJsonObject,
 }
 
-fn malformed(what: &str) -> RoomError {
-    RoomError::Internal(format!("stored event malformed: {what}"))
+/// The field `field` of `json`, which the PDU format requires.
+fn required<'a>(
+    json: &'a CanonicalJsonObject,
+    field: &'static str,
+) -> Result<&'a CanonicalJsonValue, PduParseError> {
+    json.get(field).ok_or(PduParseError::Missing { field })
 }
 
-fn ids(v: Option<&CanonicalJsonValue>, what: &str) -> Result<Vec<OwnedEventId>, RoomError> {
-    let Some(CanonicalJsonValue::Array(a)) = v else {
-        return Err(malformed(what));
+/// A required string field.
+fn string<'a>(
+    json: &'a CanonicalJsonObject,
+    field: &'static str,
+) -> Result<&'a str, PduParseError> {
+    required(json, field)?
+        .as_str()
+        .ok_or(PduParseError::Malformed { field })
+}
+
+/// A required non-negative integer field.
+fn uint(json: &CanonicalJsonObject, field: &'static str) -> Result<u64, PduParseError> {
+    match required(json, field)? {
+        CanonicalJsonValue::Integer(i) => {
+            u64::try_from(i64::from(*i)).map_err(|_| PduParseError::Malformed { field })
+        }
+        _ => Err(PduParseError::Malformed { field }),
+    }
+}
+
+/// A required array of event ids (`prev_events`, `auth_events`).
+fn ids(
+    json: &CanonicalJsonObject,
+    field: &'static str,
+) -> Result<Vec<OwnedEventId>, PduParseError> {
+    let CanonicalJsonValue::Array(a) = required(json, field)? else {
+        return Err(PduParseError::Malformed { field });
     };
     a.iter()
         .map(|v| {
             v.as_str()
                 .and_then(|s| OwnedEventId::try_from(s).ok())
-                .ok_or_else(|| malformed(what))
+                .ok_or(PduParseError::Malformed { field })
         })
         .collect()
 }
 
 impl Pdu {
-    /// Parses a PDU we built or stored.
+    /// Parses a PDU: one hearth built or stored, or one received from
+    /// another server (after its format, signatures and hashes were
+    /// checked). Only the shape is checked here, not auth.
     pub fn from_json(
         event_id: OwnedEventId,
         json: CanonicalJsonObject,
         version: RoomVersion,
-    ) -> Result<Pdu, RoomError> {
-        let room_id = room_id_of(&json, version).map_err(|e| malformed(&e.to_string()))?;
+    ) -> Result<Pdu, PduParseError> {
+        let room_id = room_id_of(&json, version).map_err(PduParseError::Room)?;
         let room_field = match json.get("room_id") {
             Some(v) => Some(room_id.clone()).filter(|_| v.as_str().is_some()),
             None => None,
         };
-        let str_field = |k: &str| json.get(k).and_then(|v| v.as_str());
-        let sender = str_field("sender")
-            .and_then(|s| OwnedUserId::try_from(s).ok())
-            .ok_or_else(|| malformed("sender"))?;
-        let kind = TimelineEventType::from(str_field("type").ok_or_else(|| malformed("type"))?);
-        let state_key = str_field("state_key").map(str::to_owned);
-        let content = json
-            .get("content")
-            .and_then(|c| serde_json::value::to_raw_value(c).ok())
-            .ok_or_else(|| malformed("content"))?;
-        let int = |k: &str| match json.get(k) {
-            Some(CanonicalJsonValue::Integer(i)) => u64::try_from(i64::from(*i)).ok(),
-            _ => None,
+        let sender = OwnedUserId::try_from(string(&json, "sender")?)
+            .map_err(|_| PduParseError::Malformed { field: "sender" })?;
+        let kind = TimelineEventType::from(string(&json, "type")?);
+        // A state_key of the wrong type must not turn a state event into a
+        // message event.
+        let state_key = match json.get("state_key") {
+            None => None,
+            Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
+            Some(_) => return Err(PduParseError::Malformed { field: "state_key" }),
         };
-        let origin_server_ts = int("origin_server_ts").ok_or_else(|| malformed("ts"))?;
-        let depth = int("depth").ok_or_else(|| malformed("depth"))?;
+        let content = match required(&json, "content")? {
+            c @ CanonicalJsonValue::Object(_) => serde_json::value::to_raw_value(c)
+                .map_err(|_| PduParseError::Malformed { field: "content" })?,
+            _ => return Err(PduParseError::Malformed { field: "content" }),
+        };
+        let origin_server_ts = uint(&json, "origin_server_ts")?;
+        let depth = uint(&json, "depth")?;
+        // Top-level before v11, in `content` from v11.
         let redacts = json
             .get("redacts")
             .or_else(|| match json.get("content") {
@@ -89,8 +141,8 @@ impl Pdu {
             .and_then(|v| v.as_str())
             .and_then(|s| OwnedEventId::try_from(s).ok());
         Ok(Pdu {
-            prev_events: ids(json.get("prev_events"), "prev_events")?,
-            auth_events: ids(json.get("auth_events"), "auth_events")?,
+            prev_events: ids(&json, "prev_events")?,
+            auth_events: ids(&json, "auth_events")?,
             event_id,
             room_id,
             room_field,
@@ -179,3 +231,7 @@ impl Event for Pdu {
         false
     }
 }
+
+#[cfg(test)]
+#[path = "parsed_tests.rs"]
+mod tests;
