@@ -481,3 +481,110 @@ fn well_known_on_the_client_listener() {
     let r = common::get(&plain.h, "/.well-known/matrix/server");
     assert_err(&r, 404, "M_NOT_FOUND");
 }
+
+/// Federation queries of a server's directory (server-server "Querying for
+/// information", "Public Room Directory"): alias lookups and the public
+/// room list, to authenticated servers only.
+#[test]
+fn directory_and_public_rooms_over_federation() {
+    let a = start_fed(&[]);
+    let b = start_fed(&[]);
+    let alice = common::register_user(&b.h, "alice");
+    let r = call(
+        &b.h,
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        &alice.token,
+        Some(json!({"room_alias_name": "pub", "visibility": "public", "name": "Lobby"})),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let room_id = json_of(&r.body)["room_id"].as_str().unwrap().to_owned();
+    let alias = format!("#pub:{}", b.name);
+
+    let as_a = client(a.key(), loopback_cfg());
+    runtime().block_on(async {
+        let path = format!(
+            "/_matrix/federation/v1/query/directory?room_alias={}",
+            common::enc(&alias)
+        );
+        let v: Value = as_a
+            .request_json(&b.name, "GET", &path, None)
+            .await
+            .unwrap();
+        assert_eq!(v, json!({"room_id": room_id, "servers": [b.name]}));
+
+        for missing in [format!("#nope:{}", b.name), "#pub:elsewhere.example".into()] {
+            let path = format!(
+                "/_matrix/federation/v1/query/directory?room_alias={}",
+                common::enc(&missing)
+            );
+            let auth =
+                hearth::federation::x_matrix::sign_request(&as_a.key, &b.name, "GET", &path, None)
+                    .unwrap();
+            let r = as_a
+                .send_raw(
+                    &b.name,
+                    "GET",
+                    &path,
+                    &[("Authorization", &auth)],
+                    None,
+                    1 << 20,
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 404, "{missing}");
+            assert_eq!(json_of(&r.body)["errcode"], "M_NOT_FOUND");
+        }
+
+        let v: Value = as_a
+            .request_json(
+                &b.name,
+                "GET",
+                "/_matrix/federation/v1/publicRooms?limit=10",
+                None,
+            )
+            .await
+            .unwrap();
+        let chunk = v["chunk"].as_array().unwrap();
+        assert_eq!(chunk.len(), 1, "{v}");
+        assert_eq!(chunk[0]["room_id"], room_id.as_str());
+        assert_eq!(chunk[0]["name"], "Lobby");
+
+        let body = json!({"filter": {"generic_search_term": "lobby"}});
+        let v: Value = as_a
+            .request_json(
+                &b.name,
+                "POST",
+                "/_matrix/federation/v1/publicRooms",
+                Some(&body),
+            )
+            .await
+            .unwrap();
+        assert_eq!(v["chunk"][0]["room_id"], room_id.as_str(), "{v}");
+        let body = json!({"filter": {"generic_search_term": "nothing like it"}});
+        let v: Value = as_a
+            .request_json(
+                &b.name,
+                "POST",
+                "/_matrix/federation/v1/publicRooms",
+                Some(&body),
+            )
+            .await
+            .unwrap();
+        assert_eq!(v["chunk"], json!([]), "{v}");
+
+        // Unsigned: 401.
+        let r = as_a
+            .send_raw(
+                &b.name,
+                "GET",
+                "/_matrix/federation/v1/publicRooms",
+                &[],
+                None,
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 401);
+    });
+}

@@ -141,6 +141,35 @@ impl RoomAccess {
     }
 }
 
+/// The servers with a joined member in the room's current state, `ours`
+/// first, then by name: the `servers` of an alias lookup, which a joining
+/// server tries in order (client-server "GET /directory/room", federation
+/// "Querying for information").
+pub async fn joined_servers(
+    db: &Pool,
+    room_id: &OwnedRoomId,
+    ours: &str,
+) -> Result<Vec<String>, RoomError> {
+    let rows = db
+        .query(
+            "SELECT DISTINCT substring(state_key from position(':' in state_key) + 1) \
+             FROM current_state WHERE room_id = $1 AND type = 'm.room.member' \
+             AND membership = 'join'",
+            &[&room_id.as_str()],
+        )
+        .await?;
+    let mut servers = Vec::with_capacity(rows.len() + 1);
+    for r in rows {
+        let s: String = r.get(0)?;
+        if s != ours {
+            servers.push(s);
+        }
+    }
+    servers.sort();
+    servers.insert(0, ours.to_owned());
+    Ok(servers)
+}
+
 /// `GET /directory/list/room/{roomId}`: `Some(is_public)`, `None` if unknown.
 pub async fn visibility(db: &Pool, room_id: &OwnedRoomId) -> Result<Option<bool>, RoomError> {
     let row = db

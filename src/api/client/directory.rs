@@ -82,9 +82,10 @@ pub async fn put_alias(state: Rc<ShardState>, req: Request) -> HandlerResult {
 pub async fn get_alias(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let a = alias_param(&req)?;
     let room_id = resolve(&state, &a).await?;
+    let servers = directory::joined_servers(&state.db, &room_id, &state.config.server_name).await?;
     Ok(Response::json(
         200,
-        &json!({ "room_id": room_id, "servers": [state.config.server_name] }),
+        &json!({ "room_id": room_id, "servers": servers }),
     ))
 }
 
@@ -287,7 +288,8 @@ fn check_server(state: &ShardState, req: &Request) -> Result<(), MatrixError> {
     }
 }
 
-async fn list(state: &ShardState, q: ListQuery) -> HandlerResult {
+/// The public room list page `q` (client and federation `publicRooms`).
+pub(crate) async fn list(state: &ShardState, q: ListQuery) -> HandlerResult {
     let page = directory::public_rooms(&state.db, &q).await?;
     let mut out = Map::new();
     out.insert(
@@ -311,12 +313,28 @@ pub async fn public_rooms_get(state: Rc<ShardState>, req: Request) -> HandlerRes
         let _: Requester = auth::require_user(&state, &req).await?;
     }
     check_server(&state, &req)?;
-    let q = ListQuery {
+    list(&state, get_query(&req)?).await
+}
+
+/// The list query of a `GET publicRooms` (`limit`, `since`).
+pub(crate) fn get_query(req: &Request) -> Result<ListQuery, MatrixError> {
+    Ok(ListQuery {
         limit: limit_of(req.query_as::<i64>("limit")?)?,
         since: since_of(req.query_param("since").as_deref())?,
         ..ListQuery::default()
-    };
-    list(&state, q).await
+    })
+}
+
+/// The list query of a `POST publicRooms` body.
+pub(crate) fn post_query(req: &Request) -> Result<ListQuery, MatrixError> {
+    let body: PublicRoomsBody = optional_json_body(req)?;
+    let filter = body.filter.unwrap_or_default();
+    Ok(ListQuery {
+        limit: limit_of(body.limit)?,
+        since: since_of(body.since.as_deref())?,
+        search: filter.generic_search_term,
+        room_types: filter.room_types,
+    })
 }
 
 /// `POST /publicRooms` with `filter.generic_search_term` and
@@ -324,13 +342,5 @@ pub async fn public_rooms_get(state: Rc<ShardState>, req: Request) -> HandlerRes
 pub async fn public_rooms_post(state: Rc<ShardState>, req: Request) -> HandlerResult {
     auth::require_user(&state, &req).await?;
     check_server(&state, &req)?;
-    let body: PublicRoomsBody = optional_json_body(&req)?;
-    let filter = body.filter.unwrap_or_default();
-    let q = ListQuery {
-        limit: limit_of(body.limit)?,
-        since: since_of(body.since.as_deref())?,
-        search: filter.generic_search_term,
-        room_types: filter.room_types,
-    };
-    list(&state, q).await
+    list(&state, post_query(&req)?).await
 }

@@ -4,7 +4,7 @@
 mod account;
 mod cross_signing;
 mod devices;
-mod directory;
+pub(crate) mod directory;
 mod ephemeral;
 mod gaps;
 mod inject;

@@ -24,6 +24,21 @@ pub fn federation_router() -> Router<ShardState> {
         .route(Get, "/_matrix/key/v2/query/{serverName}", keys::query_one)
         .route(Post, "/_matrix/key/v2/query", keys::query_many)
         .route(Get, "/_matrix/federation/v1/query/profile", query::profile)
+        .route(
+            Get,
+            "/_matrix/federation/v1/query/directory",
+            query::room_directory,
+        )
+        .route(
+            Get,
+            "/_matrix/federation/v1/publicRooms",
+            query::public_rooms_get,
+        )
+        .route(
+            Post,
+            "/_matrix/federation/v1/publicRooms",
+            query::public_rooms_post,
+        )
 }
 
 /// `GET /_matrix/federation/v1/version` (server-server "Server
