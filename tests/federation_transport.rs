@@ -588,3 +588,143 @@ fn directory_and_public_rooms_over_federation() {
         assert_eq!(r.status, 401);
     });
 }
+
+/// `value` signed with `kp` as `user`, as a client's Olm account would.
+fn olm_signed(user: &str, kp: &ruma::signatures::Ed25519KeyPair, value: Value) -> Value {
+    let mut obj: CanonicalJsonObject =
+        ruma::canonical_json::try_from_json_map(value.as_object().unwrap().clone()).unwrap();
+    ruma::signatures::sign_json(user, kp, &mut obj).unwrap();
+    serde_json::to_value(obj).unwrap()
+}
+
+/// A remote server reads a local user's devices and keys, and claims a
+/// one-time key once (server-server "End-to-End Encryption", "Device
+/// Management").
+#[test]
+fn user_devices_and_keys_over_federation() {
+    use ruma::serde::{base64::Standard, Base64};
+    let a = start_fed(&[]);
+    let b = start_fed(&[]);
+    let alice = common::register_user(&b.h, "alice");
+    let d = alice.device.clone();
+    let doc = ruma::signatures::Ed25519KeyPair::generate();
+    let kp = ruma::signatures::Ed25519KeyPair::from_der(&doc, d.clone()).unwrap();
+    let b64 = |bytes: &[u8]| Base64::<Standard, Vec<u8>>::new(bytes.to_vec()).encode();
+    let device_keys = olm_signed(
+        &alice.id,
+        &kp,
+        json!({
+            "user_id": alice.id,
+            "device_id": d,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {
+                format!("curve25519:{d}"): b64(b"curve-key-of-the-device-32bytes!"),
+                format!("ed25519:{d}"): b64(&kp.public_key()),
+            },
+        }),
+    );
+    let otk = olm_signed(&alice.id, &kp, json!({"key": b64(b"one")}));
+    let r = call(
+        &b.h,
+        "POST",
+        "/_matrix/client/v3/keys/upload",
+        &alice.token,
+        Some(json!({
+            "device_keys": device_keys,
+            "one_time_keys": {"signed_curve25519:AAAAAQ": otk},
+        })),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    let as_a = client(a.key(), loopback_cfg());
+    runtime().block_on(async {
+        let v: Value = as_a
+            .request_json(
+                &b.name,
+                "GET",
+                &format!(
+                    "/_matrix/federation/v1/user/devices/{}",
+                    common::enc(&alice.id)
+                ),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(v["user_id"], alice.id.as_str());
+        assert!(v["stream_id"].is_i64(), "{v}");
+        let devices = v["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), 1, "{v}");
+        assert_eq!(devices[0]["device_id"], d.as_str());
+        assert_eq!(devices[0]["keys"]["keys"], device_keys["keys"]);
+
+        let query = json!({"device_keys": {alice.id.clone(): [], "@bob:elsewhere.example": []}});
+        let v: Value = as_a
+            .request_json(
+                &b.name,
+                "POST",
+                "/_matrix/federation/v1/user/keys/query",
+                Some(&query),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            v["device_keys"][&alice.id][&d]["keys"], device_keys["keys"],
+            "{v}"
+        );
+        assert!(
+            v["device_keys"].get("@bob:elsewhere.example").is_none(),
+            "{v}"
+        );
+        assert!(v.get("user_signing_keys").is_none(), "{v}");
+
+        let claim = json!({"one_time_keys": {alice.id.clone(): {d.clone(): "signed_curve25519"}}});
+        let v: Value = as_a
+            .request_json(
+                &b.name,
+                "POST",
+                "/_matrix/federation/v1/user/keys/claim",
+                Some(&claim),
+            )
+            .await
+            .unwrap();
+        let got = &v["one_time_keys"][&alice.id][&d];
+        assert_eq!(got["signed_curve25519:AAAAAQ"]["key"], otk["key"], "{v}");
+        // Handed out once: no key left, no fallback.
+        let v: Value = as_a
+            .request_json(
+                &b.name,
+                "POST",
+                "/_matrix/federation/v1/user/keys/claim",
+                Some(&claim),
+            )
+            .await
+            .unwrap();
+        assert_eq!(v["one_time_keys"], json!({}), "{v}");
+
+        // A remote user's devices are not ours to tell; unsigned is 401.
+        let path = format!(
+            "/_matrix/federation/v1/user/devices/{}",
+            common::enc("@bob:elsewhere.example")
+        );
+        let auth =
+            hearth::federation::x_matrix::sign_request(&as_a.key, &b.name, "GET", &path, None)
+                .unwrap();
+        let r = as_a
+            .send_raw(
+                &b.name,
+                "GET",
+                &path,
+                &[("Authorization", &auth)],
+                None,
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400);
+        let r = as_a
+            .send_raw(&b.name, "GET", &path, &[], None, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 401);
+    });
+}

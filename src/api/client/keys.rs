@@ -34,7 +34,7 @@ pub fn routes(r: Router<ShardState>) -> Router<ShardState> {
     super::client(r, Post, "/keys/claim", claim)
 }
 
-pub(super) fn keys_error(e: KeysError) -> MatrixError {
+pub(crate) fn keys_error(e: KeysError) -> MatrixError {
     match e {
         KeysError::InvalidParam(m) => MatrixError::invalid_param(m),
         KeysError::MissingParam(m) => MatrixError::missing_param(m),
@@ -201,7 +201,7 @@ async fn upload(state: Rc<ShardState>, req: Request) -> HandlerResult {
 /// remote servers (the federation seam: issue 11 [4/6] asks them over
 /// `/_matrix/federation/v1/user/keys/*`; until then each remote server is
 /// reported in `failures`).
-pub(super) fn split_local<'a>(
+pub(crate) fn split_local<'a>(
     state: &ShardState,
     users: impl Iterator<Item = &'a String>,
 ) -> (Vec<String>, Map<String, Value>) {
@@ -235,6 +235,21 @@ async fn query(state: Rc<ShardState>, req: Request) -> HandlerResult {
         return Err(MatrixError::bad_json("'device_keys' must be an object"));
     };
     let (local, failures) = split_local(&state, wanted.keys());
+    let mut answer = query_local(&state, wanted, local, Some(me.user_id.as_str())).await?;
+    answer.insert("failures".into(), Value::Object(failures));
+    Ok(Response::json(200, &Value::Object(answer)))
+}
+
+/// The keys of the `local` users of a `device_keys` query: `device_keys`,
+/// `master_keys`, `self_signing_keys`, and with `me` (a local requester)
+/// their own `user_signing_keys` and their signatures. Shared by
+/// `/keys/query` and federation's `/user/keys/query` (`me = None`).
+pub(crate) async fn query_local(
+    state: &ShardState,
+    wanted: &Map<String, Value>,
+    local: Vec<String>,
+    me: Option<&str>,
+) -> Result<Map<String, Value>, MatrixError> {
     let mut want: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for u in &local {
         let devices = match wanted.get(u) {
@@ -248,7 +263,9 @@ async fn query(state: Rc<ShardState>, req: Request) -> HandlerResult {
         };
         want.insert(u.clone(), devices);
     }
-    let me = me.user_id.as_str();
+    // Without a local requester, only signatures everyone may see (a
+    // user's own user-signing key's are for that user: an id no one has).
+    let me = me.unwrap_or("");
     let (found, cross, sigs) = futures_util::future::join3(
         store::device_keys(&state.db, &local),
         cross_store::keys_of(&state.db, &local),
@@ -274,7 +291,7 @@ async fn query(state: Rc<ShardState>, req: Request) -> HandlerResult {
         let mut of_kind = Map::new();
         for (user, keys) in &cross {
             // Spec: user-signing keys only of the requester's own user.
-            if kind == KeyType::UserSigning && user != me {
+            if kind == KeyType::UserSigning && (user != me || me.is_empty()) {
                 continue;
             }
             if let Some(k) = keys.iter().find(|k| k.kind == kind) {
@@ -285,10 +302,12 @@ async fn query(state: Rc<ShardState>, req: Request) -> HandlerResult {
                 of_kind.insert(user.clone(), Value::Object(json));
             }
         }
+        if kind == KeyType::UserSigning && me.is_empty() {
+            continue;
+        }
         answer.insert(kind.query_field().into(), Value::Object(of_kind));
     }
-    answer.insert("failures".into(), Value::Object(failures));
-    Ok(Response::json(200, &Value::Object(answer)))
+    Ok(answer)
 }
 
 /// `POST /keys/claim`: one key per requested device, each handed out once.
@@ -299,8 +318,23 @@ async fn claim(state: Rc<ShardState>, req: Request) -> HandlerResult {
         return Err(MatrixError::bad_json("'one_time_keys' must be an object"));
     };
     let (local, failures) = split_local(&state, wanted.keys());
+    let out = claim_local(&state, wanted, &local).await?;
+    Ok(Response::json(
+        200,
+        &json!({ "one_time_keys": out, "failures": failures }),
+    ))
+}
+
+/// Claims one key per requested device of the `local` users (`{user:
+/// {device: {alg:id: key}}}`); shared by `/keys/claim` and federation's
+/// `/user/keys/claim`.
+pub(crate) async fn claim_local(
+    state: &ShardState,
+    wanted: &Map<String, Value>,
+    local: &[String],
+) -> Result<Map<String, Value>, MatrixError> {
     let mut asks = Vec::new();
-    for u in &local {
+    for u in local {
         let Some(Value::Object(devices)) = wanted.get(u) else {
             return Err(MatrixError::bad_json(
                 "each user must map devices to algorithms",
@@ -323,7 +357,7 @@ async fn claim(state: Rc<ShardState>, req: Request) -> HandlerResult {
         let (user, device, key) = r.map_err(keys_error)?;
         let Some((id, key)) = key else { continue };
         if let Ok(uid) = UserId::parse(user) {
-            last_poke = Some(poke(&state, &uid));
+            last_poke = Some(poke(state, &uid));
         }
         let devices = out
             .entry(user.to_owned())
@@ -335,12 +369,9 @@ async fn claim(state: Rc<ShardState>, req: Request) -> HandlerResult {
         }
     }
     if let Some(pos) = last_poke {
-        announced(&state, pos).await;
+        announced(state, pos).await;
     }
-    Ok(Response::json(
-        200,
-        &json!({ "one_time_keys": out, "failures": failures }),
-    ))
+    Ok(out)
 }
 
 /// `GET /keys/changes?from=&to=`: users (sharing a room with the requester)

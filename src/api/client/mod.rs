@@ -9,7 +9,7 @@ mod ephemeral;
 mod gaps;
 mod inject;
 mod key_backup;
-mod keys;
+pub(crate) mod keys;
 mod login;
 mod media;
 mod profile;

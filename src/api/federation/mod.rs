@@ -5,6 +5,7 @@
 pub mod auth;
 mod keys;
 mod query;
+mod user;
 
 use std::rc::Rc;
 
@@ -24,6 +25,21 @@ pub fn federation_router() -> Router<ShardState> {
         .route(Get, "/_matrix/key/v2/query/{serverName}", keys::query_one)
         .route(Post, "/_matrix/key/v2/query", keys::query_many)
         .route(Get, "/_matrix/federation/v1/query/profile", query::profile)
+        .route(
+            Post,
+            "/_matrix/federation/v1/user/keys/query",
+            user::keys_query,
+        )
+        .route(
+            Post,
+            "/_matrix/federation/v1/user/keys/claim",
+            user::keys_claim,
+        )
+        .route(
+            Get,
+            "/_matrix/federation/v1/user/devices/{userId}",
+            user::devices,
+        )
         .route(
             Get,
             "/_matrix/federation/v1/query/directory",
