@@ -728,3 +728,49 @@ fn user_devices_and_keys_over_federation() {
         assert_eq!(r.status, 401);
     });
 }
+
+/// OpenID (client-server and server-server "OpenID"): a user's token, checked
+/// by a third party with `/openid/userinfo` on the federation listener.
+#[test]
+fn openid_tokens_are_checked_over_federation() {
+    let b = start_fed(&[]);
+    let alice = common::register_user(&b.h, "alice");
+    let bob = common::register_user(&b.h, "bob");
+    let path = format!(
+        "/_matrix/client/v3/user/{}/openid/request_token",
+        common::enc(&alice.id)
+    );
+    let r = call(&b.h, "POST", &path, &bob.token, Some(json!({})));
+    assert_err(&r, 403, "M_FORBIDDEN");
+    let r = call(&b.h, "POST", &path, &alice.token, Some(json!({})));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = json_of(&r.body);
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["matrix_server_name"], b.name.as_str());
+    assert_eq!(v["expires_in"], 3600);
+    let token = v["access_token"].as_str().unwrap().to_owned();
+
+    let fed = client(stranger_key("third.party"), loopback_cfg());
+    runtime().block_on(async {
+        let ask = |t: String| {
+            let fed = fed.clone();
+            let name = b.name.clone();
+            async move {
+                let path = format!(
+                    "/_matrix/federation/v1/openid/userinfo?access_token={}",
+                    common::enc(&t)
+                );
+                fed.send_raw(&name, "GET", &path, &[], None, 1 << 20)
+                    .await
+                    .unwrap()
+            }
+        };
+        let r = ask(token.clone()).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(json_of(&r.body), json!({"sub": alice.id}));
+        // An access token is not an OpenID token.
+        let r = ask(alice.token.clone()).await;
+        assert_eq!(r.status, 401);
+        assert_eq!(json_of(&r.body)["errcode"], "M_UNKNOWN_TOKEN");
+    });
+}

@@ -6,6 +6,7 @@
 
 pub mod cli;
 mod error;
+pub mod openid;
 pub mod password;
 pub mod store;
 pub mod tokens;

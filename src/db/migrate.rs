@@ -100,6 +100,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "events_resolved",
         sql: include_str!("../../migrations/0017_events_resolved.sql"),
     },
+    Migration {
+        version: 18,
+        name: "openid",
+        sql: include_str!("../../migrations/0018_openid.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

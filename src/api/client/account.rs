@@ -160,6 +160,29 @@ pub async fn whoami(state: Rc<ShardState>, req: Request) -> HandlerResult {
     ))
 }
 
+/// `POST /user/{userId}/openid/request_token` (client-server "OpenID"): a
+/// token a third party checks with our federation `/openid/userinfo`.
+pub async fn openid_request_token(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let me = auth::require_user(&state, &req).await?;
+    if req.param_str("userId")? != me.user_id.as_str() {
+        return Err(MatrixError::forbidden(
+            "Cannot request OpenID tokens for other users",
+        ));
+    }
+    let _: Value = optional_json_body(&req)?;
+    let now = crate::primitives::unix_ms_i64();
+    let token = auth::openid::issue(&state.db, me.user_id.as_str(), now).await?;
+    Ok(Response::json(
+        200,
+        &json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "matrix_server_name": state.config.server_name,
+            "expires_in": auth::openid::VALIDITY_MS / 1000,
+        }),
+    ))
+}
+
 fn default_true() -> bool {
     true
 }

@@ -54,6 +54,12 @@ pub fn client_router(config: &Config) -> Router<ShardState> {
     let r = client(r, Post, "/register", account::register);
     let r = client(r, Get, "/register/available", account::available);
     let r = client(r, Get, "/account/whoami", account::whoami);
+    let r = client(
+        r,
+        Post,
+        "/user/{userId}/openid/request_token",
+        account::openid_request_token,
+    );
     let r = client(r, Post, "/account/password", account::change_password);
     let r = client(r, Post, "/account/deactivate", account::deactivate);
     let r = client(r, Get, "/login", login::flows);

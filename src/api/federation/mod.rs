@@ -26,6 +26,11 @@ pub fn federation_router() -> Router<ShardState> {
         .route(Post, "/_matrix/key/v2/query", keys::query_many)
         .route(Get, "/_matrix/federation/v1/query/profile", query::profile)
         .route(
+            Get,
+            "/_matrix/federation/v1/openid/userinfo",
+            user::openid_userinfo,
+        )
+        .route(
             Post,
             "/_matrix/federation/v1/user/keys/query",
             user::keys_query,

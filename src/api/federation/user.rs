@@ -104,3 +104,17 @@ pub async fn devices(state: Rc<ShardState>, req: Request) -> HandlerResult {
     }
     Ok(Response::json(200, &Value::Object(out)))
 }
+
+/// `GET /_matrix/federation/v1/openid/userinfo?access_token=`: whose an
+/// OpenID token is (not X-Matrix signed: the third party asking is often
+/// not a homeserver). 401 `M_UNKNOWN_TOKEN` for an unknown or expired one.
+pub async fn openid_userinfo(state: Rc<ShardState>, req: Request) -> HandlerResult {
+    let token = req
+        .query_param("access_token")
+        .ok_or_else(|| MatrixError::unknown_token(false))?;
+    let now = crate::primitives::unix_ms_i64();
+    let user = crate::auth::openid::user_of(&state.db, token.as_ref(), now)
+        .await?
+        .ok_or_else(|| MatrixError::unknown_token(false))?;
+    Ok(Response::json(200, &json!({ "sub": user })))
+}
