@@ -2,7 +2,7 @@
 //!
 //! Below all domain code: handlers and services take a [`ShardState`], mesh
 //! jobs find theirs with [`current_shard`], and [`on_shard`] runs a closure
-//! on a given shard. Process orchestration (`crate::server`) builds the
+//! on a given shard. Process orchestration (`server.rs`) builds the
 //! state and [`install`]s it; domain modules never import orchestration.
 
 use std::future::Future;

@@ -228,6 +228,26 @@ fn loopback_is_denied_by_default() {
 }
 
 /// Profile query as a signed request: `origin` signs for `destination`.
+/// A signed `GET` with the raw answer (any status).
+async fn signed_get(
+    fed: &Federation,
+    destination: &str,
+    path: &str,
+) -> hearth::federation::HttpResponse {
+    let auth = hearth::federation::x_matrix::sign_request(&fed.key, destination, "GET", path, None)
+        .unwrap();
+    fed.send_raw(
+        destination,
+        "GET",
+        path,
+        &[("Authorization", &auth)],
+        None,
+        1 << 20,
+    )
+    .await
+    .unwrap()
+}
+
 async fn profile_query(
     fed: &Federation,
     to: &FedServer,
@@ -518,20 +538,7 @@ fn directory_and_public_rooms_over_federation() {
                 "/_matrix/federation/v1/query/directory?room_alias={}",
                 common::enc(&missing)
             );
-            let auth =
-                hearth::federation::x_matrix::sign_request(&as_a.key, &b.name, "GET", &path, None)
-                    .unwrap();
-            let r = as_a
-                .send_raw(
-                    &b.name,
-                    "GET",
-                    &path,
-                    &[("Authorization", &auth)],
-                    None,
-                    1 << 20,
-                )
-                .await
-                .unwrap();
+            let r = signed_get(&as_a, &b.name, &path).await;
             assert_eq!(r.status, 404, "{missing}");
             assert_eq!(json_of(&r.body)["errcode"], "M_NOT_FOUND");
         }
@@ -706,20 +713,7 @@ fn user_devices_and_keys_over_federation() {
             "/_matrix/federation/v1/user/devices/{}",
             common::enc("@bob:elsewhere.example")
         );
-        let auth =
-            hearth::federation::x_matrix::sign_request(&as_a.key, &b.name, "GET", &path, None)
-                .unwrap();
-        let r = as_a
-            .send_raw(
-                &b.name,
-                "GET",
-                &path,
-                &[("Authorization", &auth)],
-                None,
-                1 << 20,
-            )
-            .await
-            .unwrap();
+        let r = signed_get(&as_a, &b.name, &path).await;
         assert_eq!(r.status, 400);
         let r = as_a
             .send_raw(&b.name, "GET", &path, &[], None, 1 << 20)

@@ -74,6 +74,15 @@ fn same(a: &Rc<StateMap>, b: &Rc<StateMap>) -> bool {
     Rc::ptr_eq(a, b) || a == b
 }
 
+/// Whether `new` differs from `old` in a key other than `own` (compared in
+/// place: this runs for every event received on a fork, and a big room's
+/// state is not copied for it).
+fn changed_beyond(old: &StateMap, new: &StateMap, own: Option<&(String, String)>) -> bool {
+    let other = |k: &(String, String)| Some(k) != own;
+    new.iter().any(|(k, v)| other(k) && old.get(k) != Some(v))
+        || old.keys().any(|k| other(k) && !new.contains_key(k))
+}
+
 /// The event's own snapshot: the base's id when nothing changed, else a
 /// new one (delta against the base, or full).
 fn event_snapshot(
@@ -201,15 +210,15 @@ impl Rooms {
         };
         // Did current state change beyond this event's own key? Only a fork
         // can do it (a linear event's state before *is* the current state).
-        let resolved = if Rc::ptr_eq(&before, &head.state) && extremities.len() == 1 {
-            false
-        } else {
-            let mut expected = (*head.state).clone();
-            if let Some(k) = &pdu.state_key {
-                expected.insert((pdu.kind.to_string(), k.clone()), event_id.clone());
-            }
-            *current != expected
-        };
+        let own_key = pdu
+            .state_key
+            .as_ref()
+            .map(|k| (pdu.kind.to_string(), k.clone()));
+        let resolved = !(Rc::ptr_eq(&before, &head.state) && extremities.len() == 1)
+            && (changed_beyond(&head.state, &current, own_key.as_ref())
+                || own_key
+                    .as_ref()
+                    .is_some_and(|k| current.get(k) != Some(&event_id)));
         let (cur_snap, cur_write) = if head.snapshot.is_some() && same(&current, &head.state) {
             (head.snapshot, None)
         } else if same(&current, &after) {
@@ -431,5 +440,30 @@ impl Rooms {
             txn,
         };
         self.enqueue(epoch, prepared, ticket, change)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(entries: &[(&str, &str, &str)]) -> StateMap {
+        entries
+            .iter()
+            .map(|(t, k, id)| ((t.to_string(), k.to_string()), id.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_changes_beyond_the_events_own_key_count() {
+        let old = map(&[("m.room.topic", "", "$t0"), ("m.room.name", "", "$n")]);
+        let own = ("m.room.topic".to_owned(), String::new());
+        let linear = map(&[("m.room.topic", "", "$t1"), ("m.room.name", "", "$n")]);
+        assert!(!changed_beyond(&old, &linear, Some(&own)));
+        assert!(changed_beyond(&old, &linear, None));
+        let reverted = map(&[("m.room.topic", "", "$t1"), ("m.room.name", "", "$n0")]);
+        assert!(changed_beyond(&old, &reverted, Some(&own)));
+        let dropped = map(&[("m.room.topic", "", "$t1")]);
+        assert!(changed_beyond(&old, &dropped, Some(&own)));
     }
 }
