@@ -274,6 +274,17 @@ async fn shard_main(
     // Until then peers' jobs wait in their rings (backpressure, not errors).
     state.mesh.spawn_receiver();
     monoio::spawn(stream.clone().run_announcer(state.mesh.clone()));
+    {
+        // Transactions answered before a crash and not yet applied.
+        let state = state.clone();
+        monoio::spawn(async move {
+            match crate::federation::ingest::resume(&state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(shard = id, rooms = n, "resuming staged federation PDUs"),
+                Err(e) => tracing::error!(shard = id, error = %e, "cannot resume staged PDUs"),
+            }
+        });
+    }
     if id == 0 {
         // Database-wide housekeeping runs once, on shard 0.
         monoio::spawn(crate::rooms::txn::run_expiry(state.db.clone()));

@@ -541,9 +541,8 @@ fn a_fork_closes_with_the_next_local_event() {
                 client::apply_pdu(
                     &mesh,
                     Received {
-                        room_id: room,
-                        pdu,
                         outlier,
+                        ..Received::new(room, pdu)
                     },
                 )
                 .await

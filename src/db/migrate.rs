@@ -105,6 +105,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "openid",
         sql: include_str!("../../migrations/0018_openid.sql"),
     },
+    Migration {
+        version: 19,
+        name: "federation_inbound",
+        sql: include_str!("../../migrations/0019_federation_inbound.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

@@ -223,6 +223,29 @@ pub async fn set(
     .await
 }
 
+/// A remote user's presence from an `m.presence` EDU (server-server
+/// "Presence"), on the user's shard: kept and announced like a local
+/// user's, so local users sharing a room see it. Not awaited on every
+/// shard: the origin is not waiting for anyone's sync.
+pub async fn set_remote(
+    mesh: &MeshEndpoint,
+    user: OwnedUserId,
+    presence: String,
+    status_msg: Option<String>,
+) -> Result<(), EphError> {
+    if !STATES.contains(&presence.as_str()) {
+        return Err(EphError::InvalidParam(format!(
+            "presence must be one of {STATES:?}"
+        )));
+    }
+    let target = shard_for_user(&user, mesh.n_shards());
+    on_shard(mesh, target, move |state| async move {
+        apply(&state, &user, &presence, Some(status_msg), false);
+        Ok(())
+    })
+    .await
+}
+
 /// `/sync?set_presence=`: absent or `online` marks the user online,
 /// `unavailable` idle, `offline` changes nothing (spec `/sync` parameter).
 pub async fn set_from_sync(

@@ -7,12 +7,17 @@
 //! - `x_matrix`: request signing and the `Authorization` header.
 //! - `keys`: remote signing keys, fetched and cached per shard.
 //! - `acl`: `m.room.server_acl` checks (given the ACL content).
+//! - `inbound` + `ingest` + `edus`: received transactions: checked and
+//!   staged durably before the answer, then applied per room on its owner.
 //!
 //! One [`Federation`] per shard (`Rc`), all of it shard-local.
 
 pub mod acl;
 pub mod client;
 pub mod dns;
+pub mod edus;
+pub mod inbound;
+pub mod ingest;
 pub mod ip_range;
 pub mod keys;
 pub mod resolve;

@@ -38,6 +38,43 @@ pub struct Received {
     /// Store it without state (an auth chain or state event of a response)
     /// rather than as a new event of the room's timeline.
     pub outlier: bool,
+    /// The caller already checked signatures and the content hash (and
+    /// redacted a PDU whose hash did not match): `/send` does so before
+    /// staging, in bulk on the blocking pool, to answer each PDU's result.
+    pub checked: bool,
+    /// The states after prev events this server does not have, from the
+    /// sender's `/state_ids` (server-server "Retrieving events": missing
+    /// prev events whose gap `/get_missing_events` did not close). Used in
+    /// place of those prev events' states; ignored when every prev is known.
+    pub prev_states: Vec<StateMap>,
+}
+
+impl Received {
+    /// A PDU of `room_id`'s timeline whose signatures are still to check.
+    pub fn new(room_id: OwnedRoomId, pdu: CanonicalJsonObject) -> Received {
+        Received {
+            room_id,
+            pdu,
+            outlier: false,
+            checked: false,
+            prev_states: Vec::new(),
+        }
+    }
+}
+
+thread_local! {
+    /// Stand-in snapshot ids for states given by another server (never
+    /// stored): negative, never reused, so the resolver's cache, keyed by
+    /// snapshot ids, never confuses two of them.
+    static GIVEN_STATE_IDS: std::cell::Cell<i64> = const { std::cell::Cell::new(-1) };
+}
+
+fn given_state_id() -> i64 {
+    GIVEN_STATE_IDS.with(|c| {
+        let id = c.get();
+        c.set(id.saturating_sub(1));
+        id
+    })
 }
 
 /// What became of a received PDU.
@@ -102,12 +139,16 @@ impl Rooms {
         };
         // 2./3. Signatures, then the content hash (a mismatch: keep the
         // redacted event).
-        let keys = self.remote_keys.key_map(&self.key);
-        let json = match verify_pdu(&r.pdu, version, &keys)
-            .map_err(|e| RoomError::Forbidden(e.to_string()))?
-        {
-            Verified::All => r.pdu,
-            Verified::Signatures => redact(&r.pdu, version).map_err(bad)?,
+        let json = if r.checked {
+            r.pdu
+        } else {
+            let keys = self.remote_keys.key_map(&self.key);
+            match verify_pdu(&r.pdu, version, &keys)
+                .map_err(|e| RoomError::Forbidden(e.to_string()))?
+            {
+                Verified::All => r.pdu,
+                Verified::Signatures => redact(&r.pdu, version).map_err(bad)?,
+            }
         };
         // The sender's malformed PDU is bad input (`BadJson`), not the
         // internal error `From<PduParseError>` gives a stored one.
@@ -172,21 +213,34 @@ impl Rooms {
             .filter_map(|id| prevs.get(id.as_str()))
             .filter_map(|p| p.snapshot.map(|s| (s, p.depth)))
             .collect();
-        if !missing.is_empty() || usable.is_empty() {
+        let gap = !missing.is_empty() || usable.is_empty();
+        if gap && r.prev_states.is_empty() {
             return self
                 .store_outlier(&head, epoch, pdu, was_outlier, missing)
                 .await;
         }
         let resolver = self.resolver();
-        let mut inputs = Vec::with_capacity(usable.len());
+        let mut inputs = Vec::with_capacity(usable.len() + r.prev_states.len());
         for (snap, _) in &usable {
             inputs.push((*snap, resolver.load(*snap).await?));
         }
-        let before = resolver.resolve(version, &inputs, None).await?;
-        let depth = usable.iter().map(|(_, d)| *d).max().unwrap_or(0) + 1;
         let base = match inputs.first() {
             Some((id, m)) => state::head(&self.db, *id).await?.map(|h| (h, m.clone())),
             None => None,
+        };
+        if gap {
+            for s in r.prev_states {
+                inputs.push((given_state_id(), Rc::new(s)));
+            }
+        }
+        let before = resolver.resolve(version, &inputs, None).await?;
+        // Above every known prev; across a gap, at least the sender's depth.
+        let depth = match usable.iter().map(|(_, d)| *d).max() {
+            Some(d) if !gap => d + 1,
+            known => known
+                .unwrap_or(0)
+                .saturating_add(1)
+                .max(i64::try_from(pdu.depth).unwrap_or(i64::MAX)),
         };
 
         // 5. Auth against the state before it.

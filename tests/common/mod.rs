@@ -2,6 +2,9 @@
 //! ephemeral port and talk HTTP to it over real sockets.
 #![allow(dead_code)]
 
+pub mod fake_server;
+pub mod fed;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};

@@ -64,9 +64,8 @@ async fn inject(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let room_id = OwnedRoomId::try_from(body.room_id)
         .map_err(|_| MatrixError::invalid_param("Invalid room id"))?;
     let received = Received {
-        room_id,
-        pdu: to_canonical_json(body.pdu)?,
         outlier: body.outlier,
+        ..Received::new(room_id, to_canonical_json(body.pdu)?)
     };
     let out = match client::apply_pdu(&state.mesh, received).await? {
         Applied::Accepted(id) => json!({"outcome": "accepted", "event_id": id}),

@@ -5,6 +5,7 @@
 pub mod auth;
 mod keys;
 mod query;
+mod send;
 mod user;
 
 use std::rc::Rc;
@@ -16,7 +17,7 @@ use crate::shard_state::ShardState;
 
 /// Routes served on `kind = "federation"` listeners.
 pub fn federation_router() -> Router<ShardState> {
-    use Method::{Get, Post};
+    use Method::{Get, Post, Put};
     Router::new()
         .route(Get, "/health", super::client::versions::health)
         .route(Get, "/_matrix/federation/v1/version", version)
@@ -25,6 +26,11 @@ pub fn federation_router() -> Router<ShardState> {
         .route(Get, "/_matrix/key/v2/query/{serverName}", keys::query_one)
         .route(Post, "/_matrix/key/v2/query", keys::query_many)
         .route(Get, "/_matrix/federation/v1/query/profile", query::profile)
+        .route(
+            Put,
+            "/_matrix/federation/v1/send/{txnId}",
+            send::send_transaction,
+        )
         .route(
             Get,
             "/_matrix/federation/v1/openid/userinfo",

@@ -1,0 +1,180 @@
+//! A federation server of the tests' own: its own ed25519 key, a TLS
+//! listener on loopback named `localhost:<port>`, its key served at
+//! `/_matrix/key/v2/server` (self-signed, as a real server's), and every
+//! other request answered by a handler the test sets and can change (to
+//! be slow, wrong or down). Every request it receives is recorded.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hearth::events::ServerKey;
+use serde_json::{json, Value};
+
+/// A request the fake server received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub body: Value,
+}
+
+/// `None`: 404 `M_UNRECOGNIZED`.
+pub type Handler = Box<dyn Fn(&Received) -> Option<(u16, Value)> + Send + Sync>;
+
+pub struct FakeServer {
+    pub name: String,
+    pub port: u16,
+    pub key: Arc<ServerKey>,
+    handler: Arc<Mutex<Arc<Handler>>>,
+    pub log: Arc<Mutex<Vec<Received>>>,
+}
+
+impl FakeServer {
+    /// Starts serving on a free loopback port; key seed `seed`.
+    pub fn start(seed: u8) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let name = format!("localhost:{port}");
+        let key = Arc::new(
+            ServerKey::from_seed(
+                name.as_str().try_into().unwrap(),
+                &format!("fake{seed}"),
+                &[seed; 32],
+            )
+            .unwrap(),
+        );
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let chain = vec![cert.cert.der().clone()];
+        let pk = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, pk)
+        .unwrap();
+        let cfg = Arc::new(cfg);
+        let handler: Arc<Mutex<Arc<Handler>>> = Arc::new(Mutex::new(Arc::new(Box::new(|_| None))));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let key_body = {
+            let now = hearth::primitives::unix_ms();
+            serde_json::to_value(key.key_server_response(now, 86_400_000).unwrap()).unwrap()
+        };
+        {
+            let (handler, log) = (handler.clone(), log.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(tcp) = conn else { continue };
+                    let (cfg, handler, log, key_body) =
+                        (cfg.clone(), handler.clone(), log.clone(), key_body.clone());
+                    std::thread::spawn(move || {
+                        let _ = tcp.set_read_timeout(Some(Duration::from_secs(60)));
+                        let Ok(tls) = rustls::ServerConnection::new(cfg) else {
+                            return;
+                        };
+                        let stream = rustls::StreamOwned::new(tls, tcp);
+                        serve(stream, &handler, &log, &key_body);
+                    });
+                }
+            });
+        }
+        FakeServer {
+            name,
+            port,
+            key,
+            handler,
+            log,
+        }
+    }
+
+    /// Answers every request (other than the key one) with `h`.
+    pub fn handle(&self, h: impl Fn(&Received) -> Option<(u16, Value)> + Send + Sync + 'static) {
+        *self.handler.lock().unwrap() = Arc::new(Box::new(h));
+    }
+
+    /// The current handler, to chain a new one in front of it.
+    pub fn handler_snapshot(&self) -> Arc<Handler> {
+        self.handler.lock().unwrap().clone()
+    }
+
+    /// The requests received so far whose path starts with `prefix`.
+    pub fn requests(&self, prefix: &str) -> Vec<Received> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+}
+
+fn serve<S: Read + Write>(
+    stream: S,
+    handler: &Mutex<Arc<Handler>>,
+    log: &Mutex<Vec<Received>>,
+    key_body: &Value,
+) {
+    let mut r = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let (method, path) = (method.to_owned(), path.to_owned());
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let req = Received {
+            method,
+            path,
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        };
+        log.lock().unwrap().push(req.clone());
+        let (status, answer) = if req.path.starts_with("/_matrix/key/v2/server") {
+            (200, key_body.clone())
+        } else {
+            // Not under the lock: a stalling handler stalls only its caller.
+            let h = handler.lock().unwrap().clone();
+            h(&req).unwrap_or((
+                404,
+                json!({"errcode": "M_UNRECOGNIZED", "error": "not here"}),
+            ))
+        };
+        let bytes = serde_json::to_vec(&answer).unwrap();
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            bytes.len()
+        );
+        let w = r.get_mut();
+        if w.write_all(head.as_bytes()).is_err() || w.write_all(&bytes).is_err() {
+            return;
+        }
+        let _ = w.flush();
+    }
+}
