@@ -110,6 +110,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "federation_inbound",
         sql: include_str!("../../migrations/0019_federation_inbound.sql"),
     },
+    Migration {
+        version: 20,
+        name: "remote_invites",
+        sql: include_str!("../../migrations/0020_remote_invites.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

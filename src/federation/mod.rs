@@ -9,6 +9,8 @@
 //! - `acl`: `m.room.server_acl` checks (given the ACL content).
 //! - `inbound` + `ingest` + `edus`: received transactions: checked and
 //!   staged durably before the answer, then applied per room on its owner.
+//! - `membership`: the resident side of send_join/leave/knock, and invites
+//!   of our users co-signed.
 //!
 //! One [`Federation`] per shard (`Rc`), all of it shard-local.
 
@@ -20,6 +22,7 @@ pub mod inbound;
 pub mod ingest;
 pub mod ip_range;
 pub mod keys;
+pub mod membership;
 pub mod resolve;
 pub mod tls;
 pub mod x_matrix;

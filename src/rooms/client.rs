@@ -290,6 +290,21 @@ pub async fn apply_pdu(
     .await
 }
 
+/// `make_join` / `make_leave` / `make_knock`: the unsigned membership
+/// template for `user`, built on the room's owner shard
+/// (`Rooms::membership_template`).
+pub async fn membership_template(
+    mesh: &MeshEndpoint,
+    room: OwnedRoomId,
+    user: OwnedUserId,
+    membership: &'static str,
+) -> Result<(crate::events::RoomVersion, Value), RoomError> {
+    on_owner(mesh, &room.clone(), move |rooms| async move {
+        rooms.membership_template(&room, &user, membership).await
+    })
+    .await
+}
+
 /// Makes a server's public key known to every shard's key store
 /// (`rooms::remote_keys`): federation after fetching it, tests directly.
 pub async fn add_remote_key(

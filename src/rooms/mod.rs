@@ -27,6 +27,7 @@ pub mod resolve;
 pub mod serve;
 pub mod service;
 pub mod state;
+pub mod template;
 pub mod timeline;
 pub mod txn;
 pub mod visibility;

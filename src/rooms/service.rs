@@ -3,14 +3,12 @@
 //! to it; the service lives in a thread-local so mesh jobs reach it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use lru::LruCache;
 use ruma::canonical_json::{self, CanonicalJsonObject};
-use ruma::events::StateEventType;
 use ruma::state_res;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 
@@ -20,7 +18,7 @@ use crate::primitives::Linearizer;
 use crate::stream::StreamWriter;
 
 use super::commit::Placement;
-use super::graph::{self, Extremity, Resolver};
+use super::graph::{Extremity, Resolver};
 use super::state::{self, SnapshotHead, StateMap};
 use super::RoomError;
 use crate::events::Pdu;
@@ -370,70 +368,24 @@ impl Rooms {
         mut req: EventRequest,
     ) -> Result<super::pipeline::Committing, RoomError> {
         let version = head.version;
-        // prev_events: the extremities (at most 10, so a fork closes with
-        // the next local event); the state before is their resolution —
-        // the current state when all are taken.
-        let prevs = graph::choose_prev_events(&head.extremities);
-        let depth = prevs.iter().map(|e| e.depth).max().unwrap_or(0) + 1;
-        let place = if prevs.len() == head.extremities.len() {
-            let base = head.snapshot.map(|h| (h, head.state.clone()));
-            Placement::timeline(head.state.clone(), base, depth, epoch)
-        } else {
-            let resolver = self.resolver();
-            let mut inputs = Vec::with_capacity(prevs.len());
-            for e in &prevs {
-                inputs.push((e.snapshot, resolver.load(e.snapshot).await?));
-            }
-            let before = resolver.resolve(version, &inputs, None).await?;
-            let base = match inputs.first() {
-                Some((id, m)) => state::head(&self.db, *id).await?.map(|h| (h, m.clone())),
-                None => None,
-            };
-            Placement::timeline(before, base, depth, epoch)
-        };
+        let (prevs, place) = self.placement_on(head, epoch).await?;
+        let depth = place.depth;
         let before = place.before.clone().unwrap_or_default();
         super::redaction::prepare(&mut req)?;
         super::redaction::authorize(self, head, &req).await?;
-        let rules = &version.rules().authorization;
         let content_raw = serde_json::value::to_raw_value(&req.content)
             .map_err(|e| RoomError::BadJson(e.to_string()))?;
         let kind = ruma::events::TimelineEventType::from(req.event_type.as_str());
-        // Spec server-server-api "Auth events selection".
-        let auth_types = state_res::auth_types_for_event(
-            &kind,
-            &req.sender,
-            req.state_key.as_deref(),
-            &content_raw,
-            rules,
-        )
-        .map_err(RoomError::BadJson)?;
-        let mut auth_events = Vec::new();
-        let mut auth_pdus: HashMap<(String, String), Rc<Pdu>> = HashMap::new();
-        for (t, k) in auth_types {
-            let key = (t.to_string(), k);
-            if let Some(id) = before.get(&key) {
-                let id = OwnedEventId::try_from(id.as_str())
-                    .map_err(|e| RoomError::Internal(e.to_string()))?;
-                let pdu = self
-                    .event(&id)
-                    .await?
-                    .ok_or_else(|| RoomError::Internal(format!("state event {id} missing")))?;
-                auth_events.push(id);
-                auth_pdus.insert(key, pdu);
-            }
-        }
-        // v12: the create event is in state but not in auth_events; the
-        // state-dependent rules still read it.
-        let create_key = ("m.room.create".to_owned(), String::new());
-        if let (std::collections::hash_map::Entry::Vacant(slot), Some(id)) =
-            (auth_pdus.entry(create_key.clone()), before.get(&create_key))
-        {
-            let id = OwnedEventId::try_from(id.as_str())
-                .map_err(|e| RoomError::Internal(e.to_string()))?;
-            if let Some(p) = self.event(&id).await? {
-                slot.insert(p);
-            }
-        }
+        let (auth_events, auth_pdus) = self
+            .select_auth(
+                version,
+                &before,
+                &kind,
+                &req.sender,
+                req.state_key.as_deref(),
+                &content_raw,
+            )
+            .await?;
         let signed = build_pdu(
             NewEvent {
                 room_version: version,
@@ -452,21 +404,7 @@ impl Rooms {
         )
         .map_err(pdu_error)?;
         let pdu = Pdu::from_json(signed.event_id, signed.pdu, version)?;
-        // Spec server-server-api "Authorization rules".
-        let by_id: HashMap<&ruma::EventId, &Pdu> = auth_pdus
-            .values()
-            .map(|p| (p.event_id.as_ref(), p.as_ref()))
-            .collect();
-        state_res::check_state_independent_auth_rules(rules, &pdu, |id: &ruma::EventId| {
-            by_id.get(id).copied()
-        })
-        .map_err(RoomError::Forbidden)?;
-        state_res::check_state_dependent_auth_rules(rules, &pdu, |t: &StateEventType, k: &str| {
-            auth_pdus
-                .get(&(t.to_string(), k.to_owned()))
-                .map(|p| p.as_ref())
-        })
-        .map_err(RoomError::Forbidden)?;
+        super::template::check_auth(version, &pdu, &auth_pdus)?;
         self.commit(head, pdu, place, req.txn.as_ref(), None).await
     }
 
