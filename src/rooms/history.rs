@@ -345,7 +345,22 @@ pub async fn timestamp_to_event(
     dir: Dir,
 ) -> Result<Value, HistoryError> {
     let access = check_access(db, room_id, user).await?;
-    let until = access.clamp(RoomPos::END);
+    let (id, ts) = closest_event(db, room_id, ts, dir, access.clamp(RoomPos::END))
+        .await?
+        .ok_or_else(|| RoomError::NotFound(format!("no event found near {ts}")))?;
+    Ok(json!({ "event_id": id, "origin_server_ts": ts }))
+}
+
+/// The event of `room_id` closest to `ts` in `dir` among those at or
+/// before `until` in room order: `(event_id, origin_server_ts)`. Shared
+/// by the client and federation `timestamp_to_event`.
+pub async fn closest_event(
+    db: &Pool,
+    room_id: &str,
+    ts: i64,
+    dir: Dir,
+    until: RoomPos,
+) -> Result<Option<(String, i64)>, RoomError> {
     let sql = match dir {
         Dir::Forward => {
             "SELECT event_id, (json->>'origin_server_ts')::bigint AS ts FROM events \
@@ -365,11 +380,8 @@ pub async fn timestamp_to_event(
             sql,
             &[&room_id, &ts, &until.depth, &until.shard, &until.stream],
         )
-        .await?
-        .ok_or_else(|| RoomError::NotFound(format!("no event found near {ts}")))?;
-    let id: String = row.get(0)?;
-    let ts: i64 = row.get(1)?;
-    Ok(json!({ "event_id": id, "origin_server_ts": ts }))
+        .await?;
+    row.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose()
 }
 
 /// `GET /rooms/{roomId}/members?at=`: the member events in the state at

@@ -15,6 +15,7 @@ pub mod client;
 pub mod commit;
 pub mod create;
 pub mod directory;
+pub mod federation_read;
 pub mod forget;
 pub mod graph;
 pub mod history;

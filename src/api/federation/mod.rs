@@ -3,6 +3,7 @@
 //! `kind = "federation"` listeners.
 
 pub mod auth;
+mod events;
 mod keys;
 mod query;
 mod send;
@@ -65,6 +66,33 @@ pub fn federation_router() -> Router<ShardState> {
             Post,
             "/_matrix/federation/v1/publicRooms",
             query::public_rooms_post,
+        )
+        .route(Get, "/_matrix/federation/v1/state/{roomId}", events::state)
+        .route(
+            Get,
+            "/_matrix/federation/v1/state_ids/{roomId}",
+            events::state_ids,
+        )
+        .route(Get, "/_matrix/federation/v1/event/{eventId}", events::event)
+        .route(
+            Get,
+            "/_matrix/federation/v1/event_auth/{roomId}/{eventId}",
+            events::event_auth,
+        )
+        .route(
+            Get,
+            "/_matrix/federation/v1/backfill/{roomId}",
+            events::backfill,
+        )
+        .route(
+            Post,
+            "/_matrix/federation/v1/get_missing_events/{roomId}",
+            events::get_missing_events,
+        )
+        .route(
+            Get,
+            "/_matrix/federation/v1/timestamp_to_event/{roomId}",
+            events::timestamp_to_event,
         )
 }
 
