@@ -43,7 +43,10 @@ fn membership_of(pdu: &CanonicalJsonObject) -> Option<&str> {
 }
 
 /// The room's version, or `NotFound` for a room we do not have.
-pub async fn room_version(state: &ShardState, room: &OwnedRoomId) -> Result<RoomVersion, RoomError> {
+pub async fn room_version(
+    state: &ShardState,
+    room: &OwnedRoomId,
+) -> Result<RoomVersion, RoomError> {
     let row = state
         .db
         .query_opt(

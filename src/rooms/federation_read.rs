@@ -47,10 +47,10 @@ const MAX_WALK: i64 = 5_000;
 const MAX_AUTH_CHAIN: i64 = 100_000;
 
 /// A stored event as another server gets it.
-struct Stored {
-    id: String,
+pub(super) struct Stored {
+    pub(super) id: String,
     room_id: String,
-    json: CanonicalJsonObject,
+    pub(super) json: CanonicalJsonObject,
     version: RoomVersion,
     /// Our depth (room order), not the sender's claim.
     depth: i64,
@@ -105,7 +105,7 @@ impl Stored {
 
     /// The federation JSON, redacted if it was or if the asking server may
     /// not see it.
-    fn served(&self, visible: bool) -> Result<Value, RoomError> {
+    pub(super) fn served(&self, visible: bool) -> Result<Value, RoomError> {
         let redacted;
         let json = if self.redacted || !visible {
             redacted = redact(&self.json, self.version)
@@ -120,7 +120,11 @@ impl Stored {
 
 /// Loads known events among `ids` (any status but rejected), of `room_id`
 /// only if given, in the order of `ids`.
-async fn load(db: &Pool, room_id: Option<&str>, ids: &[String]) -> Result<Vec<Stored>, RoomError> {
+pub(super) async fn load(
+    db: &Pool,
+    room_id: Option<&str>,
+    ids: &[String],
+) -> Result<Vec<Stored>, RoomError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -248,7 +252,11 @@ async fn serve_to_server(
 
 /// The auth chain of `roots` (their `auth_events`, recursively; the roots
 /// themselves only where one is in another's chain), oldest first.
-async fn auth_chain(db: &Pool, room_id: &str, roots: &[String]) -> Result<Vec<String>, RoomError> {
+pub(super) async fn auth_chain(
+    db: &Pool,
+    room_id: &str,
+    roots: &[String],
+) -> Result<Vec<String>, RoomError> {
     if roots.is_empty() {
         return Ok(Vec::new());
     }
@@ -284,7 +292,11 @@ async fn auth_chain(db: &Pool, room_id: &str, roots: &[String]) -> Result<Vec<St
 /// prev event's state exactly, or, with several prev events, the value
 /// they agree on (else the value replaced when the event was persisted,
 /// `events.prev_state_event_id`, as Synapse's `replaces_state`).
-async fn state_before(db: &Pool, room_id: &str, event_id: &str) -> Result<Vec<String>, RoomError> {
+pub(super) async fn state_before(
+    db: &Pool,
+    room_id: &str,
+    event_id: &str,
+) -> Result<Vec<String>, RoomError> {
     let row = db
         .query_opt(
             "SELECT p.snapshot_id, p.json->>'type', p.json->>'state_key', \

@@ -19,6 +19,7 @@ pub mod federation_read;
 pub mod forget;
 pub mod graph;
 pub mod history;
+pub mod join_state;
 pub mod member_profile;
 pub mod pipeline;
 pub mod receive;

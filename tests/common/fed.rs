@@ -254,3 +254,38 @@ pub fn membership(home: &Home, alice: &Registered, room: &str, user: &str) -> Op
         .find(|e| e["type"] == "m.room.member" && e["state_key"] == user)
         .map(|e| e["content"]["membership"].as_str().unwrap().to_owned())
 }
+
+/// A request signed by the fake server to hearth: (status, JSON body).
+pub fn fed_call(
+    home: &Home,
+    fake: &FakeServer,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let fed = client_of(fake);
+    runtime().block_on(async {
+        let r = fed
+            .request(&home.name, method, path, body.as_ref())
+            .await
+            .unwrap();
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        )
+    })
+}
+
+/// A template from `make_*` completed as the joining server does: hashed
+/// and signed by the fake server. Returns (event id, event).
+pub fn sign_template(fake: &FakeServer, template: &Value, version: RoomVersion) -> (String, Value) {
+    let Value::Object(m) = template.clone() else {
+        panic!("template is not an object: {template}")
+    };
+    let mut obj = ruma::canonical_json::try_from_json_map(m).unwrap();
+    hearth::events::hash_and_sign(&mut obj, version, &fake.key).unwrap();
+    let id = hearth::events::event_id_of(&obj, version)
+        .unwrap()
+        .to_string();
+    (id, serde_json::to_value(&obj).unwrap())
+}

@@ -15,7 +15,7 @@ use crate::api::util::json_body;
 use crate::events::RoomVersion;
 use crate::federation::membership::{receive_invite, receive_membership, room_version};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
-use crate::rooms::{client, federation_read};
+use crate::rooms::{client, join_state};
 use crate::shard_state::ShardState;
 
 use super::auth::authenticate;
@@ -63,8 +63,7 @@ async fn make(
             "Server is banned from this room by its server ACL",
         ));
     }
-    let (version, event) =
-        client::membership_template(&state.mesh, room, user, membership).await?;
+    let (version, event) = client::membership_template(&state.mesh, room, user, membership).await?;
     Ok(Response::json(
         200,
         &json!({ "room_version": version.as_str(), "event": event }),
@@ -91,7 +90,7 @@ async fn send_join(state: &Rc<ShardState>, req: &Request) -> Result<Value, Matri
     let body: Value = json_body(req)?;
     let (_, id) = receive_membership(state, &origin.0, &room, &event_id, body, "join").await?;
     let omit_members = req.query_param("omit_members").as_deref() == Some("true");
-    let js = federation_read::join_state(&state.db, &room, id.as_str(), omit_members).await?;
+    let js = join_state::join_state(&state.db, &room, id.as_str(), omit_members).await?;
     let mut answer = json!({
         "origin": state.config.server_name,
         "state": js.state,
@@ -140,8 +139,11 @@ pub(super) async fn send_knock(state: Rc<ShardState>, req: Request) -> HandlerRe
     let event_id = req.param_str("eventId")?.into_owned();
     let body: Value = json_body(&req)?;
     receive_membership(&state, &origin.0, &room, &event_id, body, "knock").await?;
-    let stripped = federation_read::stripped_state(&state.db, &room).await?;
-    Ok(Response::json(200, &json!({ "knock_room_state": stripped })))
+    let stripped = join_state::stripped_state(&state.db, &room).await?;
+    Ok(Response::json(
+        200,
+        &json!({ "knock_room_state": stripped }),
+    ))
 }
 
 async fn invite(
@@ -154,8 +156,8 @@ async fn invite(
     let origin = authenticate(state, req).await?;
     let room = room_param(req)?;
     let event_id = req.param_str("eventId")?.into_owned();
-    let version = RoomVersion::parse(version)
-        .map_err(|_| MatrixError::incompatible_room_version(version))?;
+    let version =
+        RoomVersion::parse(version).map_err(|_| MatrixError::incompatible_room_version(version))?;
     let signed = receive_invite(
         state,
         &origin.0,

@@ -5,6 +5,7 @@
 pub mod auth;
 mod events;
 mod keys;
+mod membership;
 mod query;
 mod send;
 mod user;
@@ -66,6 +67,56 @@ pub fn federation_router() -> Router<ShardState> {
             Post,
             "/_matrix/federation/v1/publicRooms",
             query::public_rooms_post,
+        )
+        .route(
+            Get,
+            "/_matrix/federation/v1/make_join/{roomId}/{userId}",
+            membership::make_join,
+        )
+        .route(
+            Get,
+            "/_matrix/federation/v1/make_leave/{roomId}/{userId}",
+            membership::make_leave,
+        )
+        .route(
+            Get,
+            "/_matrix/federation/v1/make_knock/{roomId}/{userId}",
+            membership::make_knock,
+        )
+        .route(
+            Put,
+            "/_matrix/federation/v1/send_join/{roomId}/{eventId}",
+            membership::send_join_v1,
+        )
+        .route(
+            Put,
+            "/_matrix/federation/v2/send_join/{roomId}/{eventId}",
+            membership::send_join_v2,
+        )
+        .route(
+            Put,
+            "/_matrix/federation/v1/send_leave/{roomId}/{eventId}",
+            membership::send_leave_v1,
+        )
+        .route(
+            Put,
+            "/_matrix/federation/v2/send_leave/{roomId}/{eventId}",
+            membership::send_leave_v2,
+        )
+        .route(
+            Put,
+            "/_matrix/federation/v1/send_knock/{roomId}/{eventId}",
+            membership::send_knock,
+        )
+        .route(
+            Put,
+            "/_matrix/federation/v1/invite/{roomId}/{eventId}",
+            membership::invite_v1,
+        )
+        .route(
+            Put,
+            "/_matrix/federation/v2/invite/{roomId}/{eventId}",
+            membership::invite_v2,
         )
         .route(Get, "/_matrix/federation/v1/state/{roomId}", events::state)
         .route(
