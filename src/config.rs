@@ -136,6 +136,10 @@ pub struct FederationSection {
     pub max_idle_per_destination: usize,
     /// Nameservers for SRV lookups (`ip:port`); empty: `/etc/resolv.conf`.
     pub dns_servers: Vec<std::net::SocketAddr>,
+    /// Outbound: the first wait after a failed transaction; doubled per
+    /// failure up to `retry_max_ms`, reset by a success.
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
 }
 
 impl Default for FederationSection {
@@ -153,6 +157,8 @@ impl Default for FederationSection {
             max_response_bytes: 50 * 1024 * 1024,
             max_idle_per_destination: 4,
             dns_servers: Vec::new(),
+            retry_min_ms: 10_000,
+            retry_max_ms: 3_600_000,
         }
     }
 }

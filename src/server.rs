@@ -283,6 +283,16 @@ async fn shard_main(
                 Ok(n) => tracing::info!(shard = id, rooms = n, "resuming staged federation PDUs"),
                 Err(e) => tracing::error!(shard = id, error = %e, "cannot resume staged PDUs"),
             }
+            // Events committed but not yet delivered to other servers.
+            match crate::federation::sender::resume(&state).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(shard = id, destinations = n, "resuming outbound federation")
+                }
+                Err(e) => {
+                    tracing::error!(shard = id, error = %e, "cannot resume outbound federation")
+                }
+            }
         });
     }
     if id == 0 {

@@ -115,6 +115,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "remote_invites",
         sql: include_str!("../../migrations/0020_remote_invites.sql"),
     },
+    Migration {
+        version: 21,
+        name: "federation_outbox",
+        sql: include_str!("../../migrations/0021_federation_outbox.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

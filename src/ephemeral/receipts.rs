@@ -123,6 +123,7 @@ pub async fn post_receipt(
         let ticket = state.stream.allocate();
         let pos = ticket.pos();
         let ts = crate::primitives::unix_ms_i64();
+        let thread = thread_id.unwrap_or_default();
         let w = Write::new().statement(
             "INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_id, ts, \
              stream_shard, stream_ordering) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -137,7 +138,7 @@ pub async fn post_receipt(
                 room.as_str().into(),
                 kind.as_str().into(),
                 user.as_str().into(),
-                thread_id.unwrap_or_default().into(),
+                thread.clone().into(),
                 event.as_str().into(),
                 ts.into(),
                 shard_i32(state.stream.shard())?.into(),
@@ -154,11 +155,28 @@ pub async fn post_receipt(
                 pos: Pos::Persisted(pos),
                 what: UserChange::PrivateReceipt { room_id: room },
             }],
-            (true, _) => vec![Change::Room {
-                room_id: room,
-                pos: Pos::Persisted(pos),
-                what: RoomChange::Receipt,
-            }],
+            (true, _) => {
+                if user.server_name() == state.key.server_name {
+                    // Server-server "Receipts": to the room's servers.
+                    let servers = rooms.remote_servers(&room).await?;
+                    let mut data = serde_json::json!({ "ts": ts });
+                    if !thread.is_empty() {
+                        data["thread_id"] = thread.clone().into();
+                    }
+                    crate::federation::sender::queue_edu(
+                        &servers,
+                        Some(format!("receipt {room} {user} {thread}")),
+                        serde_json::json!({"edu_type": "m.receipt", "content": {
+                            room.as_str(): {"m.read": {user.as_str(): {
+                                "event_ids": [event], "data": data}}}}}),
+                    );
+                }
+                vec![Change::Room {
+                    room_id: room,
+                    pos: Pos::Persisted(pos),
+                    what: RoomChange::Receipt,
+                }]
+            }
         };
         ticket.publish(changes).await;
         Ok(())

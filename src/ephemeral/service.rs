@@ -83,6 +83,16 @@ pub async fn set_typing(
         let rooms = crate::rooms::local()?;
         super::receipts::require_joined(&rooms, &room, &user).await?;
         get(&state).typing.set(&room, &user, timeout);
+        if user.server_name() == state.key.server_name {
+            // Server-server "Typing Notifications": to the room's servers.
+            let servers = rooms.remote_servers(&room).await?;
+            crate::federation::sender::queue_edu(
+                &servers,
+                Some(format!("typing {room} {user}")),
+                serde_json::json!({"edu_type": "m.typing", "content": {
+                    "room_id": room, "user_id": user, "typing": timeout.is_some()}}),
+            );
+        }
         Ok(())
     })
     .await

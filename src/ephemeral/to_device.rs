@@ -49,7 +49,7 @@ pub struct Sender {
 
 /// Stores `messages` of `event_type` for their local recipients; returns
 /// once every recipient shard has committed and announced. Recipients on
-/// other servers are skipped (no federation yet).
+/// other servers go out as `m.direct_to_device` EDUs (best effort).
 pub async fn send(
     mesh: &MeshEndpoint,
     server_name: &str,
@@ -59,8 +59,15 @@ pub async fn send(
 ) -> Result<(), EphError> {
     let n = mesh.n_shards();
     let mut per_shard: HashMap<usize, Vec<(String, String, String)>> = HashMap::new();
+    let mut remote: BTreeMap<String, Messages> = BTreeMap::new();
     for (user, devices) in messages {
         if user.server_name().as_str() != server_name {
+            if sender.user_id.server_name().as_str() == server_name {
+                remote
+                    .entry(user.server_name().to_string())
+                    .or_default()
+                    .insert(user, devices);
+            }
             continue;
         }
         let shard = shard_for_user(&user, n);
@@ -76,6 +83,16 @@ pub async fn send(
                 content.to_string(),
             ));
         }
+    }
+    // Server-server "Send-to-device messaging": one EDU per server.
+    for (server, msgs) in remote {
+        crate::federation::sender::queue_edu(
+            &[server],
+            None,
+            serde_json::json!({"edu_type": "m.direct_to_device", "content": {
+                "sender": sender.user_id, "type": event_type,
+                "message_id": sender.txn_id, "messages": msgs}}),
+        );
     }
     let jobs = per_shard.into_iter().map(|(shard, rows)| {
         let sender = sender.clone();

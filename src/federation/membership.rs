@@ -132,7 +132,11 @@ pub async fn receive_membership(
         ..Received::new(room.clone(), pdu)
     };
     match client::apply_pdu(&state.mesh, received).await? {
-        Applied::Accepted(id) | Applied::AlreadyKnown(id) => Ok((version, id)),
+        Applied::Accepted(id) => {
+            forward(state, room, &id, origin).await?;
+            Ok((version, id))
+        }
+        Applied::AlreadyKnown(id) => Ok((version, id)),
         Applied::SoftFailed(_) => Err(RoomError::Forbidden(
             "The event is not allowed by the room's current state".into(),
         )),
@@ -144,6 +148,52 @@ pub async fn receive_membership(
             "The event's auth_events are unknown here: {ids:?}"
         ))),
     }
+}
+
+/// The resident server passes a membership event it accepted from
+/// `origin` on to the room's other servers (server-server "Joining
+/// Rooms"). Queued before `send_join` is answered.
+async fn forward(
+    state: &Rc<ShardState>,
+    room: &OwnedRoomId,
+    event_id: &OwnedEventId,
+    origin: &str,
+) -> Result<(), RoomError> {
+    let rows = state
+        .db
+        .query(
+            "SELECT state_key FROM current_state WHERE room_id = $1 \
+             AND type = 'm.room.member' AND membership = 'join'",
+            &[&room.as_str()],
+        )
+        .await?;
+    let ours = state.key.server_name.as_str();
+    let mut servers = std::collections::BTreeSet::new();
+    for r in &rows {
+        if let Ok(u) = OwnedUserId::try_from(r.get::<String>(0)?) {
+            let s = u.server_name().as_str();
+            if s != ours && s != origin {
+                servers.insert(s.to_owned());
+            }
+        }
+    }
+    if servers.is_empty() {
+        return Ok(());
+    }
+    let dests: Vec<String> = servers.into_iter().collect();
+    let w = Write::new().statement(
+        "INSERT INTO federation_outbox (destination, room_id, event_id, queued_ts) \
+         SELECT d, $2, $3, $4 FROM unnest($1::text[]) AS t(d)",
+        vec![
+            SqlValue::TextArray(dests.clone()),
+            room.as_str().into(),
+            event_id.as_str().into(),
+            crate::primitives::unix_ms_i64().into(),
+        ],
+    );
+    state.writer.submit(w).await?;
+    super::sender::kick_destinations(dests);
+    Ok(())
 }
 
 /// `PUT /invite/{roomId}/{eventId}` (v1 and v2) for one of our users: the
@@ -226,4 +276,70 @@ pub async fn receive_invite(
     );
     state.writer.submit(w).await?;
     Ok(pdu)
+}
+
+/// A local user's invite of a user on another server (server-server
+/// "Inviting to a room", v2): built here, co-signed by the invitee's server,
+/// then applied like a received PDU (and so sent to the room's other
+/// servers by the outbound sender). `Forbidden` if that server refuses.
+pub async fn invite_remote(
+    state: &Rc<ShardState>,
+    room: OwnedRoomId,
+    sender: OwnedUserId,
+    target: OwnedUserId,
+    reason: Option<String>,
+) -> Result<OwnedEventId, RoomError> {
+    let (version, pdu) =
+        client::build_invite(&state.mesh, room.clone(), sender, target.clone(), reason).await?;
+    let id = event_id_of(&pdu, version).map_err(|e| RoomError::Internal(e.to_string()))?;
+    let stripped = crate::rooms::join_state::stripped_state(&state.db, &room).await?;
+    let body = serde_json::json!({
+        "room_version": version.as_str(),
+        "event": pdu,
+        "invite_room_state": stripped,
+    });
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let path = format!(
+        "/_matrix/federation/v2/invite/{}/{}",
+        enc(room.as_str()),
+        enc(id.as_str())
+    );
+    let destination = target.server_name().to_string();
+    let answer: Value = state
+        .federation
+        .request_json(&destination, "PUT", &path, Some(&body))
+        .await
+        .map_err(|e| {
+            RoomError::Forbidden(format!("{destination} did not accept the invite: {e}"))
+        })?;
+    let signed = match answer
+        .get("event")
+        .cloned()
+        .map(serde_json::from_value::<CanonicalJsonValue>)
+    {
+        Some(Ok(CanonicalJsonValue::Object(o))) => o,
+        _ => {
+            return Err(RoomError::Forbidden(format!(
+                "{destination} answered the invite without an event"
+            )))
+        }
+    };
+    if event_id_of(&signed, version).ok().as_ref() != Some(&id) {
+        return Err(RoomError::Forbidden(format!(
+            "{destination} changed the invite event"
+        )));
+    }
+    let received = Received {
+        checked: true,
+        ..Received::new(room, signed)
+    };
+    match client::apply_pdu(&state.mesh, received).await? {
+        Applied::Accepted(id) | Applied::AlreadyKnown(id) => Ok(id),
+        Applied::Rejected { reason, .. } => Err(RoomError::Forbidden(reason)),
+        other => Err(RoomError::Forbidden(format!(
+            "invite not applied: {other:?}"
+        ))),
+    }
 }

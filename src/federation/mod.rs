@@ -9,6 +9,7 @@
 //! - `acl`: `m.room.server_acl` checks (given the ACL content).
 //! - `inbound` + `ingest` + `edus`: received transactions: checked and
 //!   staged durably before the answer, then applied per room on its owner.
+//! - `sender`: outbound transactions, one queue per destination.
 //! - `membership`: the resident side of send_join/leave/knock, and invites
 //!   of our users co-signed.
 //!
@@ -24,6 +25,7 @@ pub mod ip_range;
 pub mod keys;
 pub mod membership;
 pub mod resolve;
+pub mod sender;
 pub mod tls;
 pub mod x_matrix;
 

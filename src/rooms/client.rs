@@ -149,6 +149,36 @@ pub async fn set_membership(
     .await
 }
 
+/// The invite of `target` (a user of another server) by `sender`, built
+/// and signed on the owner shard but not stored: the caller has it
+/// co-signed by the target's server first.
+pub async fn build_invite(
+    mesh: &MeshEndpoint,
+    room_id: OwnedRoomId,
+    sender: OwnedUserId,
+    target: OwnedUserId,
+    reason: Option<String>,
+) -> Result<(crate::events::RoomVersion, CanonicalJsonObject), RoomError> {
+    let mut content = CanonicalJsonObject::new();
+    content.insert("membership".into(), "invite".to_owned().into());
+    if let Some(r) = reason {
+        content.insert("reason".into(), r.into());
+    }
+    let req = EventRequest {
+        room_id: room_id.clone(),
+        sender,
+        event_type: "m.room.member".into(),
+        state_key: Some(target.to_string()),
+        content,
+        txn: None,
+        redacts: None,
+    };
+    on_owner(mesh, &room_id, move |rooms| async move {
+        rooms.build_unsent(req).await
+    })
+    .await
+}
+
 async fn require_joined(rooms: &Rooms, room: &OwnedRoomId, user: &str) -> Result<(), RoomError> {
     match rooms.membership(room, user).await?.as_deref() {
         Some("join") => Ok(()),

@@ -14,6 +14,7 @@ pub mod alias;
 pub mod client;
 pub mod commit;
 pub mod create;
+pub mod destinations;
 pub mod directory;
 pub mod federation_read;
 pub mod forget;

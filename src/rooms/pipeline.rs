@@ -289,9 +289,39 @@ async fn flush(rooms: Rc<Rooms>, room: OwnedRoomId) {
                 vec![room.to_string().into(), SqlValue::TextArray(added)],
             );
         }
+        // Outbound federation: rows for the other servers, in the same
+        // transaction (`rooms::destinations`).
+        let timeline: Vec<&Pdu> = chain
+            .iter()
+            .filter(|q| q.prepared.head.is_some())
+            .map(|q| q.prepared.pdu.as_ref())
+            .collect();
+        let (write, destinations) = match rooms.outbox(&room, &timeline, write).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(room = %room, error = %e, "cannot find the room's servers");
+                let e = match e {
+                    RoomError::Db(e) => e,
+                    other => DbError::Protocol(other.to_string()),
+                };
+                let rest = rooms
+                    .pipelines
+                    .pipes
+                    .borrow_mut()
+                    .remove(&room)
+                    .map(|p| p.queued)
+                    .unwrap_or_default();
+                failed(&rooms, &room, chain.into_iter().chain(rest), &e);
+                rooms.pipelines.committed.notify_all();
+                continue;
+            }
+        };
         let result = rooms.writer.submit(write).await;
         match result {
-            Ok(_) => committed(&rooms, chain),
+            Ok(_) => {
+                committed(&rooms, chain);
+                crate::federation::sender::kick_destinations(destinations);
+            }
             Err(e) => {
                 tracing::warn!(room = %room, events = chain.len(), error = %e,
                     "room write failed; its events and those queued behind them fail");
@@ -319,6 +349,9 @@ fn committed(rooms: &Rooms, chain: Vec<Queued>) {
             .events
             .borrow_mut()
             .put(p.pdu.event_id.clone(), p.pdu.clone());
+        if p.pdu.kind.to_string() == "m.room.member" {
+            rooms.forget_servers(&p.pdu.room_id);
+        }
         if let Some(head) = &p.head {
             rooms
                 .heads

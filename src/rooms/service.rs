@@ -74,6 +74,8 @@ pub struct Rooms {
     pub remote_keys: super::remote_keys::RemoteKeys,
     /// Rooms with writes queued or in flight (`rooms::pipeline`).
     pub(super) pipelines: super::pipeline::Pipelines,
+    /// Other servers joined to each room (`rooms::destinations`).
+    pub(super) servers: RefCell<LruCache<OwnedRoomId, Rc<Vec<String>>>>,
 }
 
 thread_local! {
@@ -125,6 +127,7 @@ impl Rooms {
             states: RefCell::new(LruCache::new(cap(STATE_CACHE))),
             remote_keys: super::remote_keys::RemoteKeys::default(),
             pipelines: Default::default(),
+            servers: RefCell::new(LruCache::new(cap(HEAD_CACHE))),
         })
     }
 
@@ -365,8 +368,36 @@ impl Rooms {
         self: &Rc<Self>,
         head: &RoomHead,
         epoch: u64,
-        mut req: EventRequest,
+        req: EventRequest,
     ) -> Result<super::pipeline::Committing, RoomError> {
+        let txn = req.txn.clone();
+        let (pdu, place) = self.prepare_event(head, epoch, req).await?;
+        self.commit(head, pdu, place, txn.as_ref(), None).await
+    }
+
+    /// Builds, signs and authorises an event on `head` without storing it:
+    /// an invite of a user on another server is first co-signed there
+    /// (server-server "Inviting to a room"), then applied as a received
+    /// PDU. Runs on the owner shard, briefly under the room's lock.
+    pub async fn build_unsent(
+        self: &Rc<Self>,
+        req: EventRequest,
+    ) -> Result<(RoomVersion, CanonicalJsonObject), RoomError> {
+        self.check_owner(&req.room_id)?;
+        let _guard = self.room_locks.queue(req.room_id.clone()).await;
+        let (head, epoch) = self.write_head(&req.room_id).await?;
+        let (pdu, _) = self.prepare_event(&head, epoch, req).await?;
+        Ok((head.version, pdu.json))
+    }
+
+    /// The event `req` asks for, built on `head` and authorised, with its
+    /// placement.
+    async fn prepare_event(
+        self: &Rc<Self>,
+        head: &RoomHead,
+        epoch: u64,
+        mut req: EventRequest,
+    ) -> Result<(Pdu, Placement), RoomError> {
         let version = head.version;
         let (prevs, place) = self.placement_on(head, epoch).await?;
         let depth = place.depth;
@@ -405,7 +436,7 @@ impl Rooms {
         .map_err(pdu_error)?;
         let pdu = Pdu::from_json(signed.event_id, signed.pdu, version)?;
         super::template::check_auth(version, &pdu, &auth_pdus)?;
-        self.commit(head, pdu, place, req.txn.as_ref(), None).await
+        Ok((pdu, place))
     }
 
     /// Membership of `user` in the room's current state.

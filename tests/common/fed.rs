@@ -46,6 +46,11 @@ pub struct Home {
 }
 
 pub fn start_home() -> Home {
+    start_home_with(&[])
+}
+
+/// [`start_home`] with extra environment (`HEARTH_…` settings).
+pub fn start_home_with(extra: &[(&str, &str)]) -> Home {
     let db_url = TestCluster::shared().fresh_database().url();
     let port = free_port();
     let name = format!("localhost:{port}");
@@ -61,6 +66,7 @@ pub fn start_home() -> Home {
         .env("HEARTH_LISTENERS__1__TLS_PRIVATE_KEY", &key)
         .env("HEARTH_FEDERATION__ALLOW_IP_RANGES", r#"["127.0.0.0/8"]"#)
         .env("HEARTH_FEDERATION__VERIFY_PEER_TLS", "false");
+    let opts = extra.iter().fold(opts, |o, (k, v)| o.env(k, v));
     let h = Hearth::start(opts.clone());
     Home {
         h,

@@ -210,6 +210,18 @@ pub async fn invite(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let body: InviteBody = json_body(&req)?;
     let target = OwnedUserId::try_from(body.user_id.as_str())
         .map_err(|_| MatrixError::invalid_param("Invalid user id"))?;
+    if target.server_name() != state.key.server_name {
+        // Another server's user: their server co-signs first.
+        crate::federation::membership::invite_remote(
+            &state,
+            room_id,
+            who.user_id,
+            target,
+            body.reason,
+        )
+        .await?;
+        return Ok(Response::json(200, &json!({})));
+    }
     membership(
         &state,
         room_id,
