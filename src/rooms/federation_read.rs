@@ -222,14 +222,21 @@ async fn visible_to_server(
         .map(|e| {
             let Some(s) = e.snapshot else { return true };
             let (hv, members) = vis.get(&s).cloned().unwrap_or_default();
-            let has = |m: &str| members.iter().any(|x| x == m);
-            match hv.as_deref() {
-                Some("joined") => has("join"),
-                Some("invited") => has("join") || has("invite"),
-                _ => true,
-            }
+            server_may_see(hv.as_deref(), &members)
         })
         .collect())
+}
+
+/// Synapse's `check_event_is_visible` for servers: `history_visibility`
+/// after the event (absent or unknown: `shared`) and the memberships of
+/// the server's users then. Only `invited` and `joined` hide anything.
+fn server_may_see(history_visibility: Option<&str>, memberships: &[String]) -> bool {
+    let has = |m: &str| memberships.iter().any(|x| x == m);
+    match history_visibility {
+        Some("joined") => has("join"),
+        Some("invited") => has("join") || has("invite"),
+        _ => true,
+    }
 }
 
 /// `events` served to `origin`: redacted where it may not see them.
@@ -518,5 +525,18 @@ mod tests {
         assert_eq!(server_of("@bob:localhost:8448"), Some("localhost:8448"));
         assert_eq!(server_of("@bob:example.org"), Some("example.org"));
         assert_eq!(server_of("nocolon"), None);
+    }
+
+    #[test]
+    fn only_invited_and_joined_history_hide_events_from_servers() {
+        let m = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for hv in [None, Some("shared"), Some("world_readable"), Some("bogus")] {
+            assert!(server_may_see(hv, &[]), "{hv:?}");
+        }
+        assert!(server_may_see(Some("joined"), &m(&["leave", "join"])));
+        assert!(!server_may_see(Some("joined"), &m(&["invite", "leave"])));
+        assert!(server_may_see(Some("invited"), &m(&["invite"])));
+        assert!(!server_may_see(Some("invited"), &m(&["leave", "ban"])));
+        assert!(!server_may_see(Some("invited"), &[]));
     }
 }
