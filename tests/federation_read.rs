@@ -268,6 +268,21 @@ fn put_state(h: &Hearth, token: &str, room: &str, ty: &str, content: Value) -> S
 /// `user` (of server `a`) joins B's `room` through B's test door, the PDU
 /// signed with A's key; returns the join's event id.
 fn remote_join(b: &FedServer, token: &str, a: &FedServer, room: &str, user: &str) -> String {
+    let prev = latest(&b.h, token, room);
+    remote_pdu(b, token, a, room, user, None, &prev)
+}
+
+/// A PDU of `sender` (of server `a`) on top of `prev`, through B's test
+/// door: a message `body`, or with `None` the sender's join.
+fn remote_pdu(
+    b: &FedServer,
+    token: &str,
+    a: &FedServer,
+    room: &str,
+    sender: &str,
+    body: Option<&str>,
+    prev: &str,
+) -> String {
     let st = client_state(&b.h, token, room);
     let find = |t: &str, k: &str| {
         st.iter()
@@ -276,24 +291,36 @@ fn remote_join(b: &FedServer, token: &str, a: &FedServer, room: &str, user: &str
     };
     let mut auth: Vec<ruma::OwnedEventId> = Vec::new();
     auth.extend(find("m.room.power_levels", ""));
-    auth.extend(find("m.room.join_rules", ""));
-    auth.extend(find("m.room.member", user));
+    auth.extend(find("m.room.member", sender));
+    let (kind, state_key, content) = match body {
+        Some(b) => (
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": b}),
+        ),
+        None => {
+            auth.extend(find("m.room.join_rules", ""));
+            let c = json!({"membership": "join"});
+            ("m.room.member", Some(sender.into()), c)
+        }
+    };
     let key = a.key();
-    let Value::Object(c) = json!({"membership": "join"}) else {
+    let Value::Object(c) = content else {
         unreachable!()
     };
+    // One more than `prev`'s (history is linear up to `prev`).
+    let depth = all_events(&b.h, token, room).iter().position(|e| e == prev);
     let signed = build_pdu(
         NewEvent {
             room_version: RoomVersion::V12,
             room_id: Some(room.try_into().unwrap()),
-            sender: user.try_into().unwrap(),
-            event_type: "m.room.member".into(),
-            state_key: Some(user.into()),
+            sender: sender.try_into().unwrap(),
+            event_type: kind.into(),
+            state_key,
             content: ruma::canonical_json::try_from_json_map(c).unwrap(),
-            prev_events: vec![latest(&b.h, token, room).as_str().try_into().unwrap()],
+            prev_events: vec![prev.try_into().unwrap()],
             auth_events: auth,
-            // History is linear here: one more than the events so far.
-            depth: all_events(&b.h, token, room).len() as u64 + 1,
+            depth: depth.unwrap() as u64 + 2,
             origin_server_ts: now(),
             redacts: None,
         },
@@ -309,13 +336,8 @@ fn remote_join(b: &FedServer, token: &str, a: &FedServer, room: &str, user: &str
         "room_id": room,
         "pdu": serde_json::to_value(&signed.pdu).unwrap(),
     });
-    let out = ok(json_request(
-        &b.h,
-        "POST",
-        "/_hearth/test/pdu",
-        Some(token),
-        Some(&body),
-    ));
+    let door = json_request(&b.h, "POST", "/_hearth/test/pdu", Some(token), Some(&body));
+    let out = ok(door);
     assert_eq!(out["outcome"], "accepted", "{out}");
     signed.event_id.to_string()
 }
@@ -515,40 +537,43 @@ fn servers_in_the_room_read_it_over_federation() {
     let r403 = as_a.req("GET", &format!("/state_ids/{unknown}{}", at(&m3)), None);
     assert_eq!(err(r403).0, 403);
     // Bad input: 400.
-    let bad_body = Some(json!({"latest_events": "x"}));
+    let (missing, invalid) = ("M_MISSING_PARAM", "M_INVALID_PARAM");
+    let gme = format!("/get_missing_events/{r}");
     for (method, path, body, code) in [
-        ("GET", format!("/state_ids/{r}"), None, "M_MISSING_PARAM"),
-        (
-            "GET",
-            format!("/state_ids/{r}?event_id=x"),
-            None,
-            "M_INVALID_PARAM",
-        ),
+        ("GET", format!("/state_ids/{r}"), None, missing),
+        ("GET", format!("/state_ids/{r}?event_id=x"), None, invalid),
         (
             "GET",
             format!("/backfill/{r}?v={}&limit=x", enc(&m3)),
             None,
-            "M_INVALID_PARAM",
+            invalid,
         ),
-        (
-            "GET",
-            format!("/backfill/{r}?limit=5"),
-            None,
-            "M_MISSING_PARAM",
-        ),
+        ("GET", format!("/backfill/{r}?limit=5"), None, missing),
         (
             "POST",
-            format!("/get_missing_events/{r}"),
-            bad_body,
+            gme,
+            Some(json!({"latest_events": "x"})),
             "M_BAD_JSON",
         ),
     ] {
-        assert_eq!(
-            err(as_a.req(method, &path, body)),
-            (400, code.into()),
-            "{path}"
-        );
+        let got = err(as_a.req(method, &path, body));
+        assert_eq!(got, (400, code.into()), "{path}");
     }
+
+    // A fork: alice's m4 and bob's message both on m3; alice's next topic
+    // has both as prev events. The state before it is what both agree on.
+    let m4 = send(&b.h, t, &room, "m4");
+    let fork = remote_pdu(&b, t, &a, &room, &bob, Some("fork"), &m3);
+    let third = put_state(&b.h, t, &room, "m.room.topic", json!({"topic": "third"}));
+    let v = as_a.get(&format!("/event/{}", enc(&third)));
+    let prevs = set(&strings(&v["pdus"][0]["prev_events"]));
+    assert_eq!(prevs, set(&[m4.clone(), fork.clone()]));
+    let v = as_a.get(&format!("/state_ids/{r}{}", at(&third)));
+    assert_eq!(set(&strings(&v["pdu_ids"])), set(&state_now), "{v}");
+    let v = as_a.get(&format!("/backfill/{r}?v={}&limit=3", enc(&third)));
+    let got = ids(&v["pdus"]);
+    assert_eq!(got[0], third);
+    assert_eq!(set(&got[1..]), set(&[m4, fork]));
 }
 
 /// `history_visibility: joined`: the events before bob's join are served
