@@ -200,69 +200,41 @@ fn set(v: &[String]) -> HashSet<String> {
     v.iter().cloned().collect()
 }
 
+/// The strings of a JSON array, or the `event_id`s of an array of events.
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect()
+    let s = |e: &Value| e.as_str().or(e["event_id"].as_str()).unwrap().to_owned();
+    v.as_array().unwrap().iter().map(s).collect()
 }
 
 fn client_state(h: &Hearth, token: &str, room: &str) -> Vec<Value> {
-    ok(call(h, "GET", &format!("/rooms/{room}/state"), token, None))
-        .as_array()
-        .unwrap()
-        .clone()
+    let v = ok(call(h, "GET", &format!("/rooms/{room}/state"), token, None));
+    v.as_array().unwrap().clone()
+}
+
+/// The room's event ids from client `/messages` (`q`: its query).
+fn messages(h: &Hearth, token: &str, room: &str, q: &str) -> Vec<String> {
+    let path = format!("/rooms/{room}/messages?{q}");
+    strings(&ok(call(h, "GET", &path, token, None))["chunk"])
 }
 
 fn latest(h: &Hearth, token: &str, room: &str) -> String {
-    let v = ok(call(
-        h,
-        "GET",
-        &format!("/rooms/{room}/messages?dir=b&limit=1"),
-        token,
-        None,
-    ));
-    v["chunk"][0]["event_id"].as_str().unwrap().to_owned()
+    messages(h, token, room, "dir=b&limit=1").remove(0)
 }
 
-/// Every event id of the room, oldest first (client `/messages`).
+/// Every event id of the room, oldest first.
 fn all_events(h: &Hearth, token: &str, room: &str) -> Vec<String> {
-    let v = ok(call(
-        h,
-        "GET",
-        &format!("/rooms/{room}/messages?dir=f&limit=1000"),
-        token,
-        None,
-    ));
-    v["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap().to_owned())
-        .collect()
+    messages(h, token, room, "dir=f&limit=1000")
 }
 
 fn send(h: &Hearth, token: &str, room: &str, body: &str) -> String {
     let path = format!("/rooms/{room}/send/m.room.message/{body}");
-    ok(call(
-        h,
-        "PUT",
-        &path,
-        token,
-        Some(json!({"msgtype": "m.text", "body": body})),
-    ))["event_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    let content = json!({"msgtype": "m.text", "body": body});
+    strings(&json!([ok(call(h, "PUT", &path, token, Some(content)))])).remove(0)
 }
 
 fn put_state(h: &Hearth, token: &str, room: &str, ty: &str, content: Value) -> String {
     let path = format!("/rooms/{room}/state/{ty}/");
-    ok(call(h, "PUT", &path, token, Some(content)))["event_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    strings(&json!([ok(call(h, "PUT", &path, token, Some(content)))])).remove(0)
 }
 
 /// `user` (of server `a`) joins B's `room` through B's test door, the PDU
@@ -385,10 +357,7 @@ fn servers_in_the_room_read_it_over_federation() {
     let topic = put_state(&b.h, t, &room, "m.room.topic", json!({"topic": "second"}));
     let m3 = send(&b.h, t, &room, "m3");
     let everything = all_events(&b.h, t, &room);
-    let state_now: Vec<String> = client_state(&b.h, t, &room)
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap().to_owned())
-        .collect();
+    let state_now = strings(&Value::Array(client_state(&b.h, t, &room)));
     let alice_member = client_state(&b.h, t, &room)
         .iter()
         .find(|e| e["type"] == "m.room.member" && e["state_key"] == alice.id.as_str())
