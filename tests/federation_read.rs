@@ -543,6 +543,13 @@ fn servers_in_the_room_read_it_over_federation() {
     let got = ids(&v["pdus"]);
     assert_eq!(got[0], third);
     assert_eq!(set(&got[1..]), set(&[m4, fork]));
+
+    // A server the room's ACL denies (ports are ignored): 403.
+    let acl = json!({"allow": ["*"], "deny": ["localhost"]});
+    put_state(&b.h, t, &room, "m.room.server_acl", acl);
+    let (s, v) = as_a.req("GET", &format!("/state_ids/{r}{}", at(&m3)), None);
+    assert_eq!((s, &v["errcode"]), (403, &json!("M_FORBIDDEN")));
+    assert!(v["error"].as_str().unwrap().contains("banned"), "{v}");
 }
 
 /// `history_visibility: joined`: the events before bob's join are served
