@@ -508,6 +508,7 @@ fn servers_in_the_room_read_it_over_federation() {
     // Bad input: 400.
     let (missing, invalid) = ("M_MISSING_PARAM", "M_INVALID_PARAM");
     let gme = format!("/get_missing_events/{r}");
+    let many = format!("&v={}", enc(&m3)).repeat(101);
     for (method, path, body, code) in [
         ("GET", format!("/state_ids/{r}"), None, missing),
         ("GET", format!("/state_ids/{r}?event_id=x"), None, invalid),
@@ -518,6 +519,12 @@ fn servers_in_the_room_read_it_over_federation() {
             invalid,
         ),
         ("GET", format!("/backfill/{r}?limit=5"), None, missing),
+        (
+            "GET",
+            format!("/backfill/{r}?limit=5{}", many),
+            None,
+            invalid,
+        ),
         (
             "POST",
             gme,
