@@ -119,38 +119,68 @@ fn client(key: ServerKey) -> Rc<Federation> {
     ))
 }
 
-/// A signed request from `fed` to `to`: `(status, body)`.
-fn signed(
-    fed: &Federation,
-    to: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    block_on(async {
-        let r = fed.request(to, method, path, body.as_ref()).await.unwrap();
-        let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-        (r.status, v)
-    })
+/// Requests from one server to another, paths under
+/// `/_matrix/federation/v1`.
+struct Peer {
+    fed: Rc<Federation>,
+    to: String,
 }
 
-/// An unsigned request: its status.
-fn unsigned(fed: &Federation, to: &str, method: &str, path: &str) -> u16 {
-    block_on(async {
-        let body = (method == "POST").then_some(&b"{}"[..]);
-        fed.send_raw(to, method, path, &[], body, 1 << 20)
-            .await
-            .unwrap()
-            .status
-    })
+const FED: &str = "/_matrix/federation/v1";
+
+impl Peer {
+    fn new(from: &FedServer, to: &FedServer) -> Peer {
+        Peer {
+            fed: client(from.key()),
+            to: to.name.clone(),
+        }
+    }
+
+    /// A signed request: `(status, body)`.
+    fn req(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        block_on(async {
+            let path = format!("{FED}{path}");
+            let r = self.fed.request(&self.to, method, &path, body.as_ref());
+            let r = r.await.unwrap();
+            (
+                r.status,
+                serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+            )
+        })
+    }
+
+    /// The 200 body of a signed `GET`.
+    #[track_caller]
+    fn get(&self, path: &str) -> Value {
+        let (status, v) = self.req("GET", path, None);
+        assert_eq!(status, 200, "{path}: {v}");
+        v
+    }
+
+    /// The event ids `/get_missing_events` answers for `body`.
+    #[track_caller]
+    fn missing(&self, room: &str, body: Value) -> Vec<String> {
+        let (s, v) = self.req("POST", &format!("/get_missing_events/{room}"), Some(body));
+        assert_eq!(s, 200, "{v}");
+        ids(&v["events"])
+    }
+
+    /// The status of the request sent unsigned.
+    fn unsigned(&self, method: &str, path: &str) -> u16 {
+        block_on(async {
+            let body = (method == "POST").then_some(&b"{}"[..]);
+            let path = format!("{FED}{path}");
+            let r = self
+                .fed
+                .send_raw(&self.to, method, &path, &[], body, 1 << 20);
+            r.await.unwrap().status
+        })
+    }
 }
 
-/// The 200 body of a signed request.
-#[track_caller]
-fn get_ok(fed: &Federation, to: &str, path: &str) -> Value {
-    let (status, v) = signed(fed, to, "GET", path, None);
-    assert_eq!(status, 200, "{path}: {v}");
-    v
+/// `(status, errcode)` of an answer.
+fn err(r: (u16, Value)) -> (u16, String) {
+    (r.0, r.1["errcode"].as_str().unwrap_or_default().to_owned())
 }
 
 /// The event id of a federation-format PDU (rooms v12).
@@ -170,74 +200,61 @@ fn set(v: &[String]) -> HashSet<String> {
     v.iter().cloned().collect()
 }
 
+/// The strings of a JSON array, or the `event_id`s of an array of events.
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect()
+    let s = |e: &Value| e.as_str().or(e["event_id"].as_str()).unwrap().to_owned();
+    v.as_array().unwrap().iter().map(s).collect()
 }
 
 fn client_state(h: &Hearth, token: &str, room: &str) -> Vec<Value> {
-    ok(call(h, "GET", &format!("/rooms/{room}/state"), token, None))
-        .as_array()
-        .unwrap()
-        .clone()
+    let v = ok(call(h, "GET", &format!("/rooms/{room}/state"), token, None));
+    v.as_array().unwrap().clone()
+}
+
+/// The room's event ids from client `/messages` (`q`: its query).
+fn messages(h: &Hearth, token: &str, room: &str, q: &str) -> Vec<String> {
+    let path = format!("/rooms/{room}/messages?{q}");
+    strings(&ok(call(h, "GET", &path, token, None))["chunk"])
 }
 
 fn latest(h: &Hearth, token: &str, room: &str) -> String {
-    let v = ok(call(
-        h,
-        "GET",
-        &format!("/rooms/{room}/messages?dir=b&limit=1"),
-        token,
-        None,
-    ));
-    v["chunk"][0]["event_id"].as_str().unwrap().to_owned()
+    messages(h, token, room, "dir=b&limit=1").remove(0)
 }
 
-/// Every event id of the room, oldest first (client `/messages`).
+/// Every event id of the room, oldest first.
 fn all_events(h: &Hearth, token: &str, room: &str) -> Vec<String> {
-    let v = ok(call(
-        h,
-        "GET",
-        &format!("/rooms/{room}/messages?dir=f&limit=1000"),
-        token,
-        None,
-    ));
-    v["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap().to_owned())
-        .collect()
+    messages(h, token, room, "dir=f&limit=1000")
 }
 
 fn send(h: &Hearth, token: &str, room: &str, body: &str) -> String {
     let path = format!("/rooms/{room}/send/m.room.message/{body}");
-    ok(call(
-        h,
-        "PUT",
-        &path,
-        token,
-        Some(json!({"msgtype": "m.text", "body": body})),
-    ))["event_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    let content = json!({"msgtype": "m.text", "body": body});
+    strings(&json!([ok(call(h, "PUT", &path, token, Some(content)))])).remove(0)
 }
 
 fn put_state(h: &Hearth, token: &str, room: &str, ty: &str, content: Value) -> String {
     let path = format!("/rooms/{room}/state/{ty}/");
-    ok(call(h, "PUT", &path, token, Some(content)))["event_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    strings(&json!([ok(call(h, "PUT", &path, token, Some(content)))])).remove(0)
 }
 
 /// `user` (of server `a`) joins B's `room` through B's test door, the PDU
 /// signed with A's key; returns the join's event id.
 fn remote_join(b: &FedServer, token: &str, a: &FedServer, room: &str, user: &str) -> String {
+    let prev = latest(&b.h, token, room);
+    remote_pdu(b, token, a, room, user, None, &prev)
+}
+
+/// A PDU of `sender` (of server `a`) on top of `prev`, through B's test
+/// door: a message `body`, or with `None` the sender's join.
+fn remote_pdu(
+    b: &FedServer,
+    token: &str,
+    a: &FedServer,
+    room: &str,
+    sender: &str,
+    body: Option<&str>,
+    prev: &str,
+) -> String {
     let st = client_state(&b.h, token, room);
     let find = |t: &str, k: &str| {
         st.iter()
@@ -246,24 +263,36 @@ fn remote_join(b: &FedServer, token: &str, a: &FedServer, room: &str, user: &str
     };
     let mut auth: Vec<ruma::OwnedEventId> = Vec::new();
     auth.extend(find("m.room.power_levels", ""));
-    auth.extend(find("m.room.join_rules", ""));
-    auth.extend(find("m.room.member", user));
+    auth.extend(find("m.room.member", sender));
+    let (kind, state_key, content) = match body {
+        Some(b) => (
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": b}),
+        ),
+        None => {
+            auth.extend(find("m.room.join_rules", ""));
+            let c = json!({"membership": "join"});
+            ("m.room.member", Some(sender.into()), c)
+        }
+    };
     let key = a.key();
-    let Value::Object(c) = json!({"membership": "join"}) else {
+    let Value::Object(c) = content else {
         unreachable!()
     };
+    // One more than `prev`'s (history is linear up to `prev`).
+    let depth = all_events(&b.h, token, room).iter().position(|e| e == prev);
     let signed = build_pdu(
         NewEvent {
             room_version: RoomVersion::V12,
             room_id: Some(room.try_into().unwrap()),
-            sender: user.try_into().unwrap(),
-            event_type: "m.room.member".into(),
-            state_key: Some(user.into()),
+            sender: sender.try_into().unwrap(),
+            event_type: kind.into(),
+            state_key,
             content: ruma::canonical_json::try_from_json_map(c).unwrap(),
-            prev_events: vec![latest(&b.h, token, room).as_str().try_into().unwrap()],
+            prev_events: vec![prev.try_into().unwrap()],
             auth_events: auth,
-            // History is linear here: one more than the events so far.
-            depth: all_events(&b.h, token, room).len() as u64 + 1,
+            depth: depth.unwrap() as u64 + 2,
             origin_server_ts: now(),
             redacts: None,
         },
@@ -279,13 +308,8 @@ fn remote_join(b: &FedServer, token: &str, a: &FedServer, room: &str, user: &str
         "room_id": room,
         "pdu": serde_json::to_value(&signed.pdu).unwrap(),
     });
-    let out = ok(json_request(
-        &b.h,
-        "POST",
-        "/_hearth/test/pdu",
-        Some(token),
-        Some(&body),
-    ));
+    let door = json_request(&b.h, "POST", "/_hearth/test/pdu", Some(token), Some(&body));
+    let out = ok(door);
     assert_eq!(out["outcome"], "accepted", "{out}");
     signed.event_id.to_string()
 }
@@ -333,42 +357,30 @@ fn servers_in_the_room_read_it_over_federation() {
     let topic = put_state(&b.h, t, &room, "m.room.topic", json!({"topic": "second"}));
     let m3 = send(&b.h, t, &room, "m3");
     let everything = all_events(&b.h, t, &room);
-    let state_now: Vec<String> = client_state(&b.h, t, &room)
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap().to_owned())
-        .collect();
+    let state_now = strings(&Value::Array(client_state(&b.h, t, &room)));
     let alice_member = client_state(&b.h, t, &room)
         .iter()
         .find(|e| e["type"] == "m.room.member" && e["state_key"] == alice.id.as_str())
         .map(|e| e["event_id"].as_str().unwrap().to_owned())
         .unwrap();
-    let as_a = client(a.key());
-    let as_c = client(c.key());
+    let as_a = Peer::new(&a, &b);
+    let as_c = Peer::new(&c, &b);
     let r = enc(&room);
-    let fed = "/_matrix/federation/v1";
+    let at = |id: &str| format!("?event_id={}", enc(id));
 
     // /state_ids at a message: the state then (= now), with a closed chain.
-    let v = get_ok(
-        &as_a,
-        &b.name,
-        &format!("{fed}/state_ids/{r}?event_id={}", enc(&m3)),
-    );
+    let v = as_a.get(&format!("/state_ids/{r}{}", at(&m3)));
     let pdu_ids = strings(&v["pdu_ids"]);
     assert_eq!(set(&pdu_ids), set(&state_now), "{v}");
     assert!(pdu_ids.contains(&join) && pdu_ids.contains(&topic));
     let chain_ids = set(&strings(&v["auth_chain_ids"]));
     assert!(chain_ids.contains(&alice_member), "{v}");
     // /state: the same as full PDUs; the auth chain is closed.
-    let v = get_ok(
-        &as_a,
-        &b.name,
-        &format!("{fed}/state/{r}?event_id={}", enc(&m3)),
-    );
+    let v = as_a.get(&format!("/state/{r}{}", at(&m3)));
     assert_eq!(set(&ids(&v["pdus"])), set(&state_now));
     assert_eq!(set(&ids(&v["auth_chain"])), chain_ids);
-    let all: Vec<&Value> = v["pdus"]
-        .as_array()
-        .unwrap()
+    let pdus = v["pdus"].as_array().unwrap();
+    let all: Vec<&Value> = pdus
         .iter()
         .chain(v["auth_chain"].as_array().unwrap())
         .collect();
@@ -378,11 +390,7 @@ fn servers_in_the_room_read_it_over_federation() {
         .all(|e| e["signatures"].is_object() && e["hashes"].is_object()));
 
     // At the topic change: the state *before* it holds the first topic.
-    let v = get_ok(
-        &as_a,
-        &b.name,
-        &format!("{fed}/state/{r}?event_id={}", enc(&topic)),
-    );
+    let v = as_a.get(&format!("/state/{r}{}", at(&topic)));
     let pdus = v["pdus"].as_array().unwrap();
     let topics: Vec<&Value> = pdus
         .iter()
@@ -393,86 +401,58 @@ fn servers_in_the_room_read_it_over_federation() {
     assert!(!ids(&v["pdus"]).contains(&topic));
     assert_eq!(pdus.len(), state_now.len());
     // Before bob's join, bob is not in the state.
-    let v = get_ok(
-        &as_a,
-        &b.name,
-        &format!("{fed}/state_ids/{r}?event_id={}", enc(&join)),
-    );
+    let v = as_a.get(&format!("/state_ids/{r}{}", at(&join)));
     assert!(!strings(&v["pdu_ids"]).contains(&join));
     assert_eq!(strings(&v["pdu_ids"]).len(), state_now.len() - 1);
 
     // /event: one PDU in a transaction from B.
-    let v = get_ok(&as_a, &b.name, &format!("{fed}/event/{}", enc(&m2)));
+    let v = as_a.get(&format!("/event/{}", enc(&m2)));
     assert_eq!(v["origin"], b.name.as_str());
     assert!(v["origin_server_ts"].as_u64().unwrap() > 0);
     assert_eq!(v["pdus"][0]["content"]["body"], "m2");
     assert_eq!(id_of(&v["pdus"][0]), m2);
+    let m2_pdu = v["pdus"][0].clone();
 
     // /event_auth: the event's auth chain, closed, without the event.
-    let v = get_ok(
-        &as_a,
-        &b.name,
-        &format!("{fed}/event_auth/{r}/{}", enc(&m2)),
-    );
+    let v = as_a.get(&format!("/event_auth/{r}/{}", enc(&m2)));
     let chain: Vec<&Value> = v["auth_chain"].as_array().unwrap().iter().collect();
     let chain_ids = set(&ids(&v["auth_chain"]));
     assert!(!chain_ids.contains(&m2) && chain_ids.contains(&alice_member));
-    let ev = get_ok(&as_a, &b.name, &format!("{fed}/event/{}", enc(&m2)));
-    assert_closed(&[&ev["pdus"][0]], &chain_ids);
+    assert_closed(&[&m2_pdu], &chain_ids);
     assert_closed(&chain, &chain_ids);
 
     // /backfill: from m3 back, deepest first, the seed included.
-    let v = get_ok(
-        &as_a,
-        &b.name,
-        &format!("{fed}/backfill/{r}?v={}&limit=3", enc(&m3)),
-    );
+    let v = as_a.get(&format!("/backfill/{r}?v={}&limit=3", enc(&m3)));
     assert_eq!(v["origin"], b.name.as_str());
     assert_eq!(ids(&v["pdus"]), vec![m3.clone(), topic.clone(), m2.clone()]);
-    let v = get_ok(
-        &as_a,
-        &b.name,
-        &format!("{fed}/backfill/{r}?v={}&limit=1000", enc(&m3)),
-    );
+    let v = as_a.get(&format!("/backfill/{r}?v={}&limit=1000", enc(&m3)));
     let mut back = ids(&v["pdus"]);
     back.reverse();
-    assert_eq!(back, everything, "the whole room, capped at 100");
-    let depths: Vec<u64> = v["pdus"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["depth"].as_u64().unwrap())
-        .collect();
+    assert_eq!(
+        back, everything,
+        "the whole room (a limit over 100 is capped)"
+    );
+    let pdus = v["pdus"].as_array().unwrap();
+    let depths: Vec<u64> = pdus.iter().map(|e| e["depth"].as_u64().unwrap()).collect();
     assert!(depths.windows(2).all(|w| w[0] > w[1]), "{depths:?}");
     // Two seeds (repeated `v`), from the middle.
-    let q = format!("v={}&v={}&limit=2", enc(&m2), enc(&m1));
-    let v = get_ok(&as_a, &b.name, &format!("{fed}/backfill/{r}?{q}"));
+    let v = as_a.get(&format!(
+        "/backfill/{r}?v={}&v={}&limit=2",
+        enc(&m2),
+        enc(&m1)
+    ));
     assert_eq!(ids(&v["pdus"]), vec![m2.clone(), join.clone()]);
 
     // /get_missing_events: back from m3, stopping at m1, oldest first.
-    let missing = |body: Value| {
-        let (s, v) = signed(
-            &as_a,
-            &b.name,
-            "POST",
-            &format!("{fed}/get_missing_events/{r}"),
-            Some(body),
-        );
-        assert_eq!(s, 200, "{v}");
-        ids(&v["events"])
-    };
-    let got = missing(json!({"earliest_events": [m1], "latest_events": [m3]}));
+    let got = as_a.missing(&r, json!({"earliest_events": [m1], "latest_events": [m3]}));
     assert_eq!(got, vec![join.clone(), m2.clone(), topic.clone()]);
-    let got = missing(json!({"earliest_events": [m1], "latest_events": [m3], "limit": 2}));
-    assert_eq!(got, vec![m2.clone(), topic.clone()]);
-    let depth_of_m2 = get_ok(&as_a, &b.name, &format!("{fed}/event/{}", enc(&m2)))["pdus"][0]
-        ["depth"]
-        .as_i64()
-        .unwrap();
-    let got =
-        missing(json!({"earliest_events": [], "latest_events": [m3], "min_depth": depth_of_m2}));
-    assert_eq!(got, vec![m2.clone(), topic.clone()]);
-    let got = missing(json!({"earliest_events": [], "latest_events": [m3], "limit": 1000}));
+    let body = json!({"earliest_events": [m1], "latest_events": [m3], "limit": 2});
+    assert_eq!(as_a.missing(&r, body), vec![m2.clone(), topic.clone()]);
+    let min_depth = m2_pdu["depth"].as_i64().unwrap();
+    let body = json!({"earliest_events": [], "latest_events": [m3], "min_depth": min_depth});
+    assert_eq!(as_a.missing(&r, body), vec![m2.clone(), topic.clone()]);
+    let body = json!({"earliest_events": [], "latest_events": [m3], "limit": 1000});
+    let got = as_a.missing(&r, body);
     assert_eq!(
         got.len(),
         20.min(everything.len() - 1),
@@ -481,113 +461,102 @@ fn servers_in_the_room_read_it_over_federation() {
 
     // /timestamp_to_event, both directions.
     let tte = |ts: u64, dir: &str| {
-        signed(
-            &as_a,
-            &b.name,
+        as_a.req(
             "GET",
-            &format!("{fed}/timestamp_to_event/{r}?ts={ts}&dir={dir}"),
+            &format!("/timestamp_to_event/{r}?ts={ts}&dir={dir}"),
             None,
         )
     };
+    let later = now() + 3_600_000;
     let (s, v) = tte(0, "f");
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["event_id"], everything[0].as_str());
-    let (s, v) = tte(now() + 3_600_000, "b");
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["event_id"], m3.as_str());
+    assert_eq!((s, &v["event_id"]), (200, &json!(everything[0])), "{v}");
+    let (s, v) = tte(later, "b");
+    assert_eq!((s, &v["event_id"]), (200, &json!(m3)), "{v}");
     assert!(v["origin_server_ts"].as_u64().unwrap() <= now());
-    assert_eq!(tte(0, "b").0, 404);
-    assert_eq!(tte(now() + 3_600_000, "f").0, 404);
-    assert_eq!(tte(0, "x").0, 400);
+    assert_eq!(err(tte(0, "b")), (404, "M_NOT_FOUND".into()));
+    assert_eq!(err(tte(later, "f")), (404, "M_NOT_FOUND".into()));
+    assert_eq!(err(tte(0, "x")), (400, "M_INVALID_PARAM".into()));
 
-    // C has no member: 403 everywhere; unsigned: 401; bad input: 400.
+    // C has no member: 403 everywhere; unsigned: 401.
     let paths = [
-        ("GET", format!("{fed}/state/{r}?event_id={}", enc(&m3))),
-        ("GET", format!("{fed}/state_ids/{r}?event_id={}", enc(&m3))),
-        ("GET", format!("{fed}/event/{}", enc(&m3))),
-        ("GET", format!("{fed}/event_auth/{r}/{}", enc(&m3))),
-        ("GET", format!("{fed}/backfill/{r}?v={}&limit=5", enc(&m3))),
-        ("POST", format!("{fed}/get_missing_events/{r}")),
-        ("GET", format!("{fed}/timestamp_to_event/{r}?ts=0&dir=f")),
+        ("GET", format!("/state/{r}{}", at(&m3))),
+        ("GET", format!("/state_ids/{r}{}", at(&m3))),
+        ("GET", format!("/event/{}", enc(&m3))),
+        ("GET", format!("/event_auth/{r}/{}", enc(&m3))),
+        ("GET", format!("/backfill/{r}?v={}&limit=5", enc(&m3))),
+        ("POST", format!("/get_missing_events/{r}")),
+        ("GET", format!("/timestamp_to_event/{r}?ts=0&dir=f")),
     ];
     for (method, path) in &paths {
-        let body =
-            (*method == "POST").then(|| json!({"earliest_events": [], "latest_events": [m3]}));
-        let (s, v) = signed(&as_c, &b.name, method, path, body);
-        assert_eq!(
-            (s, v["errcode"].as_str()),
-            (403, Some("M_FORBIDDEN")),
-            "{path}: {v}"
-        );
-        assert_eq!(unsigned(&as_a, &b.name, method, path), 401, "{path}");
+        let body = json!({"earliest_events": [], "latest_events": [m3]});
+        let body = (*method == "POST").then_some(body);
+        let forbidden = (403, "M_FORBIDDEN".to_owned());
+        assert_eq!(err(as_c.req(method, path, body)), forbidden, "{path}");
+        assert_eq!(as_a.unsigned(method, path), 401, "{path}");
     }
+    // An event of another room: 404; a room bob's server is not in, or an
+    // unknown room: 403 (Synapse: "Host not in room").
     let other = create_room(&b.h, t, json!({}));
     let other_event = latest(&b.h, t, &other);
-    let (s, v) = signed(
-        &as_a,
-        &b.name,
-        "GET",
-        &format!("{fed}/state_ids/{r}?event_id={}", enc(&other_event)),
-        None,
-    );
-    assert_eq!(
-        (s, v["errcode"].as_str()),
-        (404, Some("M_NOT_FOUND")),
-        "{v}"
-    );
-    // bob's server is not in `other`: 403, also for an unknown room.
-    let (s, _) = signed(
-        &as_a,
-        &b.name,
-        "GET",
-        &format!("{fed}/event/{}", enc(&other_event)),
-        None,
-    );
-    assert_eq!(s, 403);
+    let r404 = as_a.req("GET", &format!("/state_ids/{r}{}", at(&other_event)), None);
+    assert_eq!(err(r404), (404, "M_NOT_FOUND".into()));
+    let r403 = as_a.req("GET", &format!("/event/{}", enc(&other_event)), None);
+    assert_eq!(err(r403).0, 403);
     let unknown = enc(&format!("!nope:{}", b.name));
-    let (s, _) = signed(
-        &as_a,
-        &b.name,
-        "GET",
-        &format!("{fed}/state_ids/{unknown}?event_id={}", enc(&m3)),
-        None,
-    );
-    assert_eq!(s, 403);
+    let r403 = as_a.req("GET", &format!("/state_ids/{unknown}{}", at(&m3)), None);
+    assert_eq!(err(r403).0, 403);
+    // Bad input: 400.
+    let (missing, invalid) = ("M_MISSING_PARAM", "M_INVALID_PARAM");
+    let gme = format!("/get_missing_events/{r}");
+    let many = format!("&v={}", enc(&m3)).repeat(101);
     for (method, path, body, code) in [
+        ("GET", format!("/state_ids/{r}"), None, missing),
+        ("GET", format!("/state_ids/{r}?event_id=x"), None, invalid),
         (
             "GET",
-            format!("{fed}/state_ids/{r}"),
+            format!("/backfill/{r}?v={}&limit=x", enc(&m3)),
             None,
-            "M_MISSING_PARAM",
+            invalid,
         ),
+        ("GET", format!("/backfill/{r}?limit=5"), None, missing),
         (
             "GET",
-            format!("{fed}/state_ids/{r}?event_id=nope"),
+            format!("/backfill/{r}?limit=5{}", many),
             None,
-            "M_INVALID_PARAM",
-        ),
-        (
-            "GET",
-            format!("{fed}/backfill/{r}?v={}&limit=x", enc(&m3)),
-            None,
-            "M_INVALID_PARAM",
-        ),
-        (
-            "GET",
-            format!("{fed}/backfill/{r}?limit=5"),
-            None,
-            "M_MISSING_PARAM",
+            invalid,
         ),
         (
             "POST",
-            format!("{fed}/get_missing_events/{r}"),
+            gme,
             Some(json!({"latest_events": "x"})),
             "M_BAD_JSON",
         ),
     ] {
-        let (s, v) = signed(&as_a, &b.name, method, &path, body);
-        assert_eq!((s, v["errcode"].as_str()), (400, Some(code)), "{path}: {v}");
+        let got = err(as_a.req(method, &path, body));
+        assert_eq!(got, (400, code.into()), "{path}");
     }
+
+    // A fork: alice's m4 and bob's message both on m3; alice's next topic
+    // has both as prev events. The state before it is what both agree on.
+    let m4 = send(&b.h, t, &room, "m4");
+    let fork = remote_pdu(&b, t, &a, &room, &bob, Some("fork"), &m3);
+    let third = put_state(&b.h, t, &room, "m.room.topic", json!({"topic": "third"}));
+    let v = as_a.get(&format!("/event/{}", enc(&third)));
+    let prevs = set(&strings(&v["pdus"][0]["prev_events"]));
+    assert_eq!(prevs, set(&[m4.clone(), fork.clone()]));
+    let v = as_a.get(&format!("/state_ids/{r}{}", at(&third)));
+    assert_eq!(set(&strings(&v["pdu_ids"])), set(&state_now), "{v}");
+    let v = as_a.get(&format!("/backfill/{r}?v={}&limit=3", enc(&third)));
+    let got = ids(&v["pdus"]);
+    assert_eq!(got[0], third);
+    assert_eq!(set(&got[1..]), set(&[m4, fork]));
+
+    // A server the room's ACL denies (ports are ignored): 403.
+    let acl = json!({"allow": ["*"], "deny": ["localhost"]});
+    put_state(&b.h, t, &room, "m.room.server_acl", acl);
+    let (s, v) = as_a.req("GET", &format!("/state_ids/{r}{}", at(&m3)), None);
+    assert_eq!((s, &v["errcode"]), (403, &json!("M_FORBIDDEN")));
+    assert!(v["error"].as_str().unwrap().contains("banned"), "{v}");
 }
 
 /// `history_visibility: joined`: the events before bob's join are served
@@ -606,15 +575,10 @@ fn joined_only_history_is_served_redacted_to_a_new_server() {
     let bob = format!("@bob:{}", a.name);
     let join = remote_join(&b, t, &a, &room, &bob);
     let late = send(&b.h, t, &room, "hello");
-    let as_a = client(a.key());
-    let fed = "/_matrix/federation/v1";
+    let as_a = Peer::new(&a, &b);
     let r = enc(&room);
 
-    let v = get_ok(
-        &as_a,
-        &b.name,
-        &format!("{fed}/backfill/{r}?v={}&limit=10", enc(&late)),
-    );
+    let v = as_a.get(&format!("/backfill/{r}?v={}&limit=10", enc(&late)));
     let pdus = v["pdus"].as_array().unwrap();
     let by_id = |id: &str| pdus.iter().find(|e| id_of(e) == id).unwrap().clone();
     assert_eq!(by_id(&late)["content"]["body"], "hello");
@@ -624,31 +588,22 @@ fn joined_only_history_is_served_redacted_to_a_new_server() {
     assert_eq!(hidden["type"], "m.room.message");
     // Redacted, still the same event (the id is the redacted form's hash).
     assert_eq!(id_of(&hidden), early);
-    let v = get_ok(&as_a, &b.name, &format!("{fed}/event/{}", enc(&early)));
+    let v = as_a.get(&format!("/event/{}", enc(&early)));
     assert_eq!(v["pdus"][0]["content"], json!({}));
-    let (s, v) = signed(
-        &as_a,
-        &b.name,
+    let (s, v) = as_a.req(
         "POST",
-        &format!("{fed}/get_missing_events/{r}"),
+        &format!("/get_missing_events/{r}"),
         Some(json!({"earliest_events": [], "latest_events": [late], "limit": 20})),
     );
     assert_eq!(s, 200);
     let events = v["events"].as_array().unwrap();
     let e = events.iter().find(|e| id_of(e) == early).unwrap();
     assert_eq!(e["content"], json!({}));
-    // State events needed for auth are served in full by /state.
-    let v = get_ok(
-        &as_a,
-        &b.name,
-        &format!("{fed}/state/{r}?event_id={}", enc(&late)),
-    );
-    let hv = v["pdus"]
-        .as_array()
-        .unwrap()
+    // The state (needed for auth) is served in full by /state.
+    let v = as_a.get(&format!("/state/{r}?event_id={}", enc(&late)));
+    let pdus = v["pdus"].as_array().unwrap();
+    let hv = pdus
         .iter()
-        .find(|e| e["type"] == "m.room.history_visibility")
-        .unwrap()
-        .clone();
-    assert_eq!(hv["content"]["history_visibility"], "joined");
+        .find(|e| e["type"] == "m.room.history_visibility");
+    assert_eq!(hv.unwrap()["content"]["history_visibility"], "joined");
 }

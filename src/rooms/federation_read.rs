@@ -149,24 +149,40 @@ fn server_of(user_id: &str) -> Option<&str> {
 
 /// Refuses a server with no joined member in the room's current state
 /// (server-server "Room State": "the requesting server must be in the
-/// room"), and unknown rooms alike, as Synapse ("Host not in room").
+/// room"), and unknown rooms alike, as Synapse ("Host not in room"), and a
+/// server the room's `m.room.server_acl` denies (server-server "Server
+/// Access Control Lists": 403 `M_FORBIDDEN`). One query reads both.
 pub async fn check_server_in_room(db: &Pool, room_id: &str, origin: &str) -> Result<(), RoomError> {
     let suffix = format!(":{origin}");
     let len = i32::try_from(suffix.chars().count()).unwrap_or(i32::MAX);
     // `right()` narrows the scan in SQL; the exact server match is below.
     let rows = db
         .query(
-            "SELECT state_key FROM current_state WHERE room_id = $1 \
-             AND type = 'm.room.member' AND membership = 'join' AND right(state_key, $3) = $2",
+            "SELECT state_key, NULL::jsonb FROM current_state WHERE room_id = $1 \
+             AND type = 'm.room.member' AND membership = 'join' AND right(state_key, $3) = $2 \
+             UNION ALL \
+             SELECT NULL, e.json->'content' FROM current_state c \
+             JOIN room_pdus e ON e.event_id = c.event_id \
+             WHERE c.room_id = $1 AND c.type = 'm.room.server_acl' AND c.state_key = ''",
             &[&room_id, &suffix, &len],
         )
         .await?;
+    let (mut member, mut acl) = (false, None);
     for r in rows {
-        if server_of(r.get::<&str>(0)?) == Some(origin) {
-            return Ok(());
+        match r.get::<Option<&str>>(0)? {
+            Some(k) => member |= server_of(k) == Some(origin),
+            None => acl = r.get::<Option<Value>>(1)?,
         }
     }
-    Err(RoomError::Forbidden("Host not in room".into()))
+    if !member {
+        return Err(RoomError::Forbidden("Host not in room".into()));
+    }
+    if !crate::federation::acl::server_allowed(acl.as_ref(), origin) {
+        return Err(RoomError::Forbidden(
+            "Server is banned from this room".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `origin` may see each of `events` (Synapse
@@ -226,14 +242,21 @@ async fn visible_to_server(
         .map(|e| {
             let Some(s) = e.snapshot else { return true };
             let (hv, members) = vis.get(&s).cloned().unwrap_or_default();
-            let has = |m: &str| members.iter().any(|x| x == m);
-            match hv.as_deref() {
-                Some("joined") => has("join"),
-                Some("invited") => has("join") || has("invite"),
-                _ => true,
-            }
+            server_may_see(hv.as_deref(), &members)
         })
         .collect())
+}
+
+/// Synapse's `check_event_is_visible` for servers: `history_visibility`
+/// after the event (absent or unknown: `shared`) and the memberships of
+/// the server's users then. Only `invited` and `joined` hide anything.
+fn server_may_see(history_visibility: Option<&str>, memberships: &[String]) -> bool {
+    let has = |m: &str| memberships.iter().any(|x| x == m);
+    match history_visibility {
+        Some("joined") => has("join"),
+        Some("invited") => has("join") || has("invite"),
+        _ => true,
+    }
 }
 
 /// `events` served to `origin`: redacted where it may not see them.
@@ -530,5 +553,18 @@ mod tests {
         assert_eq!(server_of("@bob:localhost:8448"), Some("localhost:8448"));
         assert_eq!(server_of("@bob:example.org"), Some("example.org"));
         assert_eq!(server_of("nocolon"), None);
+    }
+
+    #[test]
+    fn only_invited_and_joined_history_hide_events_from_servers() {
+        let m = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for hv in [None, Some("shared"), Some("world_readable"), Some("bogus")] {
+            assert!(server_may_see(hv, &[]), "{hv:?}");
+        }
+        assert!(server_may_see(Some("joined"), &m(&["leave", "join"])));
+        assert!(!server_may_see(Some("joined"), &m(&["invite", "leave"])));
+        assert!(server_may_see(Some("invited"), &m(&["invite"])));
+        assert!(!server_may_see(Some("invited"), &m(&["leave", "ban"])));
+        assert!(!server_may_see(Some("invited"), &[]));
     }
 }

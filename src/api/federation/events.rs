@@ -40,12 +40,12 @@ fn seed_ids<'a>(raw: impl IntoIterator<Item = Cow<'a, str>>) -> Result<Vec<Strin
     for v in raw {
         // Some servers join several ids with commas in one `v`.
         for id in v.split(',').filter(|s| !s.is_empty()) {
+            if out.len() == MAX_SEEDS {
+                return Err(MatrixError::invalid_param(format!(
+                    "At most {MAX_SEEDS} event ids"
+                )));
+            }
             out.push(event_id(id)?.to_string());
-        }
-        if out.len() > MAX_SEEDS {
-            return Err(MatrixError::invalid_param(format!(
-                "At most {MAX_SEEDS} event ids"
-            )));
         }
     }
     Ok(out)
