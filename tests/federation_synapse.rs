@@ -10,184 +10,18 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use common::fed::{free_port, write_cert};
+use common::synapse::{json_of, start_synapse, syn_get, synapse_python};
+
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::{call, enc, Hearth, Opts};
 use hearth::config::FederationSection;
 use hearth::db::testing::TestCluster;
 use hearth::events::ServerKey;
 use hearth::federation::Federation;
-use serde_json::{json, Value};
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn synapse_python() -> String {
-    let out = Command::new("bash")
-        .arg(format!("{ROOT}/scripts/ensure-synapse.sh"))
-        .output()
-        .expect("run scripts/ensure-synapse.sh");
-    assert!(
-        out.status.success(),
-        "scripts/ensure-synapse.sh failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
-fn write_cert(dir: &Path) -> (String, String) {
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let c = dir.join("tls.crt");
-    let k = dir.join("tls.key");
-    std::fs::write(&c, cert.cert.pem()).unwrap();
-    std::fs::write(&k, cert.key_pair.serialize_pem()).unwrap();
-    (c.display().to_string(), k.display().to_string())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Synapse {
-    child: Child,
-    name: String,
-    client: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Synapse {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Config as /work/shared/notes/synapse-as-a-peer.md says loopback
-/// federation needs: explicit-port server name, TLS federation listener,
-/// no certificate checks, loopback allowed, no notaries.
-fn start_synapse(py: &str) -> Synapse {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display().to_string();
-    let (cert, key) = write_cert(dir.path());
-    let fed_port = free_port();
-    let client_port = free_port();
-    let name = format!("localhost:{fed_port}");
-    let config = format!(
-        r#"
-server_name: "{name}"
-pid_file: "{d}/homeserver.pid"
-listeners:
-  - port: {fed_port}
-    bind_addresses: ["127.0.0.1"]
-    type: http
-    tls: true
-    resources: [{{names: [federation], compress: false}}]
-  - port: {client_port}
-    bind_addresses: ["127.0.0.1"]
-    type: http
-    tls: false
-    resources: [{{names: [client, federation], compress: false}}]
-tls_certificate_path: "{cert}"
-tls_private_key_path: "{key}"
-database:
-  name: sqlite3
-  args: {{database: "{d}/homeserver.db"}}
-media_store_path: "{d}/media"
-signing_key_path: "{d}/signing.key"
-report_stats: false
-trusted_key_servers: []
-suppress_key_server_warning: true
-federation_verify_certificates: false
-ip_range_whitelist: ["127.0.0.0/8"]
-federation_ip_range_blacklist: []
-registration_shared_secret: "s3cret"
-macaroon_secret_key: "m4caroon"
-form_secret: "f0rm"
-enable_metrics: false
-presence: {{enabled: false}}
-federation:
-  destination_min_retry_interval: 1s
-  destination_max_retry_interval: 5s
-"#
-    );
-    let cfg = dir.path().join("homeserver.yaml");
-    std::fs::write(&cfg, config).unwrap();
-    let gen = Command::new(py)
-        .args(["-m", "synapse.app.homeserver", "-c"])
-        .arg(&cfg)
-        .arg("--generate-keys")
-        .output()
-        .unwrap();
-    assert!(
-        gen.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gen.stderr)
-    );
-    let child = Command::new(py)
-        .args(["-m", "synapse.app.homeserver", "-c"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let client: std::net::SocketAddr = format!("127.0.0.1:{client_port}").parse().unwrap();
-    let until = Instant::now() + Duration::from_secs(120);
-    loop {
-        if std::net::TcpStream::connect(client).is_ok()
-            && syn_get(client, "/_matrix/client/versions").0 == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < until, "Synapse did not come up");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    Synapse {
-        child,
-        name,
-        client,
-        _dir: dir,
-    }
-}
-
-/// `GET` against Synapse's plain client listener. HTTP/1.0, so Twisted
-/// frames the body by closing (it chunks HTTP/1.1 answers).
-fn syn_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, out[split + 4..].to_vec())
-}
-
-fn json_of(b: &[u8]) -> Value {
-    serde_json::from_slice(b).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(b)))
-}
+use serde_json::json;
 
 #[test]
 fn synapse_and_hearth_authenticate_each_other() {

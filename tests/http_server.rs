@@ -161,7 +161,8 @@ impl TestServer {
 
     fn connect(&self) -> TcpStream {
         let s = TcpStream::connect(self.addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Generous: a first panic symbolizes a backtrace, seconds under load.
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s
     }
 
