@@ -490,6 +490,18 @@ fn a_staged_pdu_survives_a_kill_before_it_is_applied() {
             .requests("/_matrix/federation/v1/get_missing_events/")
             .is_empty()
     });
+    // While the origin stalls, the room's write path is free: a local
+    // send to the same room commits at once, and the shards serve.
+    let t0 = std::time::Instant::now();
+    let local = ok(call(
+        &w.home.h,
+        "PUT",
+        &format!("/rooms/{}/send/m.room.message/during-stall", w.room),
+        &w.alice.token,
+        Some(json!({"msgtype": "m.text", "body": "not blocked"})),
+    ));
+    assert!(local["event_id"].is_string());
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     w.home.h.signal(libc::SIGKILL);
     w.home.h.wait_exit(Duration::from_secs(30));
     *stall.lock().unwrap() = false;
