@@ -335,3 +335,104 @@ fn synapse_users_join_talk_are_invited_and_leave_a_hearth_room() {
         syn_bodies(&syn, &bob_t, &room).contains(&"back again".to_owned())
     });
 }
+
+fn syn_create(syn: &Synapse, token: &str, preset: &str) -> String {
+    let (status, v) = syn_call(
+        syn,
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        Some(token),
+        Some(&json!({"preset": preset})),
+    );
+    assert_eq!(status, 200, "Synapse createRoom: {v}");
+    v["room_id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn hearth_users_join_synapse_rooms_by_id_and_by_invite() {
+    let py = synapse_python();
+    let syn = start_synapse(&py);
+    let home = start_home_with(&[
+        ("HEARTH_FEDERATION__RETRY_MIN_MS", "500"),
+        ("HEARTH_FEDERATION__RETRY_MAX_MS", "2000"),
+    ]);
+    let (sam, sam_t) = syn_register(&syn, "sam");
+    let bob = register_user(&home.h, "bob");
+    let carol = register_user(&home.h, "carol");
+
+    // bob joins a public Synapse room by id, through Synapse.
+    let room = syn_create(&syn, &sam_t, "public_chat");
+    syn_send(&syn, &sam_t, &room, "before bob");
+    let r = call(
+        &home.h,
+        "POST",
+        &format!("/join/{}?server_name={}", enc(&room), enc(&syn.name)),
+        &bob.token,
+        Some(json!({})),
+    );
+    assert_eq!(r.status, 200, "bob's remote join: {:?}", r.json());
+    assert_eq!(
+        membership(&home, &bob, &room, &bob.id).as_deref(),
+        Some("join")
+    );
+    let st = call(
+        &home.h,
+        "GET",
+        &format!("/rooms/{room}/state"),
+        &bob.token,
+        None,
+    )
+    .json();
+    assert_eq!(
+        membership(&home, &bob, &room, &sam).as_deref(),
+        Some("join"),
+        "state: {st}"
+    );
+    within(60, "bob joined on Synapse", || {
+        let (_, v) = syn_call(
+            &syn,
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)),
+            Some(&sam_t),
+            None,
+        );
+        v["joined"][&bob.id].is_object()
+    });
+    // Messages both ways.
+    syn_send(&syn, &sam_t, &room, "welcome, bob");
+    within(60, "sam's message on hearth", || {
+        hearth_bodies(&home, &bob, &room).contains(&"welcome, bob".to_owned())
+    });
+    hearth_send(&home, &bob, &room, "thanks, sam");
+    within(60, "bob's message on Synapse", || {
+        syn_bodies(&syn, &sam_t, &room).contains(&"thanks, sam".to_owned())
+    });
+
+    // carol is invited to a private Synapse room and accepts: hearth joins
+    // through the inviting server.
+    let private = syn_create(&syn, &sam_t, "private_chat");
+    let (status, v) = syn_call(
+        &syn,
+        "POST",
+        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&private)),
+        Some(&sam_t),
+        Some(&json!({"user_id": carol.id})),
+    );
+    assert_eq!(status, 200, "Synapse invites carol: {v}");
+    let r = call(
+        &home.h,
+        "POST",
+        &format!("/rooms/{}/join", enc(&private)),
+        &carol.token,
+        Some(json!({})),
+    );
+    assert_eq!(r.status, 200, "carol accepts: {:?}", r.json());
+    assert_eq!(
+        membership(&home, &carol, &private, &carol.id).as_deref(),
+        Some("join")
+    );
+    hearth_send(&home, &carol, &private, "hi from carol");
+    within(60, "carol's message on Synapse", || {
+        syn_bodies(&syn, &sam_t, &private).contains(&"hi from carol".to_owned())
+    });
+}

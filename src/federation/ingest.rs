@@ -159,6 +159,9 @@ async fn drain_once(state: &Rc<ShardState>, room: &OwnedRoomId) -> Result<usize,
         )
         .await?;
     let n = rows.len();
+    // Rows applied so far, deleted in one statement per batch (a crash
+    // before it re-applies them: "already known").
+    let mut done: Vec<i64> = Vec::with_capacity(n);
     for r in rows {
         let seq: i64 = r.get(0)?;
         let origin: String = r.get(1)?;
@@ -166,17 +169,31 @@ async fn drain_once(state: &Rc<ShardState>, room: &OwnedRoomId) -> Result<usize,
         match serde_json::from_str::<CanonicalJsonObject>(&text) {
             Ok(pdu) => match process(state, room, &origin, pdu).await {
                 Ok(()) => {}
-                Err(e) if is_transient(&e) => return Err(e),
+                Err(e) if is_transient(&e) => {
+                    delete_staged(state, &done).await?;
+                    return Err(e);
+                }
                 Err(e) => tracing::info!(%room, %origin, error = %e, "dropped a staged PDU"),
             },
             Err(e) => tracing::warn!(%room, error = %e, "unreadable staged PDU dropped"),
         }
+        done.push(seq);
+    }
+    delete_staged(state, &done).await?;
+    Ok(n)
+}
+
+async fn delete_staged(state: &ShardState, seqs: &[i64]) -> Result<(), RoomError> {
+    if !seqs.is_empty() {
         state
             .db
-            .execute("DELETE FROM federation_staging WHERE seq = $1", &[&seq])
+            .execute(
+                "DELETE FROM federation_staging WHERE seq = ANY($1)",
+                &[&seqs.to_vec()],
+            )
             .await?;
     }
-    Ok(n)
+    Ok(())
 }
 
 fn is_transient(e: &RoomError) -> bool {

@@ -9,6 +9,7 @@
 //! - `acl`: `m.room.server_acl` checks (given the ACL content).
 //! - `inbound` + `ingest` + `edus`: received transactions: checked and
 //!   staged durably before the answer, then applied per room on its owner.
+//! - `join`: joining rooms hosted elsewhere (make_join, send_join).
 //! - `sender`: outbound transactions, one queue per destination.
 //! - `membership`: the resident side of send_join/leave/knock, and invites
 //!   of our users co-signed.
@@ -22,6 +23,7 @@ pub mod edus;
 pub mod inbound;
 pub mod ingest;
 pub mod ip_range;
+pub mod join;
 pub mod keys;
 pub mod membership;
 pub mod resolve;

@@ -149,6 +149,24 @@ pub async fn set_membership(
     .await
 }
 
+/// Stores a room joined through another server on its owner shard
+/// (`Rooms::persist_remote_join`).
+pub async fn persist_remote_join(
+    mesh: &MeshEndpoint,
+    room: OwnedRoomId,
+    version: crate::events::RoomVersion,
+    events: Vec<(OwnedEventId, CanonicalJsonObject)>,
+    state_ids: Vec<OwnedEventId>,
+    join: (OwnedEventId, CanonicalJsonObject),
+) -> Result<OwnedEventId, RoomError> {
+    on_owner(mesh, &room.clone(), move |rooms| async move {
+        rooms
+            .persist_remote_join(&room, version, events, state_ids, join)
+            .await
+    })
+    .await
+}
+
 /// The invite of `target` (a user of another server) by `sender`, built
 /// and signed on the owner shard but not stored: the caller has it
 /// co-signed by the target's server first.

@@ -143,7 +143,7 @@ impl Rooms {
                     stream.into(),
                 ],
             );
-            return self.finish(w, pdu, ticket, None, None, place.epoch);
+            return self.finish(w, pdu, ticket, Err(head), None, place.epoch);
         };
         // State after the event, and its snapshot. A non-state event's is
         // the state before it, shared (no copy of a big room's state).
@@ -182,7 +182,7 @@ impl Rooms {
                     stream.into(),
                 ],
             );
-            return self.finish(w, pdu, ticket, None, None, place.epoch);
+            return self.finish(w, pdu, ticket, Err(head), None, place.epoch);
         }
 
         // Forward extremities: the prev events stop being ones.
@@ -320,7 +320,7 @@ impl Rooms {
             w,
             pdu,
             ticket,
-            Some((new_head, ext, resolved)),
+            Ok((new_head, ext, resolved)),
             txn,
             place.epoch,
         )
@@ -410,10 +410,16 @@ impl Rooms {
         w: Write,
         pdu: Pdu,
         ticket: crate::stream::Ticket,
-        head: Option<(RoomHead, ExtremityChange, bool)>,
+        head: Result<(RoomHead, ExtremityChange, bool), &RoomHead>,
         txn: Option<TxnKey>,
         epoch: u64,
     ) -> Result<Committing, RoomError> {
+        // A soft-failed event or outlier leaves the head where it was: the
+        // one the caller built on is the pipeline's tail if none is queued.
+        let (head, unchanged) = match head {
+            Ok(h) => (Some(h), None),
+            Err(current) => (None, Some(current)),
+        };
         let resolved = head.as_ref().is_some_and(|h| h.2);
         let (head, ext) = head.map(|(h, e, _)| (h, e)).unzip();
         let stream = ticket.pos();
@@ -439,7 +445,7 @@ impl Rooms {
             ext,
             txn,
         };
-        self.enqueue(epoch, prepared, ticket, change)
+        self.enqueue(epoch, prepared, ticket, change, unchanged)
     }
 }
 

@@ -228,7 +228,7 @@ async fn visible_event(
     event_id: &str,
 ) -> Result<TimelineEvent, RoomError> {
     let not_found = || RoomError::NotFound("event not found".into());
-    let ev = timeline::load_by_ids(db, &[event_id.to_owned()])
+    let ev = timeline::load_timeline_by_ids(db, &[event_id.to_owned()])
         .await?
         .remove(event_id)
         .filter(|e| e.pdu.room_id.as_str() == room_id)
@@ -263,7 +263,7 @@ pub async fn get_event_any_room(
     viewer: &Viewer,
     event_id: &str,
 ) -> Result<Value, HistoryError> {
-    let room_id = timeline::load_by_ids(db, &[event_id.to_owned()])
+    let room_id = timeline::load_timeline_by_ids(db, &[event_id.to_owned()])
         .await?
         .remove(event_id)
         .map(|e| e.pdu.room_id.to_string())

@@ -25,6 +25,7 @@ pub mod member_profile;
 pub mod pipeline;
 pub mod receive;
 pub mod redaction;
+pub mod remote_join;
 pub mod remote_keys;
 pub mod resolve;
 pub mod serve;

@@ -187,6 +187,7 @@ impl Rooms {
         prepared: Prepared,
         ticket: Ticket,
         change: Option<Change>,
+        unchanged: Option<&RoomHead>,
     ) -> Result<Committing, RoomError> {
         let p = &self.pipelines;
         if p.failures.get() != epoch {
@@ -207,41 +208,40 @@ impl Rooms {
             .borrow_mut()
             .put(pdu.event_id.clone(), pdu.clone());
         let (reply, answer) = oneshot();
-        let start =
-            {
-                let mut pipes = p.pipes.borrow_mut();
-                let queued = Queued { prepared, reply };
-                match pipes.get_mut(&room) {
-                    Some(pipe) => {
-                        if let Some(h) = &queued.prepared.head {
-                            pipe.tail = h.clone();
-                        }
-                        pipe.queued.push_back(queued);
-                        false
+        let start = {
+            let mut pipes = p.pipes.borrow_mut();
+            let queued = Queued { prepared, reply };
+            match pipes.get_mut(&room) {
+                Some(pipe) => {
+                    if let Some(h) = &queued.prepared.head {
+                        pipe.tail = h.clone();
                     }
-                    None => {
-                        let tail =
-                            match &queued.prepared.head {
-                                Some(h) => h.clone(),
-                                // A soft-failed event or outlier first: the tail is
-                                // the committed head (the caller built on it).
-                                None => self.heads.borrow_mut().get(&room).cloned().ok_or_else(
-                                    || RoomError::Internal("room head not cached".into()),
-                                )?,
-                            };
-                        let mut queue = VecDeque::new();
-                        queue.push_back(queued);
-                        pipes.insert(
-                            room.clone(),
-                            Pipe {
-                                tail,
-                                queued: queue,
-                            },
-                        );
-                        true
-                    }
+                    pipe.queued.push_back(queued);
+                    false
                 }
-            };
+                None => {
+                    let tail = match (&queued.prepared.head, unchanged) {
+                        (Some(h), _) => h.clone(),
+                        // A soft-failed event or outlier first: the tail is
+                        // the head the caller built on.
+                        (None, Some(h)) => Rc::new(h.clone()),
+                        (None, None) => {
+                            return Err(RoomError::Internal("no head for the tail".into()))
+                        }
+                    };
+                    let mut queue = VecDeque::new();
+                    queue.push_back(queued);
+                    pipes.insert(
+                        room.clone(),
+                        Pipe {
+                            tail,
+                            queued: queue,
+                        },
+                    );
+                    true
+                }
+            }
+        };
         if start {
             monoio::spawn(flush(self.clone(), room));
         }

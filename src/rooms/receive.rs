@@ -326,7 +326,7 @@ impl Rooms {
     }
 
     /// The events of `state` the auth rules read for `pdu`.
-    async fn auth_state(
+    pub(super) async fn auth_state(
         &self,
         state: &StateMap,
         version: RoomVersion,
@@ -361,7 +361,7 @@ impl Rooms {
     /// (`(type, state_key)` → event); `own_auth_events`: `state` is the
     /// event's own auth events, so the rules about them run too. `Err`:
     /// why it fails.
-    async fn authorise(
+    pub(super) async fn authorise(
         &self,
         version: RoomVersion,
         pdu: &Pdu,

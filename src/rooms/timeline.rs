@@ -208,8 +208,9 @@ impl TimelineEvent {
     }
 }
 
-/// Loads events by id (any rooms), keyed by id; unknown ids are absent.
-pub async fn load_by_ids(
+/// Loads timeline events by id (any rooms), keyed by id: no outliers, for
+/// what a client asks for by event id (`/event`, `/context`).
+pub async fn load_timeline_by_ids(
     db: &Pool,
     ids: &[String],
 ) -> Result<HashMap<String, TimelineEvent>, RoomError> {
@@ -219,6 +220,31 @@ pub async fn load_by_ids(
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events e JOIN rooms r USING (room_id) \
          WHERE e.event_id = ANY($1)"
+    );
+    let rows = db.query(&sql, &[&ids]).await?;
+    rows.iter()
+        .map(|r| TimelineEvent::from_row(r).map(|e| (e.pdu.event_id.to_string(), e)))
+        .collect()
+}
+
+/// Loads events by id (any rooms), keyed by id; unknown ids are absent.
+pub async fn load_by_ids(
+    db: &Pool,
+    ids: &[String],
+) -> Result<HashMap<String, TimelineEvent>, RoomError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // Outliers too: a state map may name one (state a resident server gave
+    // us on a join, or across a gap), and it is served like any state
+    // event. Soft-failed events never are.
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events e JOIN rooms r USING (room_id) \
+         WHERE e.event_id = ANY($1) \
+         UNION ALL \
+         SELECT g.event_id, g.json, g.depth, g.stream_shard, g.stream_ordering, g.snapshot_id, \
+                NULL::text, r.room_version FROM graph_events g JOIN rooms r USING (room_id) \
+         WHERE g.event_id = ANY($1) AND g.status = 'outlier'"
     );
     let rows = db.query(&sql, &[&ids]).await?;
     rows.iter()

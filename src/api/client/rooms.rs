@@ -165,14 +165,36 @@ pub async fn join(state: Rc<ShardState>, req: Request) -> HandlerResult {
         .raw_param("roomId")
         .map(|_| req.param_str("roomId"))
         .unwrap_or_else(|| req.param_str("roomIdOrAlias"))?;
+    // Servers to join through if no user of ours is in the room
+    // (`server_name` is the older name of `via`).
+    let mut via: Vec<String> = req
+        .query_params("via")
+        .into_iter()
+        .chain(req.query_params("server_name"))
+        .map(|s| s.into_owned())
+        .collect();
     let room_id = if raw.starts_with('#') {
         let a = alias::parse(&raw).map_err(|e| MatrixError::from(e.into_room_error()))?;
-        super::directory::resolve(&state, &a).await?
+        if a.server_name() == state.key.server_name {
+            super::directory::resolve(&state, &a).await?
+        } else {
+            let (room, servers) = crate::federation::join::resolve_alias(&state, &a).await?;
+            via.extend(servers);
+            room
+        }
     } else {
         OwnedRoomId::try_from(raw.as_ref())
             .map_err(|_| MatrixError::invalid_param("Invalid room id"))?
     };
     let body: ReasonBody = optional_json_body(&req)?;
+    if let Some(servers) =
+        crate::federation::join::candidates(&state, &who.user_id, &room_id, via).await?
+    {
+        if !servers.is_empty() {
+            crate::federation::join::join_remote(&state, &who.user_id, &room_id, &servers).await?;
+            return Ok(Response::json(200, &json!({ "room_id": room_id })));
+        }
+    }
     let target = who.user_id.to_string();
     membership(
         &state,

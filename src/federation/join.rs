@@ -1,0 +1,258 @@
+//! Joining a room hosted elsewhere (server-server "Joining Rooms", the
+//! joining side): `make_join` on each candidate server in turn (offering
+//! every room version we understand), our join signed, `send_join` v2,
+//! every event of the answer checked (signatures and content hashes in
+//! bulk on the blocking pool), then stored on the room's owner shard
+//! (`Rooms::persist_remote_join`). Full state for now; the partial-state
+//! join (`omit_members`) is the next step.
+
+use std::rc::Rc;
+
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use ruma::canonical_json::{CanonicalJsonObject, CanonicalJsonValue};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use serde_json::Value;
+
+use crate::events::{event_id_of, hash_and_sign, RoomVersion};
+use crate::rooms::{client, RoomError};
+use crate::shard_state::ShardState;
+
+fn enc(s: &str) -> String {
+    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+}
+
+fn object(v: Value) -> Option<CanonicalJsonObject> {
+    match serde_json::from_value::<CanonicalJsonValue>(v) {
+        Ok(CanonicalJsonValue::Object(o)) => Some(o),
+        _ => None,
+    }
+}
+
+/// Joins `user` to `room` through the first of `servers` that lets us.
+pub async fn join_remote(
+    state: &Rc<ShardState>,
+    user: &OwnedUserId,
+    room: &OwnedRoomId,
+    servers: &[String],
+) -> Result<OwnedEventId, RoomError> {
+    let ours = state.key.server_name.as_str();
+    let mut last = RoomError::NotFound(format!("No server to join {room} through"));
+    for server in servers.iter().filter(|s| s.as_str() != ours) {
+        match join_via(state, user, room, server).await {
+            Ok(id) => return Ok(id),
+            Err(e) => {
+                tracing::info!(%room, %server, error = %e, "remote join failed; trying the next server");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn join_via(
+    state: &Rc<ShardState>,
+    user: &OwnedUserId,
+    room: &OwnedRoomId,
+    server: &str,
+) -> Result<OwnedEventId, RoomError> {
+    let remote = |what: &str, e: &dyn std::fmt::Display| {
+        RoomError::Forbidden(format!("{what} at {server} failed: {e}"))
+    };
+    let vers: Vec<String> = RoomVersion::UNDERSTOOD
+        .iter()
+        .map(|v| format!("ver={}", v.as_str()))
+        .collect();
+    let path = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?{}",
+        enc(room.as_str()),
+        enc(user.as_str()),
+        vers.join("&")
+    );
+    let made: Value = state
+        .federation
+        .request_json(server, "GET", &path, None)
+        .await
+        .map_err(|e| remote("make_join", &e))?;
+    let version = made
+        .get("room_version")
+        .and_then(Value::as_str)
+        .unwrap_or("1");
+    let version = RoomVersion::parse(version).map_err(|e| remote("make_join", &e))?;
+    let mut template = made
+        .get("event")
+        .cloned()
+        .and_then(object)
+        .ok_or_else(|| remote("make_join", &"no event template"))?;
+    // What the resident server proposes must be our join to this room.
+    let is =
+        |k: &str, v: &str| matches!(template.get(k), Some(CanonicalJsonValue::String(s)) if s == v);
+    if !is("type", "m.room.member")
+        || !is("state_key", user.as_str())
+        || !is("sender", user.as_str())
+        || !is("room_id", room.as_str())
+    {
+        return Err(remote("make_join", &"the template is not our join"));
+    }
+    let mut content = CanonicalJsonObject::new();
+    content.insert("membership".into(), "join".to_owned().into());
+    if let Some(CanonicalJsonValue::Object(c)) = template.get("content") {
+        if let Some(via) = c.get("join_authorised_via_users_server") {
+            content.insert("join_authorised_via_users_server".into(), via.clone());
+        }
+    }
+    crate::rooms::member_profile::fill(&state.db, user.as_str(), &mut content).await?;
+    template.insert("content".into(), CanonicalJsonValue::Object(content));
+    template.insert(
+        "origin_server_ts".into(),
+        CanonicalJsonValue::Integer(
+            ruma::Int::try_from(crate::primitives::unix_ms()).unwrap_or_default(),
+        ),
+    );
+    template.remove("signatures");
+    template.remove("hashes");
+    template.remove("unsigned");
+    hash_and_sign(&mut template, version, &state.key)
+        .map_err(|e| RoomError::Internal(format!("signing our join: {e}")))?;
+    let join_id = event_id_of(&template, version).map_err(|e| remote("make_join", &e))?;
+    let path = format!(
+        "/_matrix/federation/v2/send_join/{}/{}",
+        enc(room.as_str()),
+        enc(join_id.as_str())
+    );
+    let body = serde_json::to_value(&template).map_err(|e| RoomError::Internal(e.to_string()))?;
+    let answer: Value = state
+        .federation
+        .request_json(server, "PUT", &path, Some(&body))
+        .await
+        .map_err(|e| remote("send_join", &e))?;
+    // A restricted room's resident server adds its signature to our join.
+    let join = answer
+        .get("event")
+        .cloned()
+        .and_then(object)
+        .filter(|e| event_id_of(e, version).ok().as_ref() == Some(&join_id))
+        .unwrap_or(template);
+    let list = |k: &str| -> Vec<CanonicalJsonObject> {
+        answer
+            .get(k)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().cloned().filter_map(object).collect())
+            .unwrap_or_default()
+    };
+    let state_events = list("state");
+    let auth_chain = list("auth_chain");
+    let mut state_ids = Vec::with_capacity(state_events.len());
+    let mut all = Vec::with_capacity(state_events.len() + auth_chain.len());
+    for e in state_events {
+        if let Ok(id) = event_id_of(&e, version) {
+            state_ids.push(id.clone());
+            all.push((id, e));
+        }
+    }
+    for e in auth_chain {
+        if let Ok(id) = event_id_of(&e, version) {
+            if !state_ids.contains(&id) {
+                all.push((id, e));
+            }
+        }
+    }
+    let mut verified = Vec::with_capacity(all.len());
+    for (id, outcome) in super::inbound::verify_pdus(state, version, all).await? {
+        match outcome {
+            Ok(p) => verified.push((id, p)),
+            Err(e) => tracing::info!(event = %id, error = %e, "send_join answer event refused"),
+        }
+    }
+    client::persist_remote_join(
+        &state.mesh,
+        room.clone(),
+        version,
+        verified,
+        state_ids,
+        (join_id, join),
+    )
+    .await
+}
+
+/// Where to join `room` through, besides what the client named: the
+/// server of the room id (before v12 ids name one) and the senders of
+/// invites our `user` got to it (accepting a remote invite joins via the
+/// inviting server). `None` if a user of ours is joined already (a local
+/// join is enough).
+pub async fn candidates(
+    state: &ShardState,
+    user: &OwnedUserId,
+    room: &OwnedRoomId,
+    mut named: Vec<String>,
+) -> Result<Option<Vec<String>>, RoomError> {
+    let ours = state.key.server_name.as_str();
+    let rows = state
+        .db
+        .query(
+            "SELECT state_key FROM current_state WHERE room_id = $1 \
+             AND type = 'm.room.member' AND membership = 'join'",
+            &[&room.as_str()],
+        )
+        .await?;
+    for r in &rows {
+        if let Ok(u) = OwnedUserId::try_from(r.get::<String>(0)?) {
+            if u.server_name().as_str() == ours {
+                return Ok(None);
+            }
+        }
+    }
+    let invites = state
+        .db
+        .query(
+            "SELECT event->>'sender' FROM remote_invites WHERE room_id = $1 AND user_id = $2",
+            &[&room.as_str(), &user.as_str()],
+        )
+        .await?;
+    for r in &invites {
+        if let Some(s) = r.get::<Option<String>>(0)? {
+            if let Ok(u) = OwnedUserId::try_from(s) {
+                named.push(u.server_name().to_string());
+            }
+        }
+    }
+    if let Some(s) = room.server_name() {
+        named.push(s.to_string());
+    }
+    let mut seen = std::collections::HashSet::new();
+    named.retain(|s| s != ours && seen.insert(s.clone()));
+    Ok(Some(named))
+}
+
+/// A remote alias through its server's `/query/directory`: the room and
+/// the servers to join it through.
+pub async fn resolve_alias(
+    state: &ShardState,
+    alias: &ruma::OwnedRoomAliasId,
+) -> Result<(OwnedRoomId, Vec<String>), RoomError> {
+    let server = alias.server_name().to_string();
+    let path = format!(
+        "/_matrix/federation/v1/query/directory?room_alias={}",
+        enc(alias.as_str())
+    );
+    let v: Value = state
+        .federation
+        .request_json(&server, "GET", &path, None)
+        .await
+        .map_err(|e| RoomError::NotFound(format!("Room alias {alias} not found: {e}")))?;
+    let room = v
+        .get("room_id")
+        .and_then(Value::as_str)
+        .and_then(|r| OwnedRoomId::try_from(r).ok())
+        .ok_or_else(|| RoomError::NotFound(format!("Room alias {alias} not found")))?;
+    let mut servers: Vec<String> = v
+        .get("servers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    servers.insert(0, server);
+    Ok((room, servers))
+}
