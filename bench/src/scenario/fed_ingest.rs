@@ -71,6 +71,10 @@ pub struct FedIngestArgs {
     /// Timeline limit of the members' syncs.
     #[arg(long, default_value_t = 1000)]
     pub sync_limit: usize,
+    /// Offered load in PDUs/s over all rooms, each room's transactions paced
+    /// evenly (0: closed loop, the next transaction as soon as the answer is in).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
     /// Also write the headline figures as a small JSON object here.
     #[arg(long)]
     pub summary: Option<std::path::PathBuf>,
@@ -367,7 +371,13 @@ fn build_txns(
                 if sample.len() < 300 {
                     sample.push(signed.pdu.clone());
                 }
-                pdus.push(serde_json::to_value(&signed.pdu)?);
+                let v = serde_json::to_value(&signed.pdu)?;
+                remote
+                    .store
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(prev.clone(), v.clone());
+                pdus.push(v);
                 i += 1;
             }
             let txn_id = format!("hb{run}r{r}t{}", txns.len());
@@ -420,7 +430,10 @@ fn time_verify(remote: &RemoteServer, version: RoomVersion, sample: &[CanonicalJ
         }
     }
     if ok != sample.len() * 3 {
-        eprintln!("fed-ingest: warning: {ok} of {} self-checks passed", sample.len() * 3);
+        eprintln!(
+            "fed-ingest: warning: {ok} of {} self-checks passed",
+            sample.len() * 3
+        );
     }
     t.elapsed().as_secs_f64() * 1e6 / (sample.len() * 3).max(1) as f64
 }
@@ -478,7 +491,11 @@ pub fn run(a: &FedIngestArgs) -> anyhow::Result<RunReport> {
     }
     eprintln!(
         "fed-ingest: remote servers {} (key ed25519:hb{run_id} each)",
-        remotes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+        remotes
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let st = super::setup(c, set_up(a, &target, &run_id, &remotes, version))?;
     let (txns, ids, sample) = build_txns(a, &run_id, &remotes, version, &st.rooms)?;
@@ -501,8 +518,12 @@ pub fn run(a: &FedIngestArgs) -> anyhow::Result<RunReport> {
     let counters = Arc::new(Mutex::new((0usize, 0usize, 0usize, 0usize)));
     let (cpu2, counters2, t2) = (cpu.clone(), counters.clone(), target.clone());
     let server_pid = c.server_pid;
+    // Pacing: room r sends its transaction i no earlier than i × interval.
+    let interval = (a.rate > 0.0)
+        .then(|| Duration::from_secs_f64(a.txn_pdus.clamp(1, 50) as f64 * rooms as f64 / a.rate));
     let make: MakeTasks = Arc::new(move |_t, window, progress| {
-        let all: Vec<Vec<Txn>> = std::mem::take(&mut *txns.lock().unwrap_or_else(|e| e.into_inner()));
+        let all: Vec<Vec<Txn>> =
+            std::mem::take(&mut *txns.lock().unwrap_or_else(|e| e.into_inner()));
         let shared = Rc::new(RefCell::new(Shared {
             sent_at: all.iter().map(|t| vec![None; t.len()]).collect(),
             seen: vec![false; total_pdus],
@@ -522,7 +543,8 @@ pub fn run(a: &FedIngestArgs) -> anyhow::Result<RunReport> {
                 let mut rec = Recorder::new(window, progress);
                 let token = tokens[m].clone();
                 let mut conn = Conn::new(target.addr, &target.host_header);
-                let Some(mut since) = first_token(&mut conn, &token, &mut rec, &window).await else {
+                let Some(mut since) = first_token(&mut conn, &token, &mut rec, &window).await
+                else {
                     return rec;
                 };
                 while !window.over() {
@@ -591,8 +613,7 @@ pub fn run(a: &FedIngestArgs) -> anyhow::Result<RunReport> {
                     continue;
                 }
             };
-            let (shared, progress, fed_name) =
-                (shared.clone(), progress.clone(), fed_name.clone());
+            let (shared, progress, fed_name) = (shared.clone(), progress.clone(), fed_name.clone());
             tasks.push(Box::pin(async move {
                 let mut rec = Recorder::new(window, progress);
                 // Members parked first (up to 10 s), so the first deliveries are real.
@@ -601,7 +622,12 @@ pub fn run(a: &FedIngestArgs) -> anyhow::Result<RunReport> {
                     monoio::time::sleep(Duration::from_millis(5)).await;
                 }
                 let mut ran_out = true;
+                let paced_from = Instant::now();
                 'txns: for (ti, txn) in room_txns.iter().enumerate() {
+                    if let Some(iv) = interval {
+                        let at = paced_from + iv * ti as u32;
+                        monoio::time::sleep(at.saturating_duration_since(Instant::now())).await;
+                    }
                     let mut attempts = 0;
                     loop {
                         if window.over() {
@@ -676,11 +702,20 @@ pub fn run(a: &FedIngestArgs) -> anyhow::Result<RunReport> {
             }));
         }
         // CPU per thread group at the window's edges, and final counters.
-        let (cpu, counters, shared, progress) =
-            (cpu2.clone(), counters2.clone(), shared.clone(), progress.clone());
+        let (cpu, counters, shared, progress) = (
+            cpu2.clone(),
+            counters2.clone(),
+            shared.clone(),
+            progress.clone(),
+        );
         tasks.push(Box::pin(async move {
             let rec = Recorder::new(window, progress);
-            monoio::time::sleep(window.measure_from.saturating_duration_since(Instant::now())).await;
+            monoio::time::sleep(
+                window
+                    .measure_from
+                    .saturating_duration_since(Instant::now()),
+            )
+            .await;
             let before = server_pid.map(thread_ticks).unwrap_or_default();
             monoio::time::sleep(window.end.saturating_duration_since(Instant::now())).await;
             let after = server_pid.map(thread_ticks).unwrap_or_default();
@@ -688,8 +723,12 @@ pub fn run(a: &FedIngestArgs) -> anyhow::Result<RunReport> {
             // Let the senders and syncs see the end.
             monoio::time::sleep(Duration::from_millis(200)).await;
             let sh = shared.borrow();
-            *counters.lock().unwrap_or_else(|e| e.into_inner()) =
-                (sh.ran_out, sh.delivered, sh.limited, sh.seen.iter().filter(|s| **s).count());
+            *counters.lock().unwrap_or_else(|e| e.into_inner()) = (
+                sh.ran_out,
+                sh.delivered,
+                sh.limited,
+                sh.seen.iter().filter(|s| **s).count(),
+            );
             rec
         }));
         tasks
@@ -731,6 +770,7 @@ pub fn run(a: &FedIngestArgs) -> anyhow::Result<RunReport> {
         ("pdus_built", total_pdus.to_string()),
         ("room_version", a.room_version.clone()),
         ("sync_limit", a.sync_limit.to_string()),
+        ("rate", a.rate.to_string()),
     ] {
         params.insert(key.into(), v);
     }
