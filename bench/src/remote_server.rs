@@ -3,8 +3,10 @@
 //! `/_matrix/key/v2/server` (self-signed, as a real server's), answers
 //! transactions sent to it (`PUT /send/…` → `{"pdus": {}}`, so the target
 //! does not back off), and serves its own PDUs as a real origin does
-//! (`GET /event/{id}`, `POST /get_missing_events/{room}`: a target that
-//! processes a transaction's PDUs out of order asks for them); everything
+//! (`GET /event/{id}`, `POST /get_missing_events/{room}`, and
+//! `GET /state_ids/{room}` = the room's state after the joins, which is the
+//! state at every message: a target that processes a transaction's PDUs
+//! out of order asks for these — Synapse does); everything
 //! else is `404 M_UNRECOGNIZED`. Plain
 //! threads and rustls, so it costs nothing measurable during the run (the
 //! target fetches the key once and caches it).
@@ -25,6 +27,8 @@ pub struct RemoteServer {
     pub name: String,
     pub key: Arc<ServerKey>,
     pub store: Store,
+    /// The room's state event ids (one room per remote).
+    pub state_ids: Arc<RwLock<Vec<String>>>,
 }
 
 impl RemoteServer {
@@ -62,22 +66,39 @@ impl RemoteServer {
         )?;
         let key_body = Arc::new(key_body);
         let store: Store = Arc::default();
-        let (store2, name2) = (store.clone(), name.clone());
+        let state_ids: Arc<RwLock<Vec<String>>> = Arc::default();
+        let (store2, name2, state2) = (store.clone(), name.clone(), state_ids.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(tcp) = conn else { continue };
-                let (cfg, key_body, store, name) =
-                    (cfg.clone(), key_body.clone(), store2.clone(), name2.clone());
+                let (cfg, key_body, store, name, state) = (
+                    cfg.clone(),
+                    key_body.clone(),
+                    store2.clone(),
+                    name2.clone(),
+                    state2.clone(),
+                );
                 std::thread::spawn(move || {
                     let _ = tcp.set_read_timeout(Some(Duration::from_secs(120)));
                     let Ok(tls) = rustls::ServerConnection::new(cfg) else {
                         return;
                     };
-                    serve(rustls::StreamOwned::new(tls, tcp), &key_body, &store, &name);
+                    serve(
+                        rustls::StreamOwned::new(tls, tcp),
+                        &key_body,
+                        &store,
+                        &name,
+                        &state,
+                    );
                 });
             }
         });
-        Ok(RemoteServer { name, key, store })
+        Ok(RemoteServer {
+            name,
+            key,
+            store,
+            state_ids,
+        })
     }
 }
 
@@ -127,7 +148,13 @@ fn missing_events(store: &Store, body: &[u8]) -> Value {
     json!({ "events": out })
 }
 
-fn serve<S: Read + Write>(stream: S, key_body: &[u8], store: &Store, name: &str) {
+fn serve<S: Read + Write>(
+    stream: S,
+    key_body: &[u8],
+    store: &Store,
+    name: &str,
+    state: &RwLock<Vec<String>>,
+) {
     let mut r = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -165,6 +192,10 @@ fn serve<S: Read + Write>(stream: S, key_body: &[u8], store: &Store, name: &str)
             (200, br#"{"pdus":{}}"#.to_vec())
         } else if path.starts_with("/_matrix/federation/v1/get_missing_events/") {
             (200, missing_events(store, &body).to_string().into_bytes())
+        } else if path.starts_with("/_matrix/federation/v1/state_ids/") {
+            let ids = state.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let v = json!({"pdu_ids": ids, "auth_chain_ids": []});
+            (200, v.to_string().into_bytes())
         } else if let Some(id) = path.strip_prefix("/_matrix/federation/v1/event/") {
             let id = percent_decode(id);
             let found = store

@@ -287,6 +287,14 @@ async fn set_up(
                 .find(|e| e["type"] == t && e["state_key"] == "")
                 .and_then(|e| e["event_id"].as_str().map(str::to_owned))
         };
+        *remote.state_ids.write().unwrap_or_else(|e| e.into_inner()) = st
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut auth_base = Vec::new();
         if !version.room_id_from_create_event() {
             auth_base.push(find("m.room.create").ok_or_else(|| anyhow::anyhow!("no create"))?);
@@ -438,8 +446,11 @@ fn time_verify(remote: &RemoteServer, version: RoomVersion, sample: &[CanonicalJ
     t.elapsed().as_secs_f64() * 1e6 / (sample.len() * 3).max(1) as f64
 }
 
+/// CPU ticks by thread-name group.
+type Ticks = BTreeMap<String, u64>;
+
 /// CPU ticks per thread-name group of `pid` (digits and trailing `-` stripped).
-fn thread_ticks(pid: u32) -> BTreeMap<String, u64> {
+fn thread_ticks(pid: u32) -> Ticks {
     let mut out = BTreeMap::new();
     let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
@@ -513,8 +524,7 @@ pub fn run(a: &FedIngestArgs) -> anyhow::Result<RunReport> {
         r#"{{"room":{{"timeline":{{"limit":{}}},"state":{{"lazy_load_members":true}}}}}}"#,
         a.sync_limit
     );
-    let cpu: Arc<Mutex<Option<(BTreeMap<String, u64>, BTreeMap<String, u64>)>>> =
-        Arc::new(Mutex::new(None));
+    let cpu: Arc<Mutex<Option<(Ticks, Ticks)>>> = Arc::new(Mutex::new(None));
     let counters = Arc::new(Mutex::new((0usize, 0usize, 0usize, 0usize)));
     let (cpu2, counters2, t2) = (cpu.clone(), counters.clone(), target.clone());
     let server_pid = c.server_pid;
