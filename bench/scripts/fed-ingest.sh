@@ -9,6 +9,11 @@
 #        PDUS=30000 (built for hearth) SYN_PDUS=3000 (for Synapse) ROOM_VERSION=10
 #        SHARDS=(cores) HEARTH_BIN=target/release/hearth BENCH_BIN=target/release/hearth-bench
 #        OUT=bench/results/fed-ingest SYN_PORT=18018 SYN_FED_PORT=18458
+#        EXTRA="--rate 8 --txn-pdus 2" (more fed-ingest flags, both servers)
+#        PERF=1: perf record -g of hearth during its run ($OUT/hearth.perf.data)
+# Before measuring Synapse, waits (up to 180 s) until its staging table of
+# inbound PDUs (federation_inbound_events_staging) is empty: Synapse, like
+# hearth, answers /send once PDUs are staged and keeps applying them after.
 # Synapse once: SYNAPSE_WORK=bench/peers/synapse/.work-fed SYNAPSE_PORT=18018 \
 #        SYNAPSE_FED_PORT=18458 SYNAPSE_BCRYPT_ROUNDS=4 bench/peers/synapse/setup.sh
 set -euo pipefail
@@ -41,6 +46,8 @@ free_port() {
 
 common=(--users "$USERS" --rooms "$ROOMS" --remote-users "$REMOTE_USERS"
         --duration "$DURATION" --warmup "$WARMUP" --room-version "$ROOM_VERSION")
+# shellcheck disable=SC2206
+[ -n "${EXTRA:-}" ] && common+=($EXTRA)
 
 run_hearth() {
     local port fport dir pid
@@ -64,9 +71,15 @@ run_hearth() {
         curl -sf "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null && break
         sleep 0.1
     done
+    local perf=
+    if [ -n "${PERF:-}" ]; then
+        perf record -F 499 -g -p "$pid" -o "$OUT/hearth.perf.data" >/dev/null 2>&1 &
+        perf=$!
+    fi
     "$BENCH_BIN" fed-ingest --url "http://127.0.0.1:$port" --fed-name "localhost:$fport" \
         "${common[@]}" --pdus "$PDUS" --server-pid "$pid" --label hearth \
         --json "$OUT/hearth.json" --summary "$OUT/hearth-summary.json" || true
+    if [ -n "$perf" ]; then kill -INT "$perf"; wait "$perf" || true; fi
     kill -TERM "$pid"; wait "$pid" || true
     cp "$dir/hearth.log" "$OUT/hearth.log" 2>/dev/null || true
     rm -rf "$dir"
@@ -75,7 +88,14 @@ run_hearth() {
 run_synapse() {
     local peer=$REPO/bench/peers/synapse
     SYNAPSE_WORK=$SYN_WORK SYNAPSE_PORT=$SYN_PORT SYNAPSE_FED_PORT=$SYN_FED_PORT "$peer/start.sh"
-    local pid pg
+    local pid pg n
+    for _ in $(seq 1 180); do
+        n=$(runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -h "$SYN_WORK/pg/run" -p 5432 \
+            -U postgres -d synapse -qAt -c 'SELECT count(*) FROM federation_inbound_events_staging')
+        [ "$n" = 0 ] && break
+        sleep 1
+    done
+    echo "fed-ingest: Synapse staging holds ${n:-?} PDUs before the run"
     pid=$(cat "$SYN_WORK/synapse/homeserver.pid")
     pg=$(head -1 "$SYN_WORK/pg/data/postmaster.pid")
     "$BENCH_BIN" fed-ingest --url "http://127.0.0.1:$SYN_PORT" --fed-name "localhost:$SYN_FED_PORT" \
