@@ -9,6 +9,7 @@ mod http_load;
 mod matrix;
 mod plot;
 mod raw_responder;
+mod remote_server;
 mod report;
 mod resources;
 mod run_result;
@@ -60,6 +61,11 @@ pub enum Cmd {
     /// of a `--members` (default 10,000) room's state, with `/versions`
     /// latency meanwhile.
     StateRes(scenario::state_res::StateResArgs),
+    /// A simulated remote server (own key, TLS key endpoint) joins users to
+    /// R rooms of the target over federation, then pushes pre-signed PDUs
+    /// in transactions while K local members are parked in /sync:
+    /// accepted PDUs/s, /send → /sync latency, CPU per PDU.
+    FedIngest(scenario::fed_ingest::FedIngestArgs),
     /// Every scenario against hearth and a peer (Synapse), alternating, with
     /// a ratio table.
     Compare(compare::CompareArgs),
@@ -89,6 +95,7 @@ pub fn run_scenario(cmd: &Cmd) -> Option<anyhow::Result<RunReport>> {
         Cmd::Mixed(a) => scenario::mixed::run(a),
         Cmd::KeysClaim(a) => scenario::keys::run(a),
         Cmd::Media(a) => scenario::media::run(a),
+        Cmd::FedIngest(a) => scenario::fed_ingest::run(a),
         _ => return None,
     })
 }
@@ -103,6 +110,7 @@ fn common_of(cmd: &Cmd) -> Option<&Common> {
         Cmd::Mixed(a) => Some(&a.common),
         Cmd::KeysClaim(a) => Some(&a.common),
         Cmd::Media(a) => Some(&a.common),
+        Cmd::FedIngest(a) => Some(&a.common),
         _ => None,
     }
 }

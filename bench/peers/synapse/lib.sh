@@ -16,6 +16,8 @@ WORK="$(cd "$WORK" && pwd)"
 
 PORT="${SYNAPSE_PORT:-18008}"
 PG_PORT="${SYNAPSE_PG_PORT:-5432}"
+FED_PORT="${SYNAPSE_FED_PORT:-}"
+SERVER_NAME="localhost:${FED_PORT:-$PORT}"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 PG_USER_OS="postgres"          # PostgreSQL refuses to run as root
 DB_NAME="synapse"

@@ -5,7 +5,10 @@
 # the cluster, the database and the secrets, and re-renders the config.
 #
 #   bench/peers/synapse/setup.sh [WORK_DIR]     (default bench/peers/synapse/.work)
-#   env: SYNAPSE_PORT (18008), SYNAPSE_PG_PORT (5432), SYNAPSE_BCRYPT_ROUNDS (12)
+#   env: SYNAPSE_PORT (18008), SYNAPSE_PG_PORT (5432), SYNAPSE_BCRYPT_ROUNDS (12),
+#        SYNAPSE_FED_PORT (unset: no federation; set: server name localhost:FED_PORT
+#        and a TLS federation listener there — use its own WORK dir, since a
+#        server name cannot change under an existing database)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [ "$(id -u)" -eq 0 ] || die "run as root (PostgreSQL is run as the '$PG_USER_OS' user via runuser)"
@@ -103,9 +106,20 @@ render() { # template -> stdout
         -e "s|@MACAROON_SECRET@|$MACAROON_SECRET|g" \
         -e "s|@FORM_SECRET@|$FORM_SECRET|g" \
         -e "s|@BCRYPT_ROUNDS@|${SYNAPSE_BCRYPT_ROUNDS:-12}|g" \
+        -e "s|@SERVER_NAME@|$SERVER_NAME|g" \
+        -e "s|@FED_PORT@|${FED_PORT:-}|g" \
         "$1"
 }
 render "$PEER_DIR/homeserver.yaml.in" > "$CONFIG"
+if [ -n "${FED_PORT:-}" ]; then
+    # Federation on loopback (hearth-bench fed-ingest): a self-signed TLS listener.
+    if [ ! -f "$SYN/fed.crt" ]; then
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=localhost \
+            -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+            -keyout "$SYN/fed.key" -out "$SYN/fed.crt" 2>/dev/null
+    fi
+    render "$PEER_DIR/federation.yaml.in" >> "$CONFIG"
+fi
 render "$PEER_DIR/log.yaml.in" > "$SYN/log.yaml"
 chmod 600 "$CONFIG"
 if grep -q '@[A-Z_]*@' "$CONFIG" "$SYN/log.yaml"; then die "unreplaced placeholder in config"; fi
@@ -116,4 +130,4 @@ if [ ! -f "$SYN/signing.key" ]; then
 fi
 [ -f "$SYN/signing.key" ] || die "signing key was not generated"
 
-log "ready: $WORK (server_name localhost:$PORT). Next: start.sh"
+log "ready: $WORK (server_name $SERVER_NAME). Next: start.sh"

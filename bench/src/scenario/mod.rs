@@ -3,6 +3,7 @@
 //! Each scenario sets up its own users and rooms through the client API
 //! (`fixture.rs`), so it runs against any homeserver.
 
+pub mod fed_ingest;
 pub mod fixture;
 pub mod keys;
 pub mod media;
