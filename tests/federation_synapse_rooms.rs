@@ -431,6 +431,40 @@ fn hearth_users_join_synapse_rooms_by_id_and_by_invite() {
         membership(&home, &carol, &private, &carol.id).as_deref(),
         Some("join")
     );
+    // erin is invited to a room no hearth user is in, and rejects:
+    // make_leave/send_leave at the inviting server.
+    let lonely = syn_create(&syn, &sam_t, "private_chat");
+    let erin = register_user(&home.h, "erin");
+    let (status, v) = syn_call(
+        &syn,
+        "POST",
+        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&lonely)),
+        Some(&sam_t),
+        Some(&json!({"user_id": erin.id})),
+    );
+    assert_eq!(status, 200, "Synapse invites erin: {v}");
+    let r = call(
+        &home.h,
+        "POST",
+        &format!("/rooms/{}/leave", enc(&lonely)),
+        &erin.token,
+        Some(json!({})),
+    );
+    assert_eq!(r.status, 200, "erin rejects: {:?}", r.json());
+    within(60, "erin's rejection on Synapse", || {
+        let (status, v) = syn_call(
+            &syn,
+            "GET",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                enc(&lonely),
+                enc(&erin.id)
+            ),
+            Some(&sam_t),
+            None,
+        );
+        status == 200 && v["membership"] == "leave"
+    });
     hearth_send(&home, &carol, &private, "hi from carol");
     within(60, "carol's message on Synapse", || {
         syn_bodies(&syn, &sam_t, &private).contains(&"hi from carol".to_owned())

@@ -39,7 +39,17 @@ pub async fn join_remote(
     let mut last = RoomError::NotFound(format!("No server to join {room} through"));
     for server in servers.iter().filter(|s| s.as_str() != ours) {
         match join_via(state, user, room, server).await {
-            Ok(id) => return Ok(id),
+            Ok(id) => {
+                // An invite it accepted is no longer pending.
+                state
+                    .db
+                    .execute(
+                        "DELETE FROM remote_invites WHERE room_id = $1 AND user_id = $2",
+                        &[&room.as_str(), &user.as_str()],
+                    )
+                    .await?;
+                return Ok(id);
+            }
             Err(e) => {
                 tracing::info!(%room, %server, error = %e, "remote join failed; trying the next server");
                 last = e;
@@ -255,4 +265,137 @@ pub async fn resolve_alias(
         .unwrap_or_default();
     servers.insert(0, server);
     Ok((room, servers))
+}
+
+/// Rejecting an invite to a room hosted elsewhere (server-server "Leaving
+/// Rooms (Rejecting Invites)"): `make_leave` / `send_leave` v2 through the
+/// inviting server; the kept invite is dropped once it answers. `Ok(false)`:
+/// no remote invite of `user` to `room` is kept (a local leave applies).
+pub async fn reject_remote_invite(
+    state: &Rc<ShardState>,
+    user: &OwnedUserId,
+    room: &OwnedRoomId,
+) -> Result<bool, RoomError> {
+    let row = state
+        .db
+        .query_opt(
+            "SELECT event->>'sender', room_version FROM remote_invites \
+             WHERE room_id = $1 AND user_id = $2 LIMIT 1",
+            &[&room.as_str(), &user.as_str()],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(false) };
+    let joined_here = candidates(state, user, room, Vec::new()).await?.is_none();
+    if joined_here {
+        apply_kept_invite(state, user, room).await?;
+        return Ok(false);
+    }
+    let inviter: Option<String> = row.get(0)?;
+    let server = inviter
+        .and_then(|s| OwnedUserId::try_from(s).ok())
+        .map(|u| u.server_name().to_string())
+        .ok_or_else(|| RoomError::Internal("kept invite without a sender".into()))?;
+    let remote = |what: &str, e: &dyn std::fmt::Display| {
+        RoomError::Forbidden(format!("{what} at {server} failed: {e}"))
+    };
+    let path = format!(
+        "/_matrix/federation/v1/make_leave/{}/{}",
+        enc(room.as_str()),
+        enc(user.as_str())
+    );
+    let made: Value = state
+        .federation
+        .request_json(&server, "GET", &path, None)
+        .await
+        .map_err(|e| remote("make_leave", &e))?;
+    let version = made
+        .get("room_version")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or(row.get::<String>(1)?);
+    let version = RoomVersion::parse(&version).map_err(|e| remote("make_leave", &e))?;
+    let mut template = made
+        .get("event")
+        .cloned()
+        .and_then(object)
+        .ok_or_else(|| remote("make_leave", &"no event template"))?;
+    let is =
+        |k: &str, v: &str| matches!(template.get(k), Some(CanonicalJsonValue::String(s)) if s == v);
+    if !is("type", "m.room.member")
+        || !is("state_key", user.as_str())
+        || !is("sender", user.as_str())
+    {
+        return Err(remote("make_leave", &"the template is not our leave"));
+    }
+    let mut content = CanonicalJsonObject::new();
+    content.insert("membership".into(), "leave".to_owned().into());
+    template.insert("content".into(), CanonicalJsonValue::Object(content));
+    template.insert(
+        "origin_server_ts".into(),
+        CanonicalJsonValue::Integer(
+            ruma::Int::try_from(crate::primitives::unix_ms()).unwrap_or_default(),
+        ),
+    );
+    template.remove("signatures");
+    template.remove("hashes");
+    hash_and_sign(&mut template, version, &state.key)
+        .map_err(|e| RoomError::Internal(format!("signing our leave: {e}")))?;
+    let id = event_id_of(&template, version).map_err(|e| remote("make_leave", &e))?;
+    let path = format!(
+        "/_matrix/federation/v2/send_leave/{}/{}",
+        enc(room.as_str()),
+        enc(id.as_str())
+    );
+    let body = serde_json::to_value(&template).map_err(|e| RoomError::Internal(e.to_string()))?;
+    state
+        .federation
+        .request_json::<Value>(&server, "PUT", &path, Some(&body))
+        .await
+        .map_err(|e| remote("send_leave", &e))?;
+    state
+        .db
+        .execute(
+            "DELETE FROM remote_invites WHERE room_id = $1 AND user_id = $2",
+            &[&room.as_str(), &user.as_str()],
+        )
+        .await?;
+    Ok(true)
+}
+
+/// When a user of ours is in the room already, a kept invite is an event
+/// of a room we have: it is applied (it may not have arrived through
+/// `/send` yet), so the local join or leave that answers it is allowed.
+pub async fn apply_kept_invite(
+    state: &Rc<ShardState>,
+    user: &OwnedUserId,
+    room: &OwnedRoomId,
+) -> Result<(), RoomError> {
+    let rows = state
+        .db
+        .query(
+            "SELECT event FROM remote_invites WHERE room_id = $1 AND user_id = $2",
+            &[&room.as_str(), &user.as_str()],
+        )
+        .await?;
+    for r in &rows {
+        let Some(pdu) = object(r.get::<Value>(0)?) else {
+            continue;
+        };
+        let received = crate::rooms::receive::Received {
+            checked: true,
+            ..crate::rooms::receive::Received::new(room.clone(), pdu)
+        };
+        match client::apply_pdu(&state.mesh, received).await {
+            Ok(outcome) => tracing::debug!(%room, ?outcome, "applied a kept invite"),
+            Err(e) => tracing::info!(%room, error = %e, "a kept invite could not be applied"),
+        }
+    }
+    state
+        .db
+        .execute(
+            "DELETE FROM remote_invites WHERE room_id = $1 AND user_id = $2",
+            &[&room.as_str(), &user.as_str()],
+        )
+        .await?;
+    Ok(())
 }

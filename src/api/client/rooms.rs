@@ -187,13 +187,15 @@ pub async fn join(state: Rc<ShardState>, req: Request) -> HandlerResult {
             .map_err(|_| MatrixError::invalid_param("Invalid room id"))?
     };
     let body: ReasonBody = optional_json_body(&req)?;
-    if let Some(servers) =
-        crate::federation::join::candidates(&state, &who.user_id, &room_id, via).await?
-    {
-        if !servers.is_empty() {
+    match crate::federation::join::candidates(&state, &who.user_id, &room_id, via).await? {
+        Some(servers) if !servers.is_empty() => {
             crate::federation::join::join_remote(&state, &who.user_id, &room_id, &servers).await?;
             return Ok(Response::json(200, &json!({ "room_id": room_id })));
         }
+        Some(_) => {}
+        // We are in the room: an invite kept for this user is applied
+        // first (it may not have come through /send yet).
+        None => crate::federation::join::apply_kept_invite(&state, &who.user_id, &room_id).await?,
     }
     let target = who.user_id.to_string();
     membership(
@@ -213,6 +215,9 @@ pub async fn leave(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = user(&state, &req).await?;
     let room_id = room_param(&req)?;
     let body: ReasonBody = optional_json_body(&req)?;
+    if crate::federation::join::reject_remote_invite(&state, &who.user_id, &room_id).await? {
+        return Ok(Response::json(200, &json!({})));
+    }
     let target = who.user_id.to_string();
     membership(&state, room_id, who.user_id, &target, "leave", body.reason).await?;
     Ok(Response::json(200, &json!({})))
