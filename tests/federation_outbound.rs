@@ -205,6 +205,23 @@ fn local_events_and_edus_reach_the_rooms_servers() {
     assert_eq!(d["content"]["message_id"], "txn-1");
     assert_eq!(d["content"]["messages"][&w.bob]["*"]["hi"], 1);
 
+    ok(call(
+        &w.home.h,
+        "PUT",
+        &format!("/presence/{}/status", enc(&w.alice.id)),
+        &w.alice.token,
+        Some(json!({"presence": "unavailable", "status_msg": "away"})),
+    ));
+    eventually("presence EDU", || {
+        edus(&w.fake, "m.presence")
+            .iter()
+            .any(|e| e["content"]["push"][0]["presence"] == "unavailable")
+    });
+    let p = edus(&w.fake, "m.presence");
+    let p = p.last().unwrap();
+    assert_eq!(p["content"]["push"][0]["user_id"], w.alice.id);
+    assert_eq!(p["content"]["push"][0]["status_msg"], "away");
+
     // Inviting the fake server's user: co-signed there first (invite v2),
     // then the invite is in the room and sent out.
     let carol = format!("@carol:{}", w.fake.name);

@@ -136,6 +136,9 @@ fn announce(state: &ShardState, user: &OwnedUserId, p: &LocalPresence, now: u64)
         currently_active: p.currently_active(now),
         rooms,
     });
+    if user.server_name() == state.key.server_name && !update.rooms.is_empty() {
+        federate(state, user, &update, now);
+    }
     let user = user.clone();
     state.stream.publish_ephemeral(move |pos| {
         vec![Change::User {
@@ -144,6 +147,47 @@ fn announce(state: &ShardState, user: &OwnedUserId, p: &LocalPresence, now: u64)
             what: UserChange::Presence(update),
         }]
     })
+}
+
+/// Server-server "Presence": a local user's change goes, as an
+/// `m.presence` EDU (coalesced per user while queued), to every other
+/// server joined to one of the user's rooms.
+fn federate(state: &ShardState, user: &OwnedUserId, p: &PresenceUpdate, now: u64) {
+    let db = state.db.clone();
+    let ours = state.key.server_name.to_string();
+    let rooms: Vec<String> = p.rooms.iter().map(|r| r.to_string()).collect();
+    let mut c = content(p, now);
+    c["user_id"] = json!(user);
+    let edu = json!({"edu_type": "m.presence", "content": {"push": [c]}});
+    let key = format!("presence {user}");
+    drop(monoio::spawn(async move {
+        let rows = match db
+            .query(
+                "SELECT DISTINCT state_key FROM current_state WHERE room_id = ANY($1) \
+                 AND type = 'm.room.member' AND membership = 'join'",
+                &[&rooms],
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(error = %e, "cannot find servers for a presence update");
+                return;
+            }
+        };
+        let mut servers = std::collections::BTreeSet::new();
+        for r in &rows {
+            if let Ok(u) = r.get::<String>(0).map(OwnedUserId::try_from) {
+                if let Ok(u) = u {
+                    if u.server_name().as_str() != ours {
+                        servers.insert(u.server_name().to_string());
+                    }
+                }
+            }
+        }
+        let servers: Vec<String> = servers.into_iter().collect();
+        crate::federation::sender::queue_edu(&servers, Some(key), edu);
+    }));
 }
 
 /// On the user's shard: applies a new state (`PUT …/status`, or a sync's
