@@ -275,6 +275,31 @@ fn remote_answers_are_trusted_only_for_the_asked_users_of_that_server() {
         "{v}"
     );
 
+    // A remote profile lookup refused stays refused; a remote error is a 502.
+    let profile = |status: u16| {
+        fake.handle(move |r| {
+            r.path
+                .starts_with("/_matrix/federation/v1/query/profile")
+                .then(|| (status, json!({"errcode": "M_X", "error": "no"})))
+        });
+        call(
+            &a.h,
+            "GET",
+            &format!("/profile/{}/displayname", enc(&mallory)),
+            &alice.token,
+            None,
+        )
+    };
+    assert_err(&profile(403), 403, "M_FORBIDDEN");
+    assert_eq!(profile(500).status, 502);
+    assert_err(&profile(404), 404, "M_NOT_FOUND");
+    let asked = fake.requests("/_matrix/federation/v1/query/profile");
+    assert!(
+        asked[0].path.ends_with("&field=displayname"),
+        "{:?}",
+        asked[0]
+    );
+
     // Too slow for the client's timeout: a failure, not a stall.
     fake.handle(|r| {
         if r.path.starts_with("/_matrix/federation/v1/user/keys/") {

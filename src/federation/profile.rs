@@ -9,13 +9,16 @@ use serde_json::{Map, Value};
 use super::{FedError, Federation};
 use crate::auth::store::Profile;
 
-/// Why a remote profile is not known. As Synapse: the remote's 404 is a
-/// 404; anything else (unreachable, an error, a malformed answer) is the
-/// remote's fault, a 502.
+/// Why a remote profile is not known. As Synapse (`handlers/profile.py`):
+/// the remote's 404 and 403 (a server may limit profile lookups) pass
+/// through; anything else (unreachable, another error, a malformed
+/// answer) is a 502.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error("profile not found")]
     NotFound,
+    #[error("the user's server refused the profile lookup")]
+    Forbidden,
     #[error("failed to fetch profile: {0}")]
     Unreachable(String),
 }
@@ -38,6 +41,7 @@ pub async fn query(
     let v: Map<String, Value> = match fed.request_json(server, "GET", &path, None).await {
         Ok(v) => v,
         Err(FedError::Status { status: 404, .. }) => return Err(ProfileError::NotFound),
+        Err(FedError::Status { status: 403, .. }) => return Err(ProfileError::Forbidden),
         Err(e) => return Err(ProfileError::Unreachable(e.to_string())),
     };
     let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);

@@ -49,6 +49,7 @@ async fn load(
             .await
             .map_err(|e| match e {
                 ProfileError::NotFound => MatrixError::not_found("Profile was not found"),
+                ProfileError::Forbidden => MatrixError::forbidden("Profile lookup refused"),
                 ProfileError::Unreachable(m) => MatrixError::new(502, "M_UNKNOWN", m),
             });
     }
