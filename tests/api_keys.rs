@@ -151,7 +151,7 @@ fn query_returns_device_keys_with_display_name() {
     assert_eq!(without, keys, "keys come back as uploaded");
     // Bob has no keys: present, empty.
     assert_eq!(v["device_keys"][&bob.id], json!({}));
-    // Remote servers: the federation seam reports them as failures.
+    // A remote server that cannot be reached is reported in failures.
     assert!(v["failures"]["elsewhere.example"].is_object(), "{v:#}");
     // Asking for another device only: nothing of Alice's.
     let v = ok(call(

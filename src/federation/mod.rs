@@ -11,6 +11,7 @@
 //!   staged durably before the answer, then applied per room on its owner.
 //! - `join`: joining rooms hosted elsewhere (make_join, send_join).
 //! - `sender`: outbound transactions, one queue per destination.
+//! - `profile`: remote users' profiles (`/query/profile`).
 //! - `membership`: the resident side of send_join/leave/knock, and invites
 //!   of our users co-signed.
 //!
@@ -26,6 +27,7 @@ pub mod ip_range;
 pub mod join;
 pub mod keys;
 pub mod membership;
+pub mod profile;
 pub mod resolve;
 pub mod sender;
 pub mod tls;

@@ -19,7 +19,7 @@ use crate::auth;
 use crate::http::{HandlerResult, MatrixError, Method, Request, Response, Router};
 use crate::keys::cross_signing::{self, KeyType};
 use crate::keys::store::{self, UploadKey};
-use crate::keys::{cross_store, validate, KeysError};
+use crate::keys::{cross_store, remote, validate, KeysError};
 use crate::mesh::shard_for_user;
 use crate::primitives::unix_ms_i64 as now_ms;
 use crate::shard_state::{on_shard, Here, ShardState};
@@ -197,46 +197,55 @@ async fn upload(state: Rc<ShardState>, req: Request) -> HandlerResult {
     ))
 }
 
-/// Users of a request body's `{user: x}` map, split into local ones and
-/// remote servers (the federation seam: issue 11 [4/6] asks them over
-/// `/_matrix/federation/v1/user/keys/*`; until then each remote server is
-/// reported in `failures`).
-pub(crate) fn split_local<'a>(
+/// Users of a request body's `{user: x}` map, split into local ones and,
+/// per server, the remote ones with what is asked of them (`x`).
+pub(crate) fn split_local(
     state: &ShardState,
-    users: impl Iterator<Item = &'a String>,
-) -> (Vec<String>, Map<String, Value>) {
+    wanted: &Map<String, Value>,
+) -> (Vec<String>, remote::ByServer) {
     let mut local = Vec::new();
-    let mut failures = Map::new();
-    for u in users {
+    let mut by_server = remote::ByServer::new();
+    for (u, x) in wanted {
         match UserId::parse(u.as_str()) {
             Ok(id) if id.server_name().as_str() == state.config.server_name => {
                 local.push(u.clone())
             }
             Ok(id) => {
-                failures.insert(
-                    id.server_name().to_string(),
-                    json!({"errcode": "M_UNRECOGNIZED", "error": "federation key queries are not supported yet"}),
-                );
+                by_server
+                    .entry(id.server_name().to_string())
+                    .or_default()
+                    .insert(u.clone(), x.clone());
             }
             Err(_) => {} // not a user id: no keys, no failure
         }
     }
-    (local, failures)
+    (local, by_server)
 }
 
 /// `POST /keys/query`: device keys of local users, with
 /// `unsigned.device_display_name` and the signatures uploaded since;
 /// their master and self-signing keys, and the requester's own
-/// user-signing key.
+/// user-signing key. Remote users' servers are asked at the same time
+/// (`keys::remote`); those that fail are in `failures`.
 async fn query(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let me = auth::require_user(&state, &req).await?;
     let body: Map<String, Value> = req.json()?;
     let Some(Value::Object(wanted)) = body.get("device_keys") else {
         return Err(MatrixError::bad_json("'device_keys' must be an object"));
     };
-    let (local, failures) = split_local(&state, wanted.keys());
-    let mut answer = query_local(&state, wanted, local, Some(me.user_id.as_str())).await?;
-    answer.insert("failures".into(), Value::Object(failures));
+    let (local, by_server) = split_local(&state, wanted);
+    let (answer, remote) = futures_util::future::join(
+        query_local(&state, wanted, local, Some(me.user_id.as_str())),
+        remote::query(&state.federation, &by_server, remote::timeout_of(&body)),
+    )
+    .await;
+    let mut answer = answer?;
+    for (field, users) in remote.fields {
+        if let Some(Value::Object(into)) = answer.get_mut(field) {
+            into.extend(users);
+        }
+    }
+    answer.insert("failures".into(), Value::Object(remote.failures));
     Ok(Response::json(200, &Value::Object(answer)))
 }
 
@@ -310,18 +319,27 @@ pub(crate) async fn query_local(
     Ok(answer)
 }
 
-/// `POST /keys/claim`: one key per requested device, each handed out once.
+/// `POST /keys/claim`: one key per requested device, each handed out once;
+/// remote users' keys are claimed from their servers at the same time.
 async fn claim(state: Rc<ShardState>, req: Request) -> HandlerResult {
     auth::require_user(&state, &req).await?;
     let body: Map<String, Value> = req.json()?;
     let Some(Value::Object(wanted)) = body.get("one_time_keys") else {
         return Err(MatrixError::bad_json("'one_time_keys' must be an object"));
     };
-    let (local, failures) = split_local(&state, wanted.keys());
-    let out = claim_local(&state, wanted, &local).await?;
+    let (local, by_server) = split_local(&state, wanted);
+    let (out, remote) = futures_util::future::join(
+        claim_local(&state, wanted, &local),
+        remote::claim(&state.federation, &by_server, remote::timeout_of(&body)),
+    )
+    .await;
+    let mut out = out?;
+    if let Some(users) = remote.fields.into_values().next() {
+        out.extend(users);
+    }
     Ok(Response::json(
         200,
-        &json!({ "one_time_keys": out, "failures": failures }),
+        &json!({ "one_time_keys": out, "failures": remote.failures }),
     ))
 }
 

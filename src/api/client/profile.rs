@@ -1,5 +1,5 @@
 //! Profiles (client-server API, "Profiles"): display name and avatar URL of
-//! local users.
+//! local users, and of remote ones through their servers.
 //!
 //! A change is also sent into the user's `m.room.member` event in every
 //! room they are joined to (spec "Events on change of profile
@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::auth;
 use crate::auth::store::{self, ProfileField};
+use crate::federation::profile::{self as remote_profile, ProfileError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::rooms::member_profile;
 use crate::shard_state::ShardState;
@@ -36,10 +37,21 @@ fn target_user(req: &Request) -> Result<OwnedUserId, MatrixError> {
     Ok(user)
 }
 
-async fn load(state: &ShardState, user: &UserId) -> Result<store::Profile, MatrixError> {
-    // Remote profiles need federation, which is not there yet.
+/// `user`'s profile; a remote user's is asked of their server (`field`
+/// only, when one is wanted), as the spec's "GET /profile" says.
+async fn load(
+    state: &ShardState,
+    user: &UserId,
+    field: Option<ProfileField>,
+) -> Result<store::Profile, MatrixError> {
     if user.server_name().as_str() != state.config.server_name {
-        return Err(MatrixError::not_found("Profile was not found"));
+        return remote_profile::query(&state.federation, user, field.map(ProfileField::key))
+            .await
+            .map_err(|e| match e {
+                ProfileError::NotFound => MatrixError::not_found("Profile was not found"),
+                ProfileError::Forbidden => MatrixError::forbidden("Profile lookup refused"),
+                ProfileError::Unreachable(m) => MatrixError::new(502, "M_UNKNOWN", m),
+            });
     }
     store::get_profile(&state.db, user)
         .await?
@@ -49,13 +61,13 @@ async fn load(state: &ShardState, user: &UserId) -> Result<store::Profile, Matri
 /// `GET /profile/{userId}`.
 pub async fn get_all(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let user = target_user(&req)?;
-    let p = load(&state, &user).await?;
+    let p = load(&state, &user, None).await?;
     Ok(Response::json(200, &p))
 }
 
 async fn get_field(state: Rc<ShardState>, req: Request, field: ProfileField) -> HandlerResult {
     let user = target_user(&req)?;
-    let p = load(&state, &user).await?;
+    let p = load(&state, &user, Some(field)).await?;
     let value = match field {
         ProfileField::Displayname => p.displayname,
         ProfileField::AvatarUrl => p.avatar_url,

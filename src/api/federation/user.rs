@@ -32,7 +32,7 @@ pub async fn keys_query(state: Rc<ShardState>, req: Request) -> HandlerResult {
     authenticate(&state, &req).await?;
     let body: Map<String, Value> = req.json()?;
     let wanted = object(&body, "device_keys")?;
-    let (local, _remote) = split_local(&state, wanted.keys());
+    let (local, _remote) = split_local(&state, wanted);
     let answer = query_local(&state, wanted, local, None).await?;
     Ok(Response::json(200, &Value::Object(answer)))
 }
@@ -43,7 +43,7 @@ pub async fn keys_claim(state: Rc<ShardState>, req: Request) -> HandlerResult {
     authenticate(&state, &req).await?;
     let body: Map<String, Value> = req.json()?;
     let wanted = object(&body, "one_time_keys")?;
-    let (local, _remote) = split_local(&state, wanted.keys());
+    let (local, _remote) = split_local(&state, wanted);
     let out = claim_local(&state, wanted, &local).await?;
     Ok(Response::json(200, &json!({ "one_time_keys": out })))
 }
