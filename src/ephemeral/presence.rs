@@ -177,11 +177,9 @@ fn federate(state: &ShardState, user: &OwnedUserId, p: &PresenceUpdate, now: u64
         };
         let mut servers = std::collections::BTreeSet::new();
         for r in &rows {
-            if let Ok(u) = r.get::<String>(0).map(OwnedUserId::try_from) {
-                if let Ok(u) = u {
-                    if u.server_name().as_str() != ours {
-                        servers.insert(u.server_name().to_string());
-                    }
+            if let Ok(Ok(u)) = r.get::<String>(0).map(OwnedUserId::try_from) {
+                if u.server_name().as_str() != ours {
+                    servers.insert(u.server_name().to_string());
                 }
             }
         }
