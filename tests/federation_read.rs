@@ -35,11 +35,7 @@ fn write_cert(dir: &Path) -> (String, String) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::fed::free_port()
 }
 
 /// A hearth named `localhost:<port>` with a TLS federation listener there.

@@ -30,11 +30,25 @@ pub fn write_cert(dir: &Path) -> (String, String) {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Outside the kernel's ephemeral range (32768–60999 by default): a
+    // port freed by a killed server is not handed to another test's
+    // `bind(0)` before the server restarts on it ("Address already in
+    // use"). Randomised so parallel tests rarely try the same one.
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let x = (seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let port = 20_000 + (x >> 40) as u16 % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// hearth under test: `localhost:<port>`, may federate over loopback.
