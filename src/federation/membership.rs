@@ -159,28 +159,12 @@ async fn forward(
     event_id: &OwnedEventId,
     origin: &str,
 ) -> Result<(), RoomError> {
-    let rows = state
-        .db
-        .query(
-            "SELECT state_key FROM current_state WHERE room_id = $1 \
-             AND type = 'm.room.member' AND membership = 'join'",
-            &[&room.as_str()],
-        )
-        .await?;
     let ours = state.key.server_name.as_str();
-    let mut servers = std::collections::BTreeSet::new();
-    for r in &rows {
-        if let Ok(u) = OwnedUserId::try_from(r.get::<String>(0)?) {
-            let s = u.server_name().as_str();
-            if s != ours && s != origin {
-                servers.insert(s.to_owned());
-            }
-        }
-    }
-    if servers.is_empty() {
+    let mut dests = crate::rooms::directory::joined_servers(&state.db, room, ours).await?;
+    dests.retain(|s| s != ours && s != origin);
+    if dests.is_empty() {
         return Ok(());
     }
-    let dests: Vec<String> = servers.into_iter().collect();
     let w = Write::new().statement(
         "INSERT INTO federation_outbox (destination, room_id, event_id, queued_ts) \
          SELECT d, $2, $3, $4 FROM unnest($1::text[]) AS t(d)",

@@ -30,24 +30,10 @@ impl Rooms {
         if let Some(s) = self.servers.borrow_mut().get(room) {
             return Ok(s.clone());
         }
-        let rows = self
-            .db
-            .query(
-                "SELECT state_key FROM current_state WHERE room_id = $1 \
-                 AND type = 'm.room.member' AND membership = 'join'",
-                &[&room.as_str()],
-            )
-            .await?;
         let ours = self.key.server_name.as_str();
-        let mut servers = BTreeSet::new();
-        for r in &rows {
-            if let Ok(u) = OwnedUserId::try_from(r.get::<String>(0)?) {
-                if u.server_name().as_str() != ours {
-                    servers.insert(u.server_name().to_string());
-                }
-            }
-        }
-        let servers = Rc::new(servers.into_iter().collect::<Vec<_>>());
+        let mut servers = super::directory::joined_servers(&self.db, room, ours).await?;
+        servers.retain(|s| s != ours);
+        let servers = Rc::new(servers);
         self.servers.borrow_mut().put(room.clone(), servers.clone());
         Ok(servers)
     }
