@@ -37,12 +37,7 @@ SYN_FED_PORT=${SYN_FED_PORT:-18458}
 SYN_WORK=${SYN_WORK:-$REPO/bench/peers/synapse/.work-fed}
 mkdir -p "$OUT"
 
-free_port() {
-    for p in $(seq "$1" $(($1 + 100))); do
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-    done
-    echo "no free port from $1" >&2; exit 1
-}
+source "$REPO/bench/scripts/fed-lib.sh"
 
 common=(--users "$USERS" --rooms "$ROOMS" --remote-users "$REMOTE_USERS"
         --duration "$DURATION" --warmup "$WARMUP" --room-version "$ROOM_VERSION")
@@ -50,27 +45,8 @@ common=(--users "$USERS" --rooms "$ROOMS" --remote-users "$REMOTE_USERS"
 [ -n "${EXTRA:-}" ] && common+=($EXTRA)
 
 run_hearth() {
-    local port fport dir pid
-    port=$(free_port 18448); fport=$(free_port 18600)
-    dir=$(mktemp -d /tmp/hearth-fedingest.XXXXXX); chmod 0755 "$dir"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=localhost \
-        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-        -keyout "$dir/fed.key" -out "$dir/fed.crt" 2>/dev/null
-    HEARTH_SERVER_NAME=localhost:$fport HEARTH_SHARDS=$SHARDS HEARTH_DATA_DIR=$dir \
-        HEARTH_LISTENERS__0__PORT=$port HEARTH_LISTENERS__0__ADDRESS=127.0.0.1 \
-        HEARTH_LISTENERS__1__PORT=$fport HEARTH_LISTENERS__1__ADDRESS=127.0.0.1 \
-        HEARTH_LISTENERS__1__KIND=federation \
-        HEARTH_LISTENERS__1__TLS_CERTIFICATE=$dir/fed.crt \
-        HEARTH_LISTENERS__1__TLS_PRIVATE_KEY=$dir/fed.key \
-        HEARTH_FEDERATION__ALLOW_IP_RANGES='["127.0.0.0/8"]' \
-        HEARTH_FEDERATION__VERIFY_PEER_TLS=false \
-        HEARTH_LOG__ACCESS_LOG=false \
-        "$HEARTH_BIN" serve >"$dir/hearth.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 600); do
-        curl -sf "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null && break
-        sleep 0.1
-    done
+    start_hearth_fed
+    local port=$H_PORT fport=$H_FPORT pid=$H_PID
     local perf=
     if [ -n "${PERF:-}" ]; then
         perf record -F 499 -g -p "$pid" -o "$OUT/hearth.perf.data" >/dev/null 2>&1 &
@@ -80,9 +56,7 @@ run_hearth() {
         "${common[@]}" --pdus "$PDUS" --server-pid "$pid" --label hearth \
         --json "$OUT/hearth.json" --summary "$OUT/hearth-summary.json" || true
     if [ -n "$perf" ]; then kill -INT "$perf"; wait "$perf" || true; fi
-    kill -TERM "$pid"; wait "$pid" || true
-    cp "$dir/hearth.log" "$OUT/hearth.log" 2>/dev/null || true
-    rm -rf "$dir"
+    stop_hearth_fed "$OUT/hearth.log"
 }
 
 run_synapse() {

@@ -5,6 +5,7 @@ mod client;
 mod compare;
 mod db;
 mod db_report;
+mod hosted_room;
 mod http_load;
 mod matrix;
 mod plot;
@@ -66,6 +67,14 @@ pub enum Cmd {
     /// in transactions while K local members are parked in /sync:
     /// accepted PDUs/s, /send → /sync latency, CPU per PDU.
     FedIngest(scenario::fed_ingest::FedIngestArgs),
+    /// R simulated remote servers (default 100) join a room of the target;
+    /// a local user's messages, one at a time: the time until every server
+    /// has each one.
+    FedFanout(scenario::fed_fanout::FedFanoutArgs),
+    /// A local user joins a big room (`--members`, `--state-events`) hosted
+    /// by a simulated remote server: time until the join is answered, until
+    /// the user can send, until the full member list.
+    FedJoin(scenario::fed_join::FedJoinArgs),
     /// Every scenario against hearth and a peer (Synapse), alternating, with
     /// a ratio table.
     Compare(compare::CompareArgs),
@@ -96,6 +105,8 @@ pub fn run_scenario(cmd: &Cmd) -> Option<anyhow::Result<RunReport>> {
         Cmd::KeysClaim(a) => scenario::keys::run(a),
         Cmd::Media(a) => scenario::media::run(a),
         Cmd::FedIngest(a) => scenario::fed_ingest::run(a),
+        Cmd::FedFanout(a) => scenario::fed_fanout::run(a),
+        Cmd::FedJoin(a) => scenario::fed_join::run(a),
         _ => return None,
     })
 }
@@ -111,6 +122,8 @@ fn common_of(cmd: &Cmd) -> Option<&Common> {
         Cmd::KeysClaim(a) => Some(&a.common),
         Cmd::Media(a) => Some(&a.common),
         Cmd::FedIngest(a) => Some(&a.common),
+        Cmd::FedFanout(a) => Some(&a.common),
+        Cmd::FedJoin(a) => Some(&a.common),
         _ => None,
     }
 }

@@ -7,15 +7,16 @@
 //! `GET /state_ids/{room}` = the room's state after the joins, which is the
 //! state at every message: a target that processes a transaction's PDUs
 //! out of order asks for these — Synapse does); everything
-//! else is `404 M_UNRECOGNIZED`. Plain
+//! else is `404 M_UNRECOGNIZED`. `fed-fanout` reads when each message
+//! (by its body) first arrived in a transaction (`received`). Plain
 //! threads and rustls, so it costs nothing measurable during the run (the
 //! target fetches the key once and caches it).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use hearth::events::ServerKey;
 use serde_json::{json, Value};
@@ -23,12 +24,21 @@ use serde_json::{json, Value};
 /// The PDUs the remote has sent, by event id.
 pub type Store = Arc<RwLock<HashMap<String, Value>>>;
 
+/// Routes a scenario serves itself, asked first: (method, path with query,
+/// body) → (status, JSON body), or `None` for the common routes.
+pub type Handler = Arc<dyn Fn(&str, &str, &[u8]) -> Option<(u16, Vec<u8>)> + Send + Sync>;
+
+/// When each `m.room.message` (by `content.body`) first arrived here.
+pub type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+
 pub struct RemoteServer {
     pub name: String,
     pub key: Arc<ServerKey>,
     pub store: Store,
     /// The room's state event ids (one room per remote).
     pub state_ids: Arc<RwLock<Vec<String>>>,
+    pub received: Arrivals,
+    routes: Arc<RwLock<Option<Handler>>>,
 }
 
 impl RemoteServer {
@@ -67,17 +77,27 @@ impl RemoteServer {
         let key_body = Arc::new(key_body);
         let store: Store = Arc::default();
         let state_ids: Arc<RwLock<Vec<String>>> = Arc::default();
-        let (store2, name2, state2) = (store.clone(), name.clone(), state_ids.clone());
+        let received: Arrivals = Arc::default();
+        let routes: Arc<RwLock<Option<Handler>>> = Arc::default();
+        let (store2, name2, state2, recv2, routes2) = (
+            store.clone(),
+            name.clone(),
+            state_ids.clone(),
+            received.clone(),
+            routes.clone(),
+        );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(tcp) = conn else { continue };
-                let (cfg, key_body, store, name, state) = (
+                let (cfg, key_body, store, name, state, recv) = (
                     cfg.clone(),
                     key_body.clone(),
                     store2.clone(),
                     name2.clone(),
                     state2.clone(),
+                    recv2.clone(),
                 );
+                let routes = routes2.read().unwrap_or_else(|e| e.into_inner()).clone();
                 std::thread::spawn(move || {
                     let _ = tcp.set_read_timeout(Some(Duration::from_secs(120)));
                     let Ok(tls) = rustls::ServerConnection::new(cfg) else {
@@ -89,6 +109,8 @@ impl RemoteServer {
                         &store,
                         &name,
                         &state,
+                        &recv,
+                        routes.as_deref(),
                     );
                 });
             }
@@ -98,7 +120,15 @@ impl RemoteServer {
             key,
             store,
             state_ids,
+            received,
+            routes,
         })
+    }
+
+    /// Routes of a scenario's own (a hosted room), asked before the common
+    /// ones on connections accepted from now on.
+    pub fn set_routes(&self, h: Handler) {
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Some(h);
     }
 }
 
@@ -148,12 +178,33 @@ fn missing_events(store: &Store, body: &[u8]) -> Value {
     json!({ "events": out })
 }
 
+/// Records the first arrival of each message of a transaction.
+fn note_arrivals(body: &[u8], received: &Mutex<HashMap<String, Instant>>) {
+    let now = Instant::now();
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return;
+    };
+    let Some(pdus) = v["pdus"].as_array() else {
+        return;
+    };
+    let mut seen = received.lock().unwrap_or_else(|e| e.into_inner());
+    for p in pdus {
+        if p["type"] == "m.room.message" {
+            if let Some(b) = p["content"]["body"].as_str() {
+                seen.entry(b.to_owned()).or_insert(now);
+            }
+        }
+    }
+}
+
 fn serve<S: Read + Write>(
     stream: S,
     key_body: &[u8],
     store: &Store,
     name: &str,
     state: &RwLock<Vec<String>>,
+    received: &Mutex<HashMap<String, Instant>>,
+    routes: Option<&(dyn Fn(&str, &str, &[u8]) -> Option<(u16, Vec<u8>)> + Send + Sync)>,
 ) {
     let mut r = BufReader::new(stream);
     loop {
@@ -186,9 +237,13 @@ fn serve<S: Read + Write>(
         if r.read_exact(&mut body).is_err() {
             return;
         }
-        let (status, answer): (u16, Vec<u8>) = if path.starts_with("/_matrix/key/v2/server") {
+        let own = routes.and_then(|h| h(&method, &path, &body));
+        let (status, answer): (u16, Vec<u8>) = if let Some(a) = own {
+            a
+        } else if path.starts_with("/_matrix/key/v2/server") {
             (200, key_body.to_vec())
         } else if method == "PUT" && path.starts_with("/_matrix/federation/v1/send/") {
+            note_arrivals(&body, received);
             (200, br#"{"pdus":{}}"#.to_vec())
         } else if path.starts_with("/_matrix/federation/v1/get_missing_events/") {
             (200, missing_events(store, &body).to_string().into_bytes())
@@ -229,7 +284,7 @@ fn serve<S: Read + Write>(
     }
 }
 
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -33,12 +33,11 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hearth::config::FederationSection;
 use hearth::events::{build_pdu, NewEvent, RoomVersion, ServerKey};
-use hearth::federation::Federation;
 use ruma::canonical_json::{CanonicalJsonObject, CanonicalJsonValue};
 use serde_json::{json, Value};
 
+use super::fed_common::{fed_client, join_remote_user, runtime_err, to_canonical};
 use super::{fixture, until_end, Common, MakeTasks, TaskFuture};
 use crate::client::{enc, Conn};
 use crate::matrix;
@@ -92,56 +91,6 @@ struct Txn {
 type IdMap = HashMap<String, (usize, usize, usize)>;
 
 const BACKOFF: Duration = Duration::from_millis(100);
-
-fn runtime_err(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
-}
-
-fn fed_client(key: Arc<ServerKey>, conns: usize) -> anyhow::Result<Rc<Federation>> {
-    let cfg = FederationSection {
-        allow_ip_ranges: vec!["127.0.0.0/8".into()],
-        verify_peer_tls: false,
-        max_idle_per_destination: conns.max(4),
-        ..FederationSection::default()
-    };
-    let tls = hearth::federation::tls::client_config(false).map_err(runtime_err)?;
-    Ok(Rc::new(Federation::new(
-        key,
-        Arc::new(Vec::new()),
-        tls,
-        &cfg,
-        Vec::new(),
-    )))
-}
-
-fn to_canonical(v: &Value) -> anyhow::Result<CanonicalJsonObject> {
-    let Value::Object(m) = v.clone() else {
-        anyhow::bail!("not a JSON object: {v}");
-    };
-    ruma::canonical_json::try_from_json_map(m).map_err(runtime_err)
-}
-
-/// A federation request that must answer 200 with JSON.
-async fn fed_json(
-    fed: &Federation,
-    dest: &str,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> anyhow::Result<Value> {
-    let r = fed
-        .request(dest, method, path, body)
-        .await
-        .map_err(|e| anyhow::anyhow!("{method} {path}: {e}"))?;
-    if r.status != 200 {
-        anyhow::bail!(
-            "{method} {path}: {} {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        );
-    }
-    serde_json::from_slice(&r.body).map_err(|e| anyhow::anyhow!("{method} {path}: {e}"))
-}
 
 /// Per room after the joins: the chain's head and the message auth events.
 struct RoomHead {
@@ -228,45 +177,8 @@ async fn set_up(
         let (mut prev, mut depth) = (String::new(), 0);
         for j in 0..a.remote_users.max(1) {
             let user = format!("@hb{run}r{r}x{j}:{}", remote.name);
-            let path = format!(
-                "/_matrix/federation/v1/make_join/{}/{}?ver={}",
-                enc(room),
-                enc(&user),
-                version.as_str()
-            );
-            let made = fed_json(&fed, dest, "GET", &path, None).await?;
-            let mut ev = to_canonical(&made["event"])?;
-            // A template may lack origin/origin_server_ts; the joining server fills them.
-            ev.insert(
-                "origin".into(),
-                CanonicalJsonValue::String(remote.name.clone()),
-            );
-            ev.insert(
-                "origin_server_ts".into(),
-                CanonicalJsonValue::Integer(
-                    (hearth::primitives::unix_ms() as i64)
-                        .try_into()
-                        .map_err(runtime_err)?,
-                ),
-            );
-            hearth::events::hash_and_sign(&mut ev, version, &remote.key).map_err(runtime_err)?;
-            let id = hearth::events::event_id_of(&ev, version)
-                .map_err(runtime_err)?
-                .to_string();
-            depth = match ev.get("depth") {
-                Some(CanonicalJsonValue::Integer(d)) => i64::from(*d) as u64,
-                _ => anyhow::bail!("make_join template without depth"),
-            };
-            let mut body = serde_json::to_value(&ev)?;
-            if let Value::Object(m) = &mut body {
-                m.remove("event_id");
-            }
-            let path = format!(
-                "/_matrix/federation/v2/send_join/{}/{}",
-                enc(room),
-                enc(&id)
-            );
-            fed_json(&fed, dest, "PUT", &path, Some(&body)).await?;
+            let (id, d) = join_remote_user(&fed, dest, remote, room, &user, version).await?;
+            depth = d;
             senders.push((user, id.clone()));
             prev = id;
         }

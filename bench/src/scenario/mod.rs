@@ -3,7 +3,10 @@
 //! Each scenario sets up its own users and rooms through the client API
 //! (`fixture.rs`), so it runs against any homeserver.
 
+pub mod fed_common;
+pub mod fed_fanout;
 pub mod fed_ingest;
+pub mod fed_join;
 pub mod fixture;
 pub mod keys;
 pub mod media;
