@@ -26,7 +26,8 @@ pub type Store = Arc<RwLock<HashMap<String, Value>>>;
 
 /// Routes a scenario serves itself, asked first: (method, path with query,
 /// body) → (status, JSON body), or `None` for the common routes.
-pub type Handler = Arc<dyn Fn(&str, &str, &[u8]) -> Option<(u16, Vec<u8>)> + Send + Sync>;
+pub type Route = dyn Fn(&str, &str, &[u8]) -> Option<(u16, Vec<u8>)> + Send + Sync;
+pub type Handler = Arc<Route>;
 
 /// When each `m.room.message` (by `content.body`) first arrived here.
 pub type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
@@ -204,7 +205,7 @@ fn serve<S: Read + Write>(
     name: &str,
     state: &RwLock<Vec<String>>,
     received: &Mutex<HashMap<String, Instant>>,
-    routes: Option<&(dyn Fn(&str, &str, &[u8]) -> Option<(u16, Vec<u8>)> + Send + Sync)>,
+    routes: Option<&Route>,
 ) {
     let mut r = BufReader::new(stream);
     loop {

@@ -108,7 +108,7 @@ async fn set_up(
     loop {
         let missing = remotes
             .iter()
-            .filter(|r| !arrived(r, &probe).is_some())
+            .filter(|r| arrived(r, &probe).is_none())
             .count();
         if missing == 0 {
             break;
