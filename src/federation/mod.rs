@@ -23,6 +23,7 @@ pub mod dns;
 pub mod edus;
 pub mod inbound;
 pub mod ingest;
+pub mod invites;
 pub mod ip_range;
 pub mod join;
 pub mod keys;
