@@ -27,6 +27,7 @@ pub mod invites;
 pub mod ip_range;
 pub mod join;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod profile;
 pub mod resolve;
