@@ -197,11 +197,7 @@ fn upload_download_round_trip_with_safe_headers() {
     // Remote media is fetched over federation: a server we cannot reach
     // (loopback is denied by default) is 502, as in Synapse.
     assert_err(
-        &get(
-            &h,
-            &format!("{V1}/download/localhost:1/{id}"),
-            Some(&alice),
-        ),
+        &get(&h, &format!("{V1}/download/localhost:1/{id}"), Some(&alice)),
         502,
         "M_UNKNOWN",
     );
