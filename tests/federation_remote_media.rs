@@ -4,7 +4,8 @@
 //! (multipart/mixed) and then served from the local cache, even once the
 //! origin is gone; unknown remote media is 404 `M_NOT_FOUND`, an
 //! unreachable server 502. A fake server (its own key) fetches hearth's
-//! media over federation and gets the multipart answer.
+//! media over federation and gets the multipart answer; a fake server's
+//! answers exercise the redirect, the size limit and malformed answers.
 
 mod common;
 
@@ -12,10 +13,11 @@ use std::io::{Cursor, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::fake_server::FakeServer;
-use common::fed::{client_of, free_port, runtime, start_home};
+use common::fake_server::{raw_answer, FakeServer};
+use common::fed::{client_of, free_port, runtime, start_home, start_home_with};
 use common::{assert_err, ok, read_response, register_user, Resp};
 use image::{DynamicImage, ImageFormat};
+use serde_json::json;
 
 fn raw(
     addr: std::net::SocketAddr,
@@ -211,4 +213,80 @@ fn hearth_serves_its_media_over_federation() {
         .unwrap()
     });
     assert_eq!(unsigned.status, 401);
+}
+
+/// The multipart answer of a remote server, with `part` as its second part.
+fn multipart(part: &str) -> serde_json::Value {
+    let body = format!(
+        "--XyZ\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--XyZ\r\n{part}\r\n--XyZ--\r\n"
+    );
+    raw_answer("multipart/mixed; boundary=XyZ", &body)
+}
+
+#[test]
+fn remote_answers_redirects_and_limits() {
+    let home = start_home_with(&[("HEARTH_MEDIA__MAX_UPLOAD_SIZE", "1000")]);
+    let fake = FakeServer::start(32);
+    let bob = register_user(&home.h, "bob");
+    let cdn = format!("https://localhost:{}/cdn/file.txt", fake.port);
+    let big = "x".repeat(2000);
+    fake.handle(move |r| {
+        let p = r.path.as_str();
+        let media = "/_matrix/federation/v1/media/download/";
+        if p.starts_with(&format!("{media}direct")) {
+            return Some((
+                200,
+                multipart(
+                    "Content-Type: text/plain\r\n\
+                     Content-Disposition: attachment; filename=\"d.txt\"\r\n\r\ndirect bytes",
+                ),
+            ));
+        }
+        if p.starts_with(&format!("{media}redirected")) {
+            return Some((200, multipart(&format!("Location: {cdn}\r\n"))));
+        }
+        if p.starts_with(&format!("{media}big")) {
+            return Some((
+                200,
+                multipart(&format!("Content-Type: text/plain\r\n\r\n{big}")),
+            ));
+        }
+        if p.starts_with(&format!("{media}junk")) {
+            return Some((200, json!({"not": "multipart"})));
+        }
+        if p == "/cdn/file.txt" {
+            return Some((200, raw_answer("text/plain", "bytes from the cdn")));
+        }
+        None
+    });
+    let get = |id: &str| {
+        raw(
+            home.h.addr,
+            "GET",
+            &format!("/_matrix/client/v1/media/download/{}/{id}", fake.name),
+            &bob.token,
+            None,
+            b"",
+        )
+    };
+    let r = get("direct");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, b"direct bytes");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert!(r.header("content-disposition").unwrap().contains("d.txt"));
+    // Served from the cache: no second federation request.
+    assert_eq!(get("direct").body, b"direct bytes");
+    assert_eq!(
+        fake.requests("/_matrix/federation/v1/media/download/direct")
+            .len(),
+        1
+    );
+    // The signed request, then the redirect followed once, unsigned.
+    let r = get("redirected");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, b"bytes from the cdn");
+    assert_eq!(fake.requests("/cdn/file.txt").len(), 1);
+    assert_err(&get("big"), 502, "M_TOO_LARGE");
+    assert_err(&get("junk"), 502, "M_UNKNOWN");
+    assert_err(&get("absent"), 404, "M_NOT_FOUND");
 }
