@@ -3,7 +3,8 @@
 //! - a Synapse user invites a hearth user to a Synapse room no hearth user
 //!   is in: the invite is in hearth's `/sync` (with its stripped state),
 //!   the hearth user accepts, messages flow both ways, the hearth user
-//!   leaves and Synapse sees the leave;
+//!   leaves and Synapse sees the leave; an invite Synapse takes back (a
+//!   kick of the invitee) moves to `rooms.leave`;
 //! - a hearth user kicks and bans Synapse users from a hearth room, and
 //!   Synapse sees both;
 //! - a hearth user downloads a Synapse user's upload, and Synapse
@@ -264,6 +265,49 @@ fn synapse_invites_a_hearth_user_who_accepts_talks_and_leaves() {
         );
         status == 200 && v["membership"] == "leave"
     });
+
+    // sam invites erin, then takes the invite back (a kick of the invitee):
+    // Synapse sends the leave to erin's server, and her invite moves to
+    // `rooms.leave`.
+    let erin = register_user(&home.h, "erin");
+    let first = ok(call(&home.h, "GET", "/sync?timeout=0", &erin.token, None));
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+    let other = syn_create(&syn, &sam_t, "private_chat");
+    let (status, v) = syn_call(
+        &syn,
+        "POST",
+        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&other)),
+        Some(&sam_t),
+        Some(&json!({"user_id": erin.id})),
+    );
+    assert_eq!(status, 200, "Synapse invites erin: {v}");
+    let mut invited = false;
+    within(
+        60,
+        "erin's invite, then its retraction, in hearth's /sync",
+        || {
+            let v = ok(call(
+                &home.h,
+                "GET",
+                &format!("/sync?timeout=1000&since={}", enc(&since)),
+                &erin.token,
+                None,
+            ));
+            since = v["next_batch"].as_str().unwrap().to_owned();
+            if !invited && v["rooms"]["invite"][&other].is_object() {
+                invited = true;
+                let (status, v) = syn_call(
+                    &syn,
+                    "POST",
+                    &format!("/_matrix/client/v3/rooms/{}/kick", enc(&other)),
+                    Some(&sam_t),
+                    Some(&json!({"user_id": erin.id})),
+                );
+                assert_eq!(status, 200, "Synapse rescinds: {v}");
+            }
+            invited && v["rooms"]["leave"][&other].is_object()
+        },
+    );
 }
 
 #[test]
