@@ -251,6 +251,10 @@ fn remote_answers_redirects_and_limits() {
                 multipart(&format!("Content-Type: text/plain\r\n\r\n{big}")),
             ));
         }
+        if p.starts_with(&format!("{media}slow")) {
+            std::thread::sleep(Duration::from_millis(700));
+            return Some((200, multipart("Content-Type: text/plain\r\n\r\nslow bytes")));
+        }
         if p.starts_with(&format!("{media}junk")) {
             return Some((200, json!({"not": "multipart"})));
         }
@@ -286,6 +290,22 @@ fn remote_answers_redirects_and_limits() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.body, b"bytes from the cdn");
     assert_eq!(fake.requests("/cdn/file.txt").len(), 1);
+    // Clients asking at once share the fetch (one per shard at most).
+    let addr = home.h.addr;
+    let path = format!("/_matrix/client/v1/media/download/{}/slow", fake.name);
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let (path, token) = (path.clone(), bob.token.clone());
+            std::thread::spawn(move || raw(addr, "GET", &path, &token, None, b""))
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap().body, b"slow bytes");
+    }
+    let fetches = fake
+        .requests("/_matrix/federation/v1/media/download/slow")
+        .len();
+    assert!((1..=2).contains(&fetches), "{fetches} fetches");
     assert_err(&get("big"), 502, "M_TOO_LARGE");
     assert_err(&get("junk"), 502, "M_UNKNOWN");
     assert_err(&get("absent"), 404, "M_NOT_FOUND");

@@ -4,11 +4,13 @@
 //! SHA-256 on the blocking pool, a `media` row with the remote server as
 //! `origin`), then served from that cache like local media.
 
+use std::rc::Rc;
+
 use super::files::Files;
 use super::meta::{self, Content, MediaRow};
 use super::MediaError;
 use crate::federation::media::{self as fetch, FetchError};
-use crate::primitives::unix_ms_i64 as now_ms;
+use crate::primitives::{unix_ms_i64 as now_ms, FutureCache};
 use crate::shard_state::ShardState;
 
 impl From<FetchError> for MediaError {
@@ -22,9 +24,47 @@ impl From<FetchError> for MediaError {
     }
 }
 
+thread_local! {
+    /// Rows of remote media this shard served, and the fetches in flight:
+    /// a hundred clients opening one new image share one download.
+    static ROWS: FutureCache<(String, String), (MediaRow, String), Rc<MediaError>> =
+        FutureCache::new("remote_media", 4096);
+}
+
 /// The cached row of `server`'s `media_id` with its content hash,
-/// fetching it first if it is not cached.
+/// fetching it first if it is not cached (once per shard at a time; the
+/// fetch runs as its own task, so it completes even if the client goes).
 pub async fn row(
+    state: &ShardState,
+    server: &str,
+    media_id: &str,
+) -> Result<(MediaRow, String), MediaError> {
+    let Some(shard) = crate::shard_state::current_shard() else {
+        return load(state, server, media_id).await;
+    };
+    let rows = ROWS.with(|r| r.clone());
+    let (s, m) = (server.to_owned(), media_id.to_owned());
+    rows.get_or_load((s.clone(), m.clone()), move || async move {
+        load(&shard, &s, &m).await.map_err(Rc::new)
+    })
+    .await
+    .map_err(|e| unshare(&e))
+}
+
+/// A shared failure as each waiter's own error (the kinds the edge maps;
+/// anything else is internal).
+fn unshare(e: &MediaError) -> MediaError {
+    match e {
+        MediaError::NotFound(m) => MediaError::NotFound(m.clone()),
+        MediaError::RemoteTooLarge => MediaError::RemoteTooLarge,
+        MediaError::RemoteTimeout => MediaError::RemoteTimeout,
+        MediaError::RemoteFailed(m) => MediaError::RemoteFailed(m.clone()),
+        MediaError::Busy => MediaError::Busy,
+        other => MediaError::Io(other.to_string()),
+    }
+}
+
+async fn load(
     state: &ShardState,
     server: &str,
     media_id: &str,
