@@ -188,20 +188,18 @@ fn upload_download_round_trip_with_safe_headers() {
     );
     assert_eq!(r.header("content-security-policy"), Some(CSP));
 
-    // Unknown, remote and malformed ids.
+    // Unknown, unreachable remote and malformed ids.
     assert_err(
         &get(&h, &format!("{V1}/download/{server}/nope"), Some(&alice)),
         404,
         "M_NOT_FOUND",
     );
+    // Remote media is fetched over federation: a server we cannot reach
+    // (loopback is denied by default) is 502, as in Synapse.
     assert_err(
-        &get(
-            &h,
-            &format!("{V1}/download/elsewhere.org/{id}"),
-            Some(&alice),
-        ),
-        404,
-        "M_NOT_FOUND",
+        &get(&h, &format!("{V1}/download/localhost:1/{id}"), Some(&alice)),
+        502,
+        "M_UNKNOWN",
     );
     assert_err(
         &get(

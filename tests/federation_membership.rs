@@ -282,6 +282,13 @@ fn knocking_and_remote_invites() {
         "{st:?}"
     );
     assert!(st.contains(&("m.room.create".into(), "".into())), "{st:?}");
+    // Full PDUs, as the spec wants since v1.16.
+    for e in knocked["knock_room_state"].as_array().unwrap() {
+        assert!(
+            e["signatures"].is_object() && e["hashes"].is_object(),
+            "{e}"
+        );
+    }
     assert_eq!(w.membership(&bob).as_deref(), Some("knock"));
 
     // The fake server invites alice to a room it hosts (v10): hearth

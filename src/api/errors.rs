@@ -199,6 +199,15 @@ impl From<MediaError> for MatrixError {
             MediaError::Busy => MatrixError::limit_exceeded(Some(1000)),
             MediaError::Db(e) => e.into(),
             MediaError::Io(m) => internal("media storage", &Bug(&m)),
+            // Spec "Content repository", download: 502 `M_TOO_LARGE`;
+            // an unreachable server is 502 as in Synapse ("Failed to
+            // fetch remote media"), a timeout 504.
+            MediaError::RemoteTooLarge => MatrixError::new(502, "M_TOO_LARGE", msg),
+            MediaError::RemoteTimeout => MatrixError::new(504, "M_UNKNOWN", msg),
+            MediaError::RemoteFailed(m) => {
+                tracing::info!(error = %m, "remote media fetch failed");
+                MatrixError::new(502, "M_UNKNOWN", "Failed to fetch remote media")
+            }
         }
     }
 }

@@ -120,6 +120,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "federation_outbox",
         sql: include_str!("../../migrations/0021_federation_outbox.sql"),
     },
+    Migration {
+        version: 25,
+        name: "remote_invite_stream",
+        sql: include_str!("../../migrations/0025_remote_invite_stream.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

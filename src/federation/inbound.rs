@@ -137,6 +137,11 @@ async fn check_room_pdus(
         )
         .await?
     else {
+        // An invite we keep may be taken back by its server; the rest is
+        // ignored.
+        if let Err(e) = super::invites::retracted(state, origin, room, &pdus).await {
+            tracing::info!(%origin, %room, error = %e, "invite retraction not applied");
+        }
         tracing::info!(%origin, %room, "ignoring PDUs of an unknown room");
         return Ok(Vec::new());
     };

@@ -269,32 +269,52 @@ pub async fn resolve_alias(
 
 /// Rejecting an invite to a room hosted elsewhere (server-server "Leaving
 /// Rooms (Rejecting Invites)"): `make_leave` / `send_leave` v2 through the
-/// inviting server; the kept invite is dropped once it answers. `Ok(false)`:
-/// no remote invite of `user` to `room` is kept (a local leave applies).
+/// inviting server, then the kept invite is marked left (the next `/sync`
+/// lists the room in `rooms.leave`). If that server cannot take the leave,
+/// the invite is rejected here only (`invites::local_leave`), as Synapse
+/// does. `Ok(false)`: no remote invite of `user` to `room` is pending (a
+/// local leave applies).
 pub async fn reject_remote_invite(
     state: &Rc<ShardState>,
     user: &OwnedUserId,
     room: &OwnedRoomId,
+    reason: Option<String>,
 ) -> Result<bool, RoomError> {
-    let row = state
-        .db
-        .query_opt(
-            "SELECT event->>'sender', room_version FROM remote_invites \
-             WHERE room_id = $1 AND user_id = $2 LIMIT 1",
-            &[&room.as_str(), &user.as_str()],
-        )
-        .await?;
-    let Some(row) = row else { return Ok(false) };
+    let Some((inviter, kept_version, invite)) = super::invites::pending(state, user, room).await?
+    else {
+        return Ok(false);
+    };
     let joined_here = candidates(state, user, room, Vec::new()).await?.is_none();
     if joined_here {
         apply_kept_invite(state, user, room).await?;
         return Ok(false);
     }
-    let inviter: Option<String> = row.get(0)?;
     let server = inviter
         .and_then(|s| OwnedUserId::try_from(s).ok())
         .map(|u| u.server_name().to_string())
         .ok_or_else(|| RoomError::Internal("kept invite without a sender".into()))?;
+    let (id, leave) = match leave_via(state, user, room, &server, &kept_version, reason).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::info!(%room, %server, error = %e, "remote rejection failed; rejecting locally");
+            let version = RoomVersion::parse(&kept_version)
+                .map_err(|e| RoomError::Internal(format!("kept invite: {e}")))?;
+            super::invites::local_leave(state, user, room, version, &invite)?
+        }
+    };
+    super::invites::mark_left(state, room, user, &id, leave).await?;
+    Ok(true)
+}
+
+/// `make_leave` / `send_leave` v2 at `server`: our signed leave, accepted.
+async fn leave_via(
+    state: &Rc<ShardState>,
+    user: &OwnedUserId,
+    room: &OwnedRoomId,
+    server: &str,
+    kept_version: &str,
+    reason: Option<String>,
+) -> Result<(OwnedEventId, Value), RoomError> {
     let remote = |what: &str, e: &dyn std::fmt::Display| {
         RoomError::Forbidden(format!("{what} at {server} failed: {e}"))
     };
@@ -305,15 +325,14 @@ pub async fn reject_remote_invite(
     );
     let made: Value = state
         .federation
-        .request_json(&server, "GET", &path, None)
+        .request_json(server, "GET", &path, None)
         .await
         .map_err(|e| remote("make_leave", &e))?;
     let version = made
         .get("room_version")
         .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or(row.get::<String>(1)?);
-    let version = RoomVersion::parse(&version).map_err(|e| remote("make_leave", &e))?;
+        .unwrap_or(kept_version);
+    let version = RoomVersion::parse(version).map_err(|e| remote("make_leave", &e))?;
     let mut template = made
         .get("event")
         .cloned()
@@ -329,6 +348,9 @@ pub async fn reject_remote_invite(
     }
     let mut content = CanonicalJsonObject::new();
     content.insert("membership".into(), "leave".to_owned().into());
+    if let Some(r) = reason {
+        content.insert("reason".into(), r.into());
+    }
     template.insert("content".into(), CanonicalJsonValue::Object(content));
     template.insert(
         "origin_server_ts".into(),
@@ -338,6 +360,7 @@ pub async fn reject_remote_invite(
     );
     template.remove("signatures");
     template.remove("hashes");
+    template.remove("unsigned");
     hash_and_sign(&mut template, version, &state.key)
         .map_err(|e| RoomError::Internal(format!("signing our leave: {e}")))?;
     let id = event_id_of(&template, version).map_err(|e| remote("make_leave", &e))?;
@@ -349,17 +372,10 @@ pub async fn reject_remote_invite(
     let body = serde_json::to_value(&template).map_err(|e| RoomError::Internal(e.to_string()))?;
     state
         .federation
-        .request_json::<Value>(&server, "PUT", &path, Some(&body))
+        .request_json::<Value>(server, "PUT", &path, Some(&body))
         .await
         .map_err(|e| remote("send_leave", &e))?;
-    state
-        .db
-        .execute(
-            "DELETE FROM remote_invites WHERE room_id = $1 AND user_id = $2",
-            &[&room.as_str(), &user.as_str()],
-        )
-        .await?;
-    Ok(true)
+    Ok((id, body))
 }
 
 /// When a user of ours is in the room already, a kept invite is an event
@@ -373,7 +389,8 @@ pub async fn apply_kept_invite(
     let rows = state
         .db
         .query(
-            "SELECT event FROM remote_invites WHERE room_id = $1 AND user_id = $2",
+            "SELECT event FROM remote_invites WHERE room_id = $1 AND user_id = $2 \
+             AND membership = 'invite'",
             &[&room.as_str(), &user.as_str()],
         )
         .await?;

@@ -244,21 +244,7 @@ pub async fn receive_invite(
     add_signature(&mut pdu, version, &state.key)
         .map_err(|e| RoomError::Internal(format!("cannot co-sign: {e}")))?;
     let text = serde_json::to_value(&pdu).map_err(|e| RoomError::Internal(e.to_string()))?;
-    let w = Write::new().statement(
-        "INSERT INTO remote_invites (room_id, user_id, event_id, room_version, event, \
-         invite_room_state, received_ts) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (event_id) DO NOTHING",
-        vec![
-            SqlValue::from(room.as_str()),
-            invitee.as_str().into(),
-            id.as_str().into(),
-            version.as_str().into(),
-            SqlValue::Jsonb(text),
-            SqlValue::Jsonb(invite_room_state),
-            crate::primitives::unix_ms_i64().into(),
-        ],
-    );
-    state.writer.submit(w).await?;
+    super::invites::keep(state, room, &invitee, &id, version, text, invite_room_state).await?;
     Ok(pdu)
 }
 

@@ -49,6 +49,35 @@ pub async fn get(pool: &Pool, origin: &str, media_id: &str) -> Result<Option<Med
         .transpose()
 }
 
+/// Records media of another server fetched over federation (`origin` is
+/// that server; no local user uploaded it). A row already there wins.
+pub async fn insert_remote(
+    pool: &Pool,
+    origin: &str,
+    media_id: &str,
+    now: i64,
+    content: &Content,
+    authenticated: bool,
+) -> Result<(), DbError> {
+    pool.execute(
+        "INSERT INTO media (origin, media_id, user_id, created_ts, content_type, upload_name, \
+         sha256, size, uploaded_ts, authenticated) \
+         VALUES ($1, $2, '', $3, $4, $5, $6, $7, $3, $8) ON CONFLICT (origin, media_id) DO NOTHING",
+        &[
+            &origin,
+            &media_id,
+            &now,
+            &content.content_type,
+            &content.upload_name,
+            &content.sha256,
+            &content.size,
+            &authenticated,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Records an upload made in one step (`POST /upload`).
 pub async fn insert_uploaded(
     pool: &Pool,

@@ -11,11 +11,15 @@
 //!   tying the above together for the HTTP handlers.
 //!
 //! No file IO, hashing or image work runs on a shard: it all goes through
-//! [`crate::blocking`]. Remote media (federation) is a later seam.
+//! [`crate::blocking`].
+//! - [`remote`]: other servers' media, fetched over federation and cached.
+//! - [`multipart`]: the federation media endpoints' answer format.
 
 pub mod disposition;
 pub mod files;
 pub mod meta;
+pub mod multipart;
+pub mod remote;
 pub mod service;
 pub mod thumbnail;
 
@@ -47,6 +51,14 @@ pub enum MediaError {
     Db(#[from] crate::db::DbError),
     #[error("media storage failed: {0}")]
     Io(String),
+    /// The remote server's media is over our size limit.
+    #[error("remote media is too large")]
+    RemoteTooLarge,
+    #[error("timed out fetching remote media")]
+    RemoteTimeout,
+    /// The remote server is unreachable or gave an unusable answer.
+    #[error("failed to fetch remote media: {0}")]
+    RemoteFailed(String),
 }
 
 impl From<crate::blocking::BlockingError> for MediaError {

@@ -189,8 +189,18 @@ async fn content_row(
     access: Access,
 ) -> Result<(MediaRow, String), MediaError> {
     if server_name != state.config.server_name {
-        // Remote media comes over federation (issue 11 [4/6]).
-        return Err(MediaError::NotFound("Remote media is not available".into()));
+        if access == Access::Legacy && !state.config.media.legacy_unauthenticated {
+            // The freeze: the legacy endpoints fetch nothing new, and serve
+            // only what was cached before it.
+            return match meta::get(&state.db, server_name, media_id).await? {
+                Some(r) if !r.authenticated => match r.sha256.clone() {
+                    Some(sha) => Ok((r, sha)),
+                    None => Err(MediaError::NotFound("Not found".into())),
+                },
+                _ => Err(MediaError::NotFound("Not found".into())),
+            };
+        }
+        return super::remote::row(state, server_name, media_id).await;
     }
     let wait = Duration::from_millis(timeout_ms.unwrap_or(20_000).min(MAX_WAIT_MS));
     let deadline = std::time::Instant::now() + wait;

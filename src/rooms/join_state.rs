@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use ruma::OwnedRoomId;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::db::Pool;
 
@@ -126,7 +126,10 @@ pub async fn join_state(
     })
 }
 
-/// `knock_room_state`: the stripped state of the room now.
+/// `knock_room_state` / `invite_room_state`: the room's identifying state
+/// now, as full PDUs (server-server "Inviting to a room" v2 and "Knocking",
+/// since v1.16: the create event included, every entry formatted as the
+/// room version says; the receiving server strips them for its clients).
 pub async fn stripped_state(db: &Pool, room: &OwnedRoomId) -> Result<Vec<Value>, RoomError> {
     let types: Vec<String> = STRIPPED_TYPES.iter().map(|t| (*t).to_owned()).collect();
     let rows = db
@@ -136,15 +139,5 @@ pub async fn stripped_state(db: &Pool, room: &OwnedRoomId) -> Result<Vec<Value>,
             &[&room.as_str(), &types],
         )
         .await?;
-    rows.iter()
-        .map(|r| {
-            let e: Value = r.get(0)?;
-            Ok(json!({
-                "type": e["type"],
-                "state_key": e["state_key"],
-                "sender": e["sender"],
-                "content": e["content"],
-            }))
-        })
-        .collect()
+    rows.iter().map(|r| Ok(r.get::<Value>(0)?)).collect()
 }

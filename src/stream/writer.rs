@@ -38,6 +38,7 @@ pub const POSITION_TABLES: &[&str] = &[
     "receipts",
     "account_data",
     "to_device_txns",
+    "remote_invites",
 ];
 
 /// What the announcer sends to every shard.

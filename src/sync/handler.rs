@@ -18,7 +18,7 @@ use crate::stream::{Notifier, ShardPos, StreamToken};
 use super::cache::{self, SyncCache};
 use super::response::{RoomEntry, SyncResponse, SyncRooms};
 use super::timeline::{self, MemberChange};
-use super::{extensions, filter_store, response, SyncContext, SyncError};
+use super::{extensions, filter_store, remote, response, SyncContext, SyncError};
 
 /// Longest long poll we honour; longer timeouts are shortened to it.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(180);
@@ -142,6 +142,13 @@ async fn compute(
 ) -> Result<SyncResponse, SyncError> {
     let rooms = notifier.rooms_of(&ctx.user);
     let forgotten = forgotten(ctx, notifier, &rooms).await?;
+    // Rooms where the user's own membership event is current here: a
+    // kept remote invite of such a room is not listed on its own.
+    let active: HashSet<OwnedRoomId> = rooms
+        .iter()
+        .filter(|(_, m)| matches!(m.as_str(), "join" | "invite" | "knock"))
+        .map(|(r, _)| r.clone())
+        .collect();
     let work = rooms
         .into_iter()
         .filter(|(r, _)| ctx.filter.allows_room(r.as_str()))
@@ -159,6 +166,21 @@ async fn compute(
             Section::Knock => &mut out.knock,
         };
         map.insert(room.to_string(), v);
+    }
+    for (room, entry) in remote::entries(ctx).await? {
+        if active.contains(&room) || forgotten.contains(room.as_str()) {
+            continue;
+        }
+        let key = room.to_string();
+        match entry {
+            remote::Entry::Invite(v) => {
+                out.leave.remove(&key);
+                out.invite.insert(key, v);
+            }
+            remote::Entry::Leave(v) => {
+                out.leave.insert(key, v);
+            }
+        }
     }
     response::assemble(ctx, out).await
 }

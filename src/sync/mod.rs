@@ -12,6 +12,8 @@
 //! - [`serve`]: events as `rooms::serve` serves them (redactions,
 //!   `prev_content`), cached viewer-independent, `age`/`transaction_id`
 //!   added per request; history visibility of a timeline.
+//! - [`remote`]: invites kept for rooms hosted elsewhere (`rooms.invite`,
+//!   and `rooms.leave` once rejected).
 //! - [`response`]: the response shape, with every field clients require.
 //! - [`extensions`]: the seam for ephemeral and per-user streams (typing,
 //!   receipts, account data, presence, to-device), filled by their module.
@@ -20,6 +22,7 @@ pub mod cache;
 pub mod extensions;
 pub mod filter_store;
 pub mod handler;
+pub mod remote;
 pub mod response;
 pub mod serve;
 pub mod timeline;

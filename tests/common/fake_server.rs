@@ -21,6 +21,18 @@ pub struct Received {
     pub body: Value,
 }
 
+const RAW_BODY: &str = "__raw_body";
+const RAW_TYPE: &str = "__raw_content_type";
+
+/// A handler answer sent as `body` with `content_type` instead of JSON
+/// (e.g. the multipart answers of the federation media endpoints).
+pub fn raw_answer(content_type: &str, body: &str) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert(RAW_BODY.into(), body.into());
+    m.insert(RAW_TYPE.into(), content_type.into());
+    Value::Object(m)
+}
+
 /// `None`: 404 `M_UNRECOGNIZED`.
 pub type Handler = Box<dyn Fn(&Received) -> Option<(u16, Value)> + Send + Sync>;
 
@@ -166,9 +178,21 @@ fn serve<S: Read + Write>(
                 json!({"errcode": "M_UNRECOGNIZED", "error": "not here"}),
             ))
         };
-        let bytes = serde_json::to_vec(&answer).unwrap();
+        let (content_type, bytes) = match answer.get(RAW_BODY).and_then(Value::as_str) {
+            Some(body) => (
+                answer[RAW_TYPE]
+                    .as_str()
+                    .unwrap_or("application/octet-stream")
+                    .to_owned(),
+                body.as_bytes().to_vec(),
+            ),
+            None => (
+                "application/json".to_owned(),
+                serde_json::to_vec(&answer).unwrap(),
+            ),
+        };
         let head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             bytes.len()
         );
         let w = r.get_mut();

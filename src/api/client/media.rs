@@ -201,6 +201,15 @@ fn dimension(req: &Request, name: &str) -> Result<u32, MatrixError> {
 
 async fn thumbnail_as(state: &ShardState, req: &Request, access: Access) -> HandlerResult {
     let (server, id) = mxc_path(req)?;
+    let spec = thumbnail_spec(req)?;
+    let timeout = req.query_as::<u64>("timeout_ms")?;
+    let served = service::thumbnail(state, &server, &id, spec, timeout, access).await?;
+    Ok(serve(served, None))
+}
+
+/// A thumbnail request's `width`, `height`, `method`, `animated` (the
+/// client and federation endpoints take the same).
+pub(crate) fn thumbnail_spec(req: &Request) -> Result<Spec, MatrixError> {
     let width = dimension(req, "width")?;
     let height = dimension(req, "height")?;
     // Synapse's default method is `scale`.
@@ -210,15 +219,12 @@ async fn thumbnail_as(state: &ShardState, req: &Request, access: Access) -> Hand
             .ok_or_else(|| MatrixError::invalid_param("method must be crop or scale"))?,
     };
     let animated = req.query_as::<bool>("animated")?.unwrap_or(false);
-    let timeout = req.query_as::<u64>("timeout_ms")?;
-    let spec = Spec {
+    Ok(Spec {
         width,
         height,
         method,
         animated,
-    };
-    let served = service::thumbnail(state, &server, &id, spec, timeout, access).await?;
-    Ok(serve(served, None))
+    })
 }
 
 /// The content with the headers that keep it from running on our origin:

@@ -11,7 +11,7 @@ mod inject;
 mod key_backup;
 pub(crate) mod keys;
 mod login;
-mod media;
+pub(crate) mod media;
 mod profile;
 mod push;
 mod rooms;

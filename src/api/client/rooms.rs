@@ -215,7 +215,14 @@ pub async fn leave(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = user(&state, &req).await?;
     let room_id = room_param(&req)?;
     let body: ReasonBody = optional_json_body(&req)?;
-    if crate::federation::join::reject_remote_invite(&state, &who.user_id, &room_id).await? {
+    let rejected = crate::federation::join::reject_remote_invite(
+        &state,
+        &who.user_id,
+        &room_id,
+        body.reason.clone(),
+    )
+    .await?;
+    if rejected {
         return Ok(Response::json(200, &json!({})));
     }
     let target = who.user_id.to_string();

@@ -5,6 +5,7 @@
 pub mod auth;
 mod events;
 mod keys;
+mod media;
 mod membership;
 mod query;
 mod send;
@@ -144,6 +145,16 @@ pub fn federation_router() -> Router<ShardState> {
             Get,
             "/_matrix/federation/v1/timestamp_to_event/{roomId}",
             events::timestamp_to_event,
+        )
+        .route(
+            Get,
+            "/_matrix/federation/v1/media/download/{mediaId}",
+            media::download,
+        )
+        .route(
+            Get,
+            "/_matrix/federation/v1/media/thumbnail/{mediaId}",
+            media::thumbnail,
         )
 }
 
