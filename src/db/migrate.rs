@@ -121,6 +121,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0021_federation_outbox.sql"),
     },
     Migration {
+        version: 23,
+        name: "device_lists",
+        sql: include_str!("../../migrations/0023_device_lists.sql"),
+    },
+    Migration {
         version: 25,
         name: "remote_invite_stream",
         sql: include_str!("../../migrations/0025_remote_invite_stream.sql"),

@@ -49,7 +49,8 @@ pub struct Sender {
 
 /// Stores `messages` of `event_type` for their local recipients; returns
 /// once every recipient shard has committed and announced. Recipients on
-/// other servers go out as `m.direct_to_device` EDUs (best effort).
+/// other servers go out as `m.direct_to_device` EDUs, durable until
+/// their server acknowledged them.
 pub async fn send(
     mesh: &MeshEndpoint,
     server_name: &str,
@@ -84,15 +85,23 @@ pub async fn send(
             ));
         }
     }
-    // Server-server "Send-to-device messaging": one EDU per server.
-    for (server, msgs) in remote {
-        crate::federation::sender::queue_edu(
-            &[server],
-            None,
-            serde_json::json!({"edu_type": "m.direct_to_device", "content": {
+    // Server-server "Send-to-device messaging": one EDU per server, durable
+    // until the server answered 200 (Synapse's device_federation_outbox).
+    if !remote.is_empty() {
+        let state = crate::shard_state::current_shard()
+            .ok_or_else(|| EphError::Internal("to-device outside a shard".into()))?;
+        for (server, msgs) in remote {
+            let content = serde_json::json!({
                 "sender": sender.user_id, "type": event_type,
-                "message_id": sender.txn_id, "messages": msgs}}),
-        );
+                "message_id": sender.txn_id, "messages": msgs});
+            crate::federation::sender::queue_durable(
+                &state.db,
+                &server,
+                "m.direct_to_device",
+                &content,
+            )
+            .await?;
+        }
     }
     let jobs = per_shard.into_iter().map(|(shard, rows)| {
         let sender = sender.clone();

@@ -2,8 +2,11 @@
 //! destination, on the shard the destination hashes to (as rooms are
 //! placed), delivering `federation_outbox` rows (written with the events
 //! themselves by `rooms::pipeline`, so nothing acknowledged is lost across
-//! a crash) and EDUs (memory only: typing, receipts, presence, to-device
-//! are best effort, as the spec allows).
+//! a crash) and EDUs: typing, receipts and presence from memory (best
+//! effort, as the spec allows); device list and signing key updates and
+//! to-device messages from `federation_edu_outbox` rows ([`queue_durable`],
+//! written with the change they announce), deleted only once a `200`
+//! acknowledged them, so they survive a restart and a peer's outage.
 //!
 //! A queue sends at most 50 PDUs and 100 EDUs per transaction, one
 //! transaction in flight, and deletes the rows a `200` acknowledged. On
@@ -31,6 +34,9 @@ const MAX_PDUS: i64 = 50;
 const MAX_EDUS: usize = 100;
 /// EDUs kept for an unreachable destination, at most (the oldest go).
 const MAX_QUEUED_EDUS: usize = 1_000;
+/// Durable EDUs per transaction, at most (the rest of `MAX_EDUS` is left
+/// to the in-memory ones, so typing is not starved by a backlog).
+const MAX_DURABLE_EDUS: i64 = 80;
 
 /// An EDU waiting for its transaction; `key` coalesces (same key: the
 /// newer replaces the older).
@@ -116,6 +122,26 @@ pub fn queue_edu(destinations: &[String], key: Option<String>, edu: Value) {
     }
 }
 
+/// The statement queueing a durable EDU for `destination` (to join the
+/// transaction of the change it announces); kick the destination after
+/// the COMMIT ([`kick_destinations`]).
+pub const QUEUE_DURABLE_SQL: &str = "INSERT INTO federation_edu_outbox \
+     (destination, edu_type, content, queued_ts) VALUES ($1, $2, $3, $4)";
+
+/// Queues a durable EDU (its own write) and wakes the destination.
+pub async fn queue_durable(
+    db: &crate::db::Pool,
+    destination: &str,
+    edu_type: &str,
+    content: &Value,
+) -> Result<(), crate::db::DbError> {
+    let now = crate::primitives::unix_ms_i64();
+    db.execute(QUEUE_DURABLE_SQL, &[&destination, &edu_type, content, &now])
+        .await?;
+    kick_destinations(vec![destination.to_owned()]);
+    Ok(())
+}
+
 fn push_edu(destination: &str, key: Option<String>, edu: Value) {
     QUEUES.with(|q| {
         let mut q = q.borrow_mut();
@@ -151,7 +177,11 @@ pub fn kick(state: &Rc<ShardState>, destination: String) {
 pub async fn resume(state: &Rc<ShardState>) -> Result<usize, RoomError> {
     let rows = state
         .db
-        .query("SELECT DISTINCT destination FROM federation_outbox", &[])
+        .query(
+            "SELECT destination FROM federation_outbox \
+             UNION SELECT destination FROM federation_edu_outbox",
+            &[],
+        )
         .await?;
     let n = state.mesh.n_shards();
     let mut count = 0;
@@ -177,13 +207,13 @@ fn next_txn_id() -> String {
     format!("{start}-{shard}-{n}")
 }
 
-fn take_edus(destination: &str) -> Vec<QueuedEdu> {
+fn take_edus(destination: &str, max: usize) -> Vec<QueuedEdu> {
     QUEUES.with(|q| {
         let mut q = q.borrow_mut();
         let Some(queue) = q.get_mut(destination) else {
             return Vec::new();
         };
-        let n = queue.edus.len().min(MAX_EDUS);
+        let n = queue.edus.len().min(max);
         queue.edus.drain(..n).collect()
     })
 }
@@ -308,15 +338,32 @@ async fn send_once(state: &Rc<ShardState>, destination: &str) -> Result<bool, Se
             pdus.push(json);
         }
     }
-    let edus = take_edus(destination);
-    if seqs.is_empty() && edus.is_empty() {
+    let durable = state
+        .db
+        .query(
+            "SELECT seq, edu_type, content FROM federation_edu_outbox \
+             WHERE destination = $1 ORDER BY seq LIMIT $2",
+            &[&destination, &MAX_DURABLE_EDUS],
+        )
+        .await?;
+    let mut durable_seqs = Vec::with_capacity(durable.len());
+    let mut all_edus = Vec::with_capacity(durable.len());
+    for r in &durable {
+        durable_seqs.push(r.get::<i64>(0)?);
+        let kind: String = r.get(1)?;
+        let content: Value = r.get(2)?;
+        all_edus.push(json!({"edu_type": kind, "content": content}));
+    }
+    let edus = take_edus(destination, MAX_EDUS - durable_seqs.len());
+    if seqs.is_empty() && edus.is_empty() && durable_seqs.is_empty() {
         return Ok(false);
     }
+    all_edus.extend(edus.iter().map(|e| e.edu.clone()));
     let body = json!({
         "origin": state.config.server_name,
         "origin_server_ts": crate::primitives::unix_ms(),
         "pdus": pdus,
-        "edus": edus.iter().map(|e| e.edu.clone()).collect::<Vec<_>>(),
+        "edus": all_edus,
     });
     let path = format!("/_matrix/federation/v1/send/{}", next_txn_id());
     let answer: Result<Value, _> = state
@@ -339,10 +386,13 @@ async fn send_once(state: &Rc<ShardState>, destination: &str) -> Result<bool, Se
     }
     state
         .db
-        .execute(
-            "DELETE FROM federation_outbox WHERE seq = ANY($1)",
-            &[&seqs],
-        )
+        .pipeline_transaction(&[
+            ("DELETE FROM federation_outbox WHERE seq = ANY($1)", &[&seqs]),
+            (
+                "DELETE FROM federation_edu_outbox WHERE seq = ANY($1)",
+                &[&durable_seqs],
+            ),
+        ])
         .await?;
     Ok(true)
 }
@@ -357,7 +407,7 @@ mod tests {
         push_edu(d, Some("typing:r:u".into()), json!(1));
         push_edu(d, Some("typing:r:u".into()), json!(2));
         push_edu(d, None, json!(3));
-        let got: Vec<Value> = take_edus(d).into_iter().map(|e| e.edu).collect();
+        let got: Vec<Value> = take_edus(d, MAX_EDUS).into_iter().map(|e| e.edu).collect();
         assert_eq!(got, vec![json!(2), json!(3)]);
         for i in 0..(MAX_QUEUED_EDUS + 5) {
             push_edu(d, None, json!(i));
@@ -370,10 +420,10 @@ mod tests {
     fn returned_edus_lose_to_newer_ones() {
         let d = "putback.test";
         push_edu(d, Some("k".into()), json!("old"));
-        let taken = take_edus(d);
+        let taken = take_edus(d, MAX_EDUS);
         push_edu(d, Some("k".into()), json!("new"));
         put_back_edus(d, taken);
-        let got: Vec<Value> = take_edus(d).into_iter().map(|e| e.edu).collect();
+        let got: Vec<Value> = take_edus(d, MAX_EDUS).into_iter().map(|e| e.edu).collect();
         assert_eq!(got, vec![json!("new")]);
     }
 

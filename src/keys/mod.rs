@@ -13,6 +13,7 @@
 pub mod backup;
 pub mod cross_signing;
 pub mod cross_store;
+pub mod device_lists;
 pub mod remote;
 pub mod store;
 pub mod validate;

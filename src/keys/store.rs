@@ -38,11 +38,14 @@ fn columns(keys: &[UploadKey]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
 /// old ones, one-time keys already present are kept as they are (a retried
 /// upload is harmless), a fallback key replaces the device's previous one
 /// of its algorithm and is unused again. New device keys are recorded as a
-/// device list change at `change` (`(stream_shard, stream_pos)`). Returns
-/// the one-time key counts.
+/// device list change at `change` (`(stream_shard, stream_pos)`) and, in
+/// the same transaction, queued as an `m.device_list_update` for the
+/// servers sharing a room (`ours`: our server name). Returns the one-time
+/// key counts.
 #[allow(clippy::too_many_arguments)]
 pub async fn upload(
     db: &Pool,
+    ours: &str,
     user: &str,
     device: &str,
     device_keys: Option<String>,
@@ -58,7 +61,10 @@ pub async fn upload(
     let fbk: [&dyn ToSql; 5] = [&user, &device, &fa, &fi, &fj];
     let changed = device_keys.is_some();
     let chg: [&dyn ToSql; 4] = [&user, &change.0, &change.1, &changed];
-    db.pipeline_transaction(&[
+    let no_keys: Option<Value> = None;
+    let fed: [&dyn ToSql; 6] = [&user, &device, &no_keys, &now, &ours, &changed];
+    let res = db
+        .pipeline_transaction(&[
         (
             "INSERT INTO e2e_device_keys (user_id, device_id, key_json, updated_ts) \
              SELECT $1, $2, $3::text, $4 WHERE $3::text IS NOT NULL \
@@ -84,8 +90,10 @@ pub async fn upload(
              SELECT $1, $2, $3 WHERE $4",
             &chg,
         ),
+        (super::device_lists::DEVICE_UPDATE_SQL, &fed),
     ])
     .await?;
+    super::device_lists::kick(super::device_lists::destinations_of(res.get(4)));
     counts(db, user, device).await
 }
 

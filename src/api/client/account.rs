@@ -221,9 +221,10 @@ pub async fn change_password(state: Rc<ShardState>, req: Request) -> HandlerResu
     auth::on_user_shard(&state, &me.user_id, move |st| async move {
         store::set_password_hash(&st.db, &user, &hash).await?;
         if logout {
+            let gone = super::login::device_ids(&st.db, &user, Some(&keep)).await?;
             let dead = store::delete_other_devices(&st.db, &user, Some(&keep)).await?;
             auth::invalidate_tokens(&st, dead).await;
-            super::keys::devices_removed(&st, &user).await;
+            super::keys::devices_removed(&st, &user, gone).await;
         }
         Ok(())
     })

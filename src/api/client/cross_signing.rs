@@ -17,7 +17,7 @@ use super::uia::{self, Outcome, Uia};
 use crate::auth;
 use crate::http::{HandlerResult, MatrixError, Method, Request, Response, Router};
 use crate::keys::cross_signing::{self, CrossKey, KeyType, SignerView};
-use crate::keys::cross_store;
+use crate::keys::{cross_store, device_lists};
 use crate::mesh::shard_for_user;
 use crate::primitives::unix_ms_i64 as now_ms;
 use crate::shard_state::{on_shard, Here, ShardState};
@@ -117,6 +117,22 @@ async fn upload_signing_keys(state: Rc<ShardState>, req: Request) -> HandlerResu
             .await
             .map_err(keys_error)?;
         announce(&st, ticket, &user_id, true).await;
+        let of = |kind: KeyType| {
+            keys.iter()
+                .find(|k| k.kind == kind)
+                .map(|k| Value::Object(k.json.clone()))
+        };
+        if let Err(e) = device_lists::announce_signing_keys(
+            &st.db,
+            user,
+            of(KeyType::Master),
+            of(KeyType::SelfSigning),
+            &st.config.server_name,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, %user, "signing key update not queued for other servers");
+        }
         Ok(())
     })
     .await
@@ -175,12 +191,69 @@ async fn upload_signatures(state: Rc<ShardState>, req: Request) -> HandlerResult
                 .map_err(keys_error)?;
             let own_changed = accepted.iter().any(|s| s.visible_to.is_none());
             announce(&st, ticket, &user_id, own_changed).await;
+            if own_changed {
+                let targets: Vec<String> = accepted
+                    .iter()
+                    .filter(|s| s.visible_to.is_none() && s.target_user == me)
+                    .map(|s| s.target_key_id.clone())
+                    .collect();
+                signed_to_federation(&st, me, targets).await;
+            }
         }
         Ok::<_, MatrixError>(failures)
     })
     .await
     .map_err(|e| MatrixError::unknown(e.to_string()))??;
     Ok(Response::json(200, &json!({ "failures": failures })))
+}
+
+/// Tells the other servers of `me`'s keys that gained signatures: a
+/// device as an `m.device_list_update` with its keys and every signature,
+/// the master key as an `m.signing_key_update`. Logged, not failed: the
+/// signatures are committed already.
+async fn signed_to_federation(st: &ShardState, me: &str, targets: Vec<String>) {
+    let mut wanted = Map::new();
+    wanted.insert(me.to_owned(), json!([]));
+    let answer =
+        match super::keys::query_local(st, &wanted, vec![me.to_owned()], Some(me)).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = ?e, %me, "signed keys not read for other servers");
+                return;
+            }
+        };
+    let devices: Vec<(String, Option<Value>)> = answer
+        .get("device_keys")
+        .and_then(|d| d.get(me))
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(id, _)| targets.contains(id))
+        .map(|(id, keys)| {
+            let mut keys = keys.clone();
+            // The display name travels beside the keys, not in them.
+            if let Some(o) = keys.as_object_mut() {
+                o.remove("unsigned");
+            }
+            (id.clone(), Some(keys))
+        })
+        .collect();
+    let master = answer
+        .get("master_keys")
+        .and_then(|m| m.get(me))
+        .filter(|m| {
+            m.get("keys")
+                .and_then(Value::as_object)
+                .is_some_and(|k| k.keys().any(|id| targets.iter().any(|t| id.ends_with(t.as_str()))))
+        })
+        .cloned();
+    let ours = &st.config.server_name;
+    if let Err(e) = device_lists::announce_devices(&st.db, me, &devices, ours).await {
+        tracing::warn!(error = %e, %me, "device list update not queued for other servers");
+    }
+    if let Err(e) = device_lists::announce_signing_keys(&st.db, me, master, None, ours).await {
+        tracing::warn!(error = %e, %me, "signing key update not queued for other servers");
+    }
 }
 
 /// The `failures` map of the answer: `{user: {key_id: {errcode, error}}}`.

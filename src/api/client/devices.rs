@@ -61,7 +61,11 @@ pub async fn update(state: Rc<ShardState>, req: Request) -> HandlerResult {
     }
     let user = me.user_id.clone();
     let found = auth::on_user_shard(&state, &me.user_id, move |st| async move {
-        store::set_device_name(&st.db, &user, &id, name.as_deref()).await
+        let found = store::set_device_name(&st.db, &user, &id, name.as_deref()).await?;
+        if found {
+            super::keys::devices_changed(&st, &user, vec![id]).await;
+        }
+        Ok(found)
     })
     .await?;
     if !found {
@@ -102,7 +106,7 @@ async fn delete_with_uia(
     auth::on_user_shard(state, &me.user_id, move |st| async move {
         let dead = store::delete_devices(&st.db, &user, &devices).await?;
         auth::invalidate_tokens(&st, dead).await;
-        super::keys::devices_removed(&st, &user).await;
+        super::keys::devices_removed(&st, &user, devices).await;
         Ok(())
     })
     .await?;

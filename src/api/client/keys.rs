@@ -102,12 +102,14 @@ pub(super) async fn announce(st: &ShardState, ticket: Ticket, user: &UserId, dev
     ticket.publish(changes).await;
 }
 
-/// Records and announces that `user`'s device list changed after a device
-/// was deleted or logged out (its keys went with it, by cascade, and the
-/// signatures of it are forgotten): room peers see the user in
-/// `device_lists.changed` and query again. Call on
-/// the user's shard, after the deletion committed.
-pub(super) async fn devices_removed(st: &ShardState, user: &UserId) {
+/// Records and announces that `user`'s device list changed after
+/// `devices` were deleted or logged out (their keys went with them, by
+/// cascade, and the signatures of them are forgotten): room peers see the
+/// user in `device_lists.changed` and query again; other servers get an
+/// `m.device_list_update` (`deleted`) per device. Call on the user's
+/// shard, after the deletion committed.
+pub(super) async fn devices_removed(st: &ShardState, user: &UserId, devices: Vec<String>) {
+    devices_changed(st, user, devices).await;
     let ticket = st.stream.allocate();
     let Ok(shard) = i32::try_from(st.stream.shard()) else {
         return;
@@ -120,6 +122,23 @@ pub(super) async fn devices_removed(st: &ShardState, user: &UserId) {
         return; // the ticket's drop leaves a gap
     }
     announce(st, ticket, user, true).await;
+}
+
+/// Tells the other servers sharing a room with `user` that `devices`
+/// changed (created, renamed or deleted). Logged, not failed: the change
+/// itself is committed already.
+pub(super) async fn devices_changed(st: &ShardState, user: &UserId, devices: Vec<String>) {
+    let devices: Vec<(String, Option<Value>)> = devices.into_iter().map(|d| (d, None)).collect();
+    if let Err(e) = crate::keys::device_lists::announce_devices(
+        &st.db,
+        user.as_str(),
+        &devices,
+        &st.config.server_name,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, %user, "device list update not queued for other servers");
+    }
 }
 
 /// `one_time_keys` / `fallback_keys` of an upload, checked.
@@ -177,6 +196,7 @@ async fn upload(state: Rc<ShardState>, req: Request) -> HandlerResult {
             .map_err(|_| MatrixError::unknown("shard id out of range"))?;
         let counts = store::upload(
             &st.db,
+            &st.config.server_name,
             me.user_id.as_str(),
             &me.device_id,
             device_keys,

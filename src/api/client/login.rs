@@ -65,7 +65,9 @@ pub async fn login(state: Rc<ShardState>, req: Request) -> HandlerResult {
     };
     let uid = user_id.clone();
     let session = auth::on_user_shard(&state, &user_id, move |st| async move {
-        store::create_session(&st.db, &uid, &new).await
+        let session = store::create_session(&st.db, &uid, &new).await?;
+        super::keys::devices_changed(&st, &uid, vec![session.device_id.clone()]).await;
+        Ok(session)
     })
     .await?;
     Ok(Response::json(
@@ -85,9 +87,9 @@ pub async fn logout(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let me = auth::require_user(&state, &req).await?;
     let user = me.user_id.clone();
     auth::on_user_shard(&state, &me.user_id, move |st| async move {
-        let dead = store::delete_devices(&st.db, &user, &[me.device_id]).await?;
+        let dead = store::delete_devices(&st.db, &user, std::slice::from_ref(&me.device_id)).await?;
         auth::invalidate_tokens(&st, dead).await;
-        super::keys::devices_removed(&st, &user).await;
+        super::keys::devices_removed(&st, &user, vec![me.device_id]).await;
         Ok(())
     })
     .await?;
@@ -99,11 +101,27 @@ pub async fn logout_all(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let me = auth::require_user(&state, &req).await?;
     let user = me.user_id.clone();
     auth::on_user_shard(&state, &me.user_id, move |st| async move {
+        let gone = device_ids(&st.db, &user, None).await?;
         let dead = store::delete_other_devices(&st.db, &user, None).await?;
         auth::invalidate_tokens(&st, dead).await;
-        super::keys::devices_removed(&st, &user).await;
+        super::keys::devices_removed(&st, &user, gone).await;
         Ok(())
     })
     .await?;
     Ok(Response::json(200, &json!({})))
+}
+
+/// The ids of `user`'s devices but `keep`: those a bulk logout removes
+/// (each gets its `deleted` device list update).
+pub(super) async fn device_ids(
+    db: &crate::db::Pool,
+    user: &ruma::UserId,
+    keep: Option<&str>,
+) -> Result<Vec<String>, crate::auth::AuthError> {
+    Ok(store::list_devices(db, user)
+        .await?
+        .into_iter()
+        .map(|d| d.device_id)
+        .filter(|d| Some(d.as_str()) != keep)
+        .collect())
 }

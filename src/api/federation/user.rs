@@ -11,7 +11,7 @@ use super::auth::authenticate;
 use crate::api::client::keys::{claim_local, query_local, split_local};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::keys::cross_signing::KeyType;
-use crate::keys::{cross_store, store};
+use crate::keys::{cross_store, device_lists, store};
 use crate::shard_state::ShardState;
 
 fn object<'a>(
@@ -49,9 +49,9 @@ pub async fn keys_claim(state: Rc<ShardState>, req: Request) -> HandlerResult {
 }
 
 /// `GET /_matrix/federation/v1/user/devices/{userId}`: a local user's
-/// devices with their keys, the cross-signing keys, and `stream_id` (the
-/// number of the user's device list changes so far: it grows with each,
-/// which is what a remote compares with the `m.device_list_update` it saw).
+/// devices with their keys, the cross-signing keys, and `stream_id` (that
+/// of the last `m.device_list_update` sent for the user, read before the
+/// devices: a remote that then sees the next update chains on it).
 pub async fn devices(state: Rc<ShardState>, req: Request) -> HandlerResult {
     authenticate(&state, &req).await?;
     let raw = req.param_str("userId")?;
@@ -63,6 +63,9 @@ pub async fn devices(state: Rc<ShardState>, req: Request) -> HandlerResult {
         ));
     }
     let users = vec![user.to_string()];
+    let stream_id = device_lists::stream_id(&state.db, user.as_str())
+        .await
+        .map_err(crate::api::client::keys::keys_error)?;
     let found = store::device_keys(&state.db, &users)
         .await
         .map_err(crate::api::client::keys::keys_error)?;
@@ -78,15 +81,6 @@ pub async fn devices(state: Rc<ShardState>, req: Request) -> HandlerResult {
             Value::Object(o)
         })
         .collect();
-    let row = state
-        .db
-        .query_one(
-            "SELECT count(*) FROM e2e_device_list_changes \
-             WHERE user_id = $1 AND visible_to IS NULL",
-            &[&user.as_str()],
-        )
-        .await?;
-    let stream_id: i64 = row.get(0)?;
     let mut out = Map::new();
     out.insert("user_id".into(), user.as_str().into());
     out.insert("stream_id".into(), stream_id.into());
