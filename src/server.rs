@@ -283,6 +283,12 @@ async fn shard_main(
                 Ok(n) => tracing::info!(shard = id, rooms = n, "resuming staged federation PDUs"),
                 Err(e) => tracing::error!(shard = id, error = %e, "cannot resume staged PDUs"),
             }
+            // Remote device list updates received but not yet applied.
+            match crate::federation::device_lists::resume(&state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(shard = id, users = n, "resuming remote device lists"),
+                Err(e) => tracing::error!(shard = id, error = %e, "cannot resume device lists"),
+            }
             // Events committed but not yet delivered to other servers.
             match crate::federation::sender::resume(&state).await {
                 Ok(0) => {}

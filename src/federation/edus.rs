@@ -161,7 +161,7 @@ async fn apply(
             .map_err(|e| e.to_string())
         }
         "m.device_list_update" | "m.signing_key_update" => {
-            origin_user(content.get("user_id"), origin)?;
+            let user = origin_user(content.get("user_id"), origin)?;
             let w = Write::new().statement(
                 "INSERT INTO federation_kept_edus (origin, edu_type, content, received_ts) \
                  VALUES ($1, $2, $3, $4)",
@@ -172,12 +172,9 @@ async fn apply(
                     crate::primitives::unix_ms_i64().into(),
                 ],
             );
-            state
-                .writer
-                .submit(w)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            state.writer.submit(w).await.map_err(|e| e.to_string())?;
+            super::device_lists::kick_user(state, user).await;
+            Ok(())
         }
         other => {
             tracing::debug!(%origin, edu_type = %other, "ignoring an unknown EDU");

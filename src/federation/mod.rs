@@ -11,6 +11,7 @@
 //!   staged durably before the answer, then applied per room on its owner.
 //! - `join`: joining rooms hosted elsewhere (make_join, send_join).
 //! - `sender`: outbound transactions, one queue per destination.
+//! - `device_lists`: remote users' device lists, from their updates.
 //! - `profile`: remote users' profiles (`/query/profile`).
 //! - `membership`: the resident side of send_join/leave/knock, and invites
 //!   of our users co-signed.
@@ -19,6 +20,7 @@
 
 pub mod acl;
 pub mod client;
+pub mod device_lists;
 pub mod dns;
 pub mod edus;
 pub mod inbound;

@@ -253,13 +253,19 @@ async fn query(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let Some(Value::Object(wanted)) = body.get("device_keys") else {
         return Err(MatrixError::bad_json("'device_keys' must be an object"));
     };
-    let (local, by_server) = split_local(&state, wanted);
+    let (local, mut by_server) = split_local(&state, wanted);
+    let from_cache = cached_remote(&state, &mut by_server).await;
     let (answer, remote) = futures_util::future::join(
         query_local(&state, wanted, local, Some(me.user_id.as_str())),
         remote::query(&state.federation, &by_server, remote::timeout_of(&body)),
     )
     .await;
     let mut answer = answer?;
+    for (field, users) in from_cache {
+        if let Some(Value::Object(into)) = answer.get_mut(field) {
+            into.extend(users);
+        }
+    }
     for (field, users) in remote.fields {
         if let Some(Value::Object(into)) = answer.get_mut(field) {
             into.extend(users);
@@ -267,6 +273,61 @@ async fn query(state: Rc<ShardState>, req: Request) -> HandlerResult {
     }
     answer.insert("failures".into(), Value::Object(remote.failures));
     Ok(Response::json(200, &Value::Object(answer)))
+}
+
+/// The remote users of a query whose device lists we track and hold up
+/// to date (`federation::device_lists::cached`), answered from that
+/// cache and taken out of `by_server`: `field -> {user: ...}`. On a
+/// database error everyone is asked of their server.
+async fn cached_remote(
+    state: &ShardState,
+    by_server: &mut remote::ByServer,
+) -> BTreeMap<&'static str, Map<String, Value>> {
+    let users: Vec<String> = by_server.values().flat_map(|m| m.keys().cloned()).collect();
+    let mut out: BTreeMap<&'static str, Map<String, Value>> = BTreeMap::new();
+    let found =
+        match crate::federation::device_lists::cached(&state.db, &state.config.server_name, &users)
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cached remote device lists unreadable");
+                return out;
+            }
+        };
+    for users in by_server.values_mut() {
+        users.retain(|user, asked| {
+            let Some(c) = found.get(user) else {
+                return true;
+            };
+            let wanted: Vec<&str> = asked
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let devices: Map<String, Value> = c
+                .devices
+                .iter()
+                .filter(|(d, _)| wanted.is_empty() || wanted.contains(&d.as_str()))
+                .map(|(d, k)| (d.clone(), k.clone()))
+                .collect();
+            out.entry("device_keys")
+                .or_default()
+                .insert(user.clone(), Value::Object(devices));
+            if let Some(m) = &c.master {
+                out.entry("master_keys")
+                    .or_default()
+                    .insert(user.clone(), m.clone());
+            }
+            if let Some(s) = &c.self_signing {
+                out.entry("self_signing_keys")
+                    .or_default()
+                    .insert(user.clone(), s.clone());
+            }
+            false
+        });
+    }
+    by_server.retain(|_, users| !users.is_empty());
+    out
 }
 
 /// The keys of the `local` users of a `device_keys` query: `device_keys`,
