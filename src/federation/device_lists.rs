@@ -238,7 +238,9 @@ async fn apply(
             Some((_, false)) => apply_signing(state, user, content, peers).await,
             _ => resync(state, user, peers).await,
         },
-        other => Err(DeviceListError::Bad(format!("not a device list EDU: {other}"))),
+        other => Err(DeviceListError::Bad(format!(
+            "not a device list EDU: {other}"
+        ))),
     }
 }
 
@@ -303,7 +305,8 @@ fn device_keys_of(keys: &Value, user: Option<&str>, device: &str) -> bool {
 }
 
 /// The statement recording `user`'s change at the ticket's position.
-const CHANGED_SQL: &str = "INSERT INTO e2e_device_list_changes (user_id, stream_shard, stream_pos) \
+const CHANGED_SQL: &str =
+    "INSERT INTO e2e_device_list_changes (user_id, stream_shard, stream_pos) \
      VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
 
 fn shard_of(state: &ShardState) -> Result<i32, DeviceListError> {
@@ -440,7 +443,13 @@ async fn resync(
                            stale = false, master_key = excluded.master_key, \
                            self_signing_key = excluded.self_signing_key, \
                            updated_ts = excluded.updated_ts",
-                        &[&uid, &snap.stream_id, &snap.master, &snap.self_signing, &now],
+                        &[
+                            &uid,
+                            &snap.stream_id,
+                            &snap.master,
+                            &snap.self_signing,
+                            &now,
+                        ],
                     ),
                     (CHANGED_SQL, &[&uid, &shard, &pos]),
                 ])
@@ -503,9 +512,8 @@ impl Snapshot {
                 devices.push((id.to_owned(), keys, name));
             }
         }
-        let of_user = |k: Option<Value>| {
-            k.filter(|k| k.get("user_id").and_then(Value::as_str) == Some(user))
-        };
+        let of_user =
+            |k: Option<Value>| k.filter(|k| k.get("user_id").and_then(Value::as_str) == Some(user));
         Ok(Snapshot {
             stream_id,
             devices,
@@ -614,7 +622,10 @@ mod tests {
             "keys": {"user_id": "@a:x", "device_id": "D"}, "device_display_name": "phone"
         }))
         .unwrap();
-        assert_eq!((u.stream_id, u.prev_ids.clone(), u.deleted), (7, vec![5, 6], false));
+        assert_eq!(
+            (u.stream_id, u.prev_ids.clone(), u.deleted),
+            (7, vec![5, 6], false)
+        );
         assert!(u.keys.is_some());
         let u = Update::parse(&json!({
             "user_id": "@a:x", "device_id": "D", "stream_id": 1,

@@ -387,7 +387,10 @@ async fn send_once(state: &Rc<ShardState>, destination: &str) -> Result<bool, Se
     state
         .db
         .pipeline_transaction(&[
-            ("DELETE FROM federation_outbox WHERE seq = ANY($1)", &[&seqs]),
+            (
+                "DELETE FROM federation_outbox WHERE seq = ANY($1)",
+                &[&seqs],
+            ),
             (
                 "DELETE FROM federation_edu_outbox WHERE seq = ANY($1)",
                 &[&durable_seqs],

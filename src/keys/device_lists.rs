@@ -110,15 +110,10 @@ pub async fn announce_devices(
         .iter()
         .map(|(d, k)| [&user as &dyn ToSql, d, k, &now, &ours, &yes])
         .collect();
-    let statements: Vec<(&str, &[&dyn ToSql])> = params
-        .iter()
-        .map(|p| (DEVICE_UPDATE_SQL, &p[..]))
-        .collect();
+    let statements: Vec<(&str, &[&dyn ToSql])> =
+        params.iter().map(|p| (DEVICE_UPDATE_SQL, &p[..])).collect();
     let res = db.pipeline_transaction(&statements).await?;
-    let mut dests: Vec<String> = res
-        .iter()
-        .flat_map(|r| destinations_of(Some(r)))
-        .collect();
+    let mut dests: Vec<String> = res.iter().flat_map(|r| destinations_of(Some(r))).collect();
     dests.sort();
     dests.dedup();
     kick(dests);

@@ -65,34 +65,34 @@ pub async fn upload(
     let fed: [&dyn ToSql; 6] = [&user, &device, &no_keys, &now, &ours, &changed];
     let res = db
         .pipeline_transaction(&[
-        (
-            "INSERT INTO e2e_device_keys (user_id, device_id, key_json, updated_ts) \
+            (
+                "INSERT INTO e2e_device_keys (user_id, device_id, key_json, updated_ts) \
              SELECT $1, $2, $3::text, $4 WHERE $3::text IS NOT NULL \
              ON CONFLICT (user_id, device_id) DO UPDATE \
              SET key_json = excluded.key_json, updated_ts = excluded.updated_ts",
-            &dk,
-        ),
-        (
-            "INSERT INTO e2e_one_time_keys (user_id, device_id, algorithm, key_id, key_json) \
+                &dk,
+            ),
+            (
+                "INSERT INTO e2e_one_time_keys (user_id, device_id, algorithm, key_id, key_json) \
              SELECT $1, $2, a, k, j FROM unnest($3::text[], $4::text[], $5::text[]) AS t(a, k, j) \
              ON CONFLICT DO NOTHING",
-            &otk,
-        ),
-        (
-            "INSERT INTO e2e_fallback_keys (user_id, device_id, algorithm, key_id, key_json) \
+                &otk,
+            ),
+            (
+                "INSERT INTO e2e_fallback_keys (user_id, device_id, algorithm, key_id, key_json) \
              SELECT $1, $2, a, k, j FROM unnest($3::text[], $4::text[], $5::text[]) AS t(a, k, j) \
              ON CONFLICT (user_id, device_id, algorithm) DO UPDATE \
              SET key_id = excluded.key_id, key_json = excluded.key_json, used = false",
-            &fbk,
-        ),
-        (
-            "INSERT INTO e2e_device_list_changes (user_id, stream_shard, stream_pos) \
+                &fbk,
+            ),
+            (
+                "INSERT INTO e2e_device_list_changes (user_id, stream_shard, stream_pos) \
              SELECT $1, $2, $3 WHERE $4",
-            &chg,
-        ),
-        (super::device_lists::DEVICE_UPDATE_SQL, &fed),
-    ])
-    .await?;
+                &chg,
+            ),
+            (super::device_lists::DEVICE_UPDATE_SQL, &fed),
+        ])
+        .await?;
     super::device_lists::kick(super::device_lists::destinations_of(res.get(4)));
     counts(db, user, device).await
 }

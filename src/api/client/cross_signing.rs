@@ -214,14 +214,13 @@ async fn upload_signatures(state: Rc<ShardState>, req: Request) -> HandlerResult
 async fn signed_to_federation(st: &ShardState, me: &str, targets: Vec<String>) {
     let mut wanted = Map::new();
     wanted.insert(me.to_owned(), json!([]));
-    let answer =
-        match super::keys::query_local(st, &wanted, vec![me.to_owned()], Some(me)).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = ?e, %me, "signed keys not read for other servers");
-                return;
-            }
-        };
+    let answer = match super::keys::query_local(st, &wanted, vec![me.to_owned()], Some(me)).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = ?e, %me, "signed keys not read for other servers");
+            return;
+        }
+    };
     let devices: Vec<(String, Option<Value>)> = answer
         .get("device_keys")
         .and_then(|d| d.get(me))
@@ -242,9 +241,10 @@ async fn signed_to_federation(st: &ShardState, me: &str, targets: Vec<String>) {
         .get("master_keys")
         .and_then(|m| m.get(me))
         .filter(|m| {
-            m.get("keys")
-                .and_then(Value::as_object)
-                .is_some_and(|k| k.keys().any(|id| targets.iter().any(|t| id.ends_with(t.as_str()))))
+            m.get("keys").and_then(Value::as_object).is_some_and(|k| {
+                k.keys()
+                    .any(|id| targets.iter().any(|t| id.ends_with(t.as_str())))
+            })
         })
         .cloned();
     let ours = &st.config.server_name;

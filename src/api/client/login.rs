@@ -87,7 +87,8 @@ pub async fn logout(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let me = auth::require_user(&state, &req).await?;
     let user = me.user_id.clone();
     auth::on_user_shard(&state, &me.user_id, move |st| async move {
-        let dead = store::delete_devices(&st.db, &user, std::slice::from_ref(&me.device_id)).await?;
+        let dead =
+            store::delete_devices(&st.db, &user, std::slice::from_ref(&me.device_id)).await?;
         auth::invalidate_tokens(&st, dead).await;
         super::keys::devices_removed(&st, &user, vec![me.device_id]).await;
         Ok(())
