@@ -538,6 +538,37 @@ async fn announce(ticket: Ticket, peers: Vec<OwnedUserId>) {
     ticket.publish(changes).await;
 }
 
+/// After a membership event other than a join commits in `room`: its
+/// remote members that no local user shares a joined room with any more
+/// are no longer tracked. Their server stops sending us their updates
+/// then, so a cache kept across the gap would look up to date while it
+/// is not (Synapse unsubscribes them too); the next update resyncs.
+pub fn after_leave(db: crate::db::Pool, room: ruma::OwnedRoomId, ours: String) {
+    drop(monoio::spawn(async move {
+        let res = db
+            .execute(
+                "WITH gone AS ( \
+                   DELETE FROM remote_device_lists l \
+                   WHERE l.user_id IN (SELECT state_key FROM current_state \
+                                       WHERE room_id = $1 AND type = 'm.room.member') \
+                     AND NOT EXISTS ( \
+                       SELECT 1 FROM current_state a JOIN current_state b \
+                         ON a.room_id = b.room_id \
+                       WHERE a.type = 'm.room.member' AND a.state_key = l.user_id \
+                         AND a.membership = 'join' AND b.type = 'm.room.member' \
+                         AND b.membership = 'join' \
+                         AND substring(b.state_key from position(':' in b.state_key) + 1) = $2) \
+                   RETURNING user_id) \
+                 DELETE FROM remote_devices WHERE user_id IN (SELECT user_id FROM gone)",
+                &[&room.as_str(), &ours.as_str()],
+            )
+            .await;
+        if let Err(e) = res {
+            tracing::warn!(%room, error = %e, "remote device lists not untracked after a leave");
+        }
+    }));
+}
+
 /// A remote user's keys as we hold them, for `/keys/query`.
 #[derive(Debug, Default)]
 pub struct Cached {

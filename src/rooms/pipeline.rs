@@ -351,6 +351,14 @@ fn committed(rooms: &Rooms, chain: Vec<Queued>) {
             .put(p.pdu.event_id.clone(), p.pdu.clone());
         if p.pdu.kind.to_string() == "m.room.member" {
             rooms.forget_servers(&p.pdu.room_id);
+            // Outliers (a joined room's state) change no current state.
+            if p.head.is_some() && p.pdu.membership().as_deref() != Some("join") {
+                crate::federation::device_lists::after_leave(
+                    rooms.db.clone(),
+                    p.pdu.room_id.clone(),
+                    rooms.key.server_name.to_string(),
+                );
+            }
         }
         if let Some(head) = &p.head {
             rooms
