@@ -207,8 +207,13 @@ async fn from_server(
         pdus.push((id, p));
     }
     let mut ok: Vec<(i64, CanonicalJsonObject)> = Vec::with_capacity(pdus.len());
-    for (id, outcome) in super::inbound::verify_pdus(state, version, pdus).await? {
+    let sent: Vec<CanonicalJsonObject> = pdus.iter().map(|(_, p)| p.clone()).collect();
+    let checked = super::inbound::verify_pdus(state, version, pdus).await?;
+    for ((id, outcome), original) in checked.into_iter().zip(sent) {
         let p = outcome.map_err(|e| bad(format!("event {id} is not genuine: {e}")))?;
+        if p != original {
+            return Err(bad(format!("event {id} does not match its content hash")));
+        }
         let depth = match p.get("depth") {
             Some(CanonicalJsonValue::Integer(d)) => i64::from(*d),
             _ => 0,

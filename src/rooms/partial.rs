@@ -98,6 +98,23 @@ pub async fn is_partial(db: &Pool, room: &OwnedRoomId) -> Result<bool, RoomError
         .is_some())
 }
 
+/// Waits (polling the table, at most `bound`) until `room` has its full
+/// state; `false`: still partial after `bound`.
+pub async fn wait_full(
+    db: &Pool,
+    room: &OwnedRoomId,
+    bound: std::time::Duration,
+) -> Result<bool, RoomError> {
+    let start = std::time::Instant::now();
+    while is_partial(db, room).await? {
+        if start.elapsed() >= bound {
+            return Ok(false);
+        }
+        monoio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(true)
+}
+
 /// The row of `room`, if partial.
 pub async fn load(db: &Pool, room: &OwnedRoomId) -> Result<Option<PartialRoom>, RoomError> {
     let row = db

@@ -318,6 +318,9 @@ pub async fn unban(state: Rc<ShardState>, req: Request) -> HandlerResult {
     change_other(&state, &req, "leave").await
 }
 
+/// How long `/members` waits for a partial-state room's full state.
+const MEMBERS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `GET /rooms/{roomId}/members?membership=&not_membership=`.
 pub async fn members(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = user(&state, &req).await?;
@@ -333,6 +336,12 @@ pub async fn members(state: Rc<ShardState>, req: Request) -> HandlerResult {
         }
     };
     let (membership, not_membership) = (filter("membership")?, filter("not_membership")?);
+    // A partial-state room's members are mostly unknown: as Synapse
+    // (its current-state reads await the full state), wait for the
+    // resync — bounded; past it, what is known is answered.
+    if !crate::rooms::partial::wait_full(&state.db, &room_id, MEMBERS_WAIT).await? {
+        tracing::info!(room = %room_id, "members of a partial-state room answered before its resync");
+    }
     if let Some(at) = super::timeline::token_param(&req, "at")? {
         let chunk = super::timeline::members_at(
             &state,
