@@ -39,6 +39,7 @@ pub struct PartialRoom {
 
 /// Marks `room` partial on this (its owner) shard.
 pub fn mark(room: &OwnedRoomId, servers: Vec<String>) {
+    SEEN.store(true, Ordering::Relaxed);
     let new = PARTIAL.with(|p| p.borrow_mut().insert(room.clone(), servers).is_none());
     if new {
         COUNT.fetch_add(1, Ordering::Relaxed);
@@ -61,6 +62,15 @@ pub fn servers(room: &OwnedRoomId) -> Option<Vec<String>> {
 /// Whether any room of the process is partial (cheap, for `/sync`).
 pub fn any() -> bool {
     COUNT.load(Ordering::Relaxed) > 0
+}
+
+/// A room was partial in this process since it started (or is): `/sync`
+/// asks the tables only then. (A resync finished before a restart is not
+/// seen by a `since` from before it: that sync gets the room as it is.)
+static SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn any_since_start() -> bool {
+    any() || SEEN.load(Ordering::Relaxed)
 }
 
 /// The partial rooms among `rooms` (one query; none when [`any`] is false).

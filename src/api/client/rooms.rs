@@ -133,6 +133,11 @@ pub async fn get_state_event(state: Rc<ShardState>, req: Request) -> HandlerResu
 pub async fn get_state(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = user(&state, &req).await?;
     let room_id = room_param(&req)?;
+    // As `/members`: the whole state of a partial-state room waits for
+    // its resync (Synapse's current-state reads await the full state).
+    if !crate::rooms::partial::wait_full(&state.db, &room_id, MEMBERS_WAIT).await? {
+        tracing::info!(room = %room_id, "state of a partial-state room answered before its resync");
+    }
     let events = client::get_state(&state.mesh, who.user_id, room_id).await?;
     Ok(Response::json(200, &events))
 }
