@@ -504,3 +504,57 @@ fn a_send_join_answer_with_a_broken_auth_chain_is_refused() {
         chain.retain(|e| e["type"] != "m.room.member");
     });
 }
+
+fn sync(w: &World, since: Option<&str>, lazy: bool) -> Value {
+    let mut path = String::from("/sync?timeout=0");
+    if let Some(s) = since {
+        path.push_str(&format!("&since={}", enc(s)));
+    }
+    if lazy {
+        let f = json!({"room": {"state": {"lazy_load_members": true}}}).to_string();
+        path.push_str(&format!("&filter={}", enc(&f)));
+    }
+    let r = call(&w.home.h, "GET", &path, &w.alice.token, None);
+    assert_eq!(r.status, 200);
+    r.json()
+}
+
+#[test]
+fn sync_follows_synapse_for_partial_state_rooms() {
+    let w = world(1, 12);
+    // The resident server cannot serve the state yet: the room stays partial.
+    w.behaviour[0].down.store(true, Ordering::SeqCst);
+    let r = w.join();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let room = w.room();
+    let (status, _) = w.send("while partial");
+    assert_eq!(status, 200);
+    // Without lazy-loading members the partial room is left out...
+    let first = sync(&w, None, false);
+    assert!(first["rooms"]["join"][&room].is_null(), "{first}");
+    // ...with it, the room is there at once (its timeline has our message).
+    let lazy = sync(&w, None, true);
+    let tl = lazy["rooms"]["join"][&room]["timeline"]["events"].to_string();
+    assert!(tl.contains("while partial"), "{lazy}");
+    assert_eq!(w.partial_rows(), "1");
+    // Once resynced, the next incremental sync has it as newly joined:
+    // the full state, every member.
+    w.behaviour[0].down.store(false, Ordering::SeqCst);
+    eventually("the resync", || w.partial_rows() == "0");
+    let since = first["next_batch"].as_str().unwrap();
+    let next = sync(&w, Some(since), false);
+    let state = next["rooms"]["join"][&room]["state"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let timeline = next["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let members = state
+        .iter()
+        .chain(&timeline)
+        .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
+        .count();
+    assert_eq!(members, 14, "creator, 12 members and alice: {next}");
+}
