@@ -283,7 +283,9 @@ async fn shard_main(
             match crate::federation::resync::resume(&state).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(shard = id, rooms = n, "resuming partial-state resyncs"),
-                Err(e) => tracing::error!(shard = id, error = %e, "cannot resume partial-state resyncs"),
+                Err(e) => {
+                    tracing::error!(shard = id, error = %e, "cannot resume partial-state resyncs")
+                }
             }
             match crate::federation::ingest::resume(&state).await {
                 Ok(0) => {}

@@ -118,11 +118,39 @@ fn host(fakes: &[&FakeServer], per_server: usize) -> Hosted {
     let mut h = Hosted::default();
     let creator = format!("@creator:{}", fakes[0].name);
     let f0 = fakes[0];
-    h.add(f0, &creator, "m.room.create", "", json!({"room_version": "12"}), &[]);
-    let me = h.add(f0, &creator, "m.room.member", &creator, json!({"membership": "join"}), &[]);
-    let pl = h.add(f0, &creator, "m.room.power_levels", "", json!({}), &[Some(me.clone())]);
+    h.add(
+        f0,
+        &creator,
+        "m.room.create",
+        "",
+        json!({"room_version": "12"}),
+        &[],
+    );
+    let me = h.add(
+        f0,
+        &creator,
+        "m.room.member",
+        &creator,
+        json!({"membership": "join"}),
+        &[],
+    );
+    let pl = h.add(
+        f0,
+        &creator,
+        "m.room.power_levels",
+        "",
+        json!({}),
+        &[Some(me.clone())],
+    );
     let auth = [Some(me.clone()), Some(pl.clone())];
-    h.add(f0, &creator, "m.room.join_rules", "", json!({"join_rule": "public"}), &auth);
+    h.add(
+        f0,
+        &creator,
+        "m.room.join_rules",
+        "",
+        json!({"join_rule": "public"}),
+        &auth,
+    );
     h.add(
         f0,
         &creator,
@@ -131,12 +159,29 @@ fn host(fakes: &[&FakeServer], per_server: usize) -> Hosted {
         json!({"history_visibility": "shared"}),
         &auth,
     );
-    h.add(f0, &creator, "m.room.name", "", json!({"name": "big room"}), &auth);
+    h.add(
+        f0,
+        &creator,
+        "m.room.name",
+        "",
+        json!({"name": "big room"}),
+        &auth,
+    );
     for f in fakes {
         for i in 0..per_server {
             let u = format!("@m{i}:{}", f.name);
-            let auth = [h.find("m.room.join_rules", ""), h.find("m.room.power_levels", "")];
-            h.add(f, &u, "m.room.member", &u, json!({"membership": "join"}), &auth);
+            let auth = [
+                h.find("m.room.join_rules", ""),
+                h.find("m.room.power_levels", ""),
+            ];
+            h.add(
+                f,
+                &u,
+                "m.room.member",
+                &u,
+                json!({"membership": "join"}),
+                &auth,
+            );
         }
     }
     h
@@ -239,7 +284,7 @@ fn serve(fake: &FakeServer, room: Arc<Mutex<Hosted>>, all: Vec<String>, b: Arc<B
             let chain = h.auth_chain(&ids);
             return Some((200, json!({"pdu_ids": ids, "auth_chain_ids": chain})));
         }
-        if p.starts_with("/_matrix/federation/v1/event/") {
+        if let Some(rest) = p.strip_prefix("/_matrix/federation/v1/event/") {
             let ms = b.slow_ms.load(Ordering::SeqCst);
             if ms > 0 {
                 std::thread::sleep(Duration::from_millis(ms));
@@ -247,7 +292,7 @@ fn serve(fake: &FakeServer, room: Arc<Mutex<Hosted>>, all: Vec<String>, b: Arc<B
             if b.down.load(Ordering::SeqCst) {
                 return Some((500, json!({"errcode": "M_UNKNOWN", "error": "down"})));
             }
-            let id = percent_encoding::percent_decode_str(&p["/_matrix/federation/v1/event/".len()..])
+            let id = percent_encoding::percent_decode_str(rest)
                 .decode_utf8()
                 .unwrap()
                 .into_owned();
@@ -270,7 +315,9 @@ struct World {
 
 fn world(servers: usize, per_server: usize) -> World {
     let home = start_home();
-    let fakes: Vec<FakeServer> = (0..servers).map(|i| FakeServer::start(40 + i as u8)).collect();
+    let fakes: Vec<FakeServer> = (0..servers)
+        .map(|i| FakeServer::start(40 + i as u8))
+        .collect();
     let refs: Vec<&FakeServer> = fakes.iter().collect();
     let hosted = Arc::new(Mutex::new(host(&refs, per_server)));
     let names: Vec<String> = fakes.iter().map(|f| f.name.clone()).collect();
@@ -379,7 +426,11 @@ fn a_partial_join_can_send_at_once_and_resyncs_the_members() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let joined = t0.elapsed();
     let sent = w.fakes[0].requests("/_matrix/federation/v2/send_join/");
-    assert!(sent[0].path.contains("omit_members=true"), "{}", sent[0].path);
+    assert!(
+        sent[0].path.contains("omit_members=true"),
+        "{}",
+        sent[0].path
+    );
     assert_eq!(w.partial_rows(), "1", "the room is recorded partial");
     let (status, id) = w.send("hello while partial");
     assert_eq!(status, 200);
@@ -393,7 +444,9 @@ fn a_partial_join_can_send_at_once_and_resyncs_the_members() {
     assert_eq!(w.members(), 32);
     let full = t0.elapsed();
     assert_eq!(w.partial_rows(), "0", "the partial mark is gone");
-    assert!(!w.fakes[0].requests("/_matrix/federation/v1/state_ids/").is_empty());
+    assert!(!w.fakes[0]
+        .requests("/_matrix/federation/v1/state_ids/")
+        .is_empty());
     println!(
         "partial join: /join answered after {joined:?}, could send after {can_send:?}, \
          full state after {full:?}"
@@ -413,14 +466,18 @@ fn a_resident_server_failing_mid_resync_is_replaced_by_the_next() {
     let r = w.join();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     eventually("the resync started at the first server", || {
-        !w.fakes[0].requests("/_matrix/federation/v1/event/").is_empty()
+        !w.fakes[0]
+            .requests("/_matrix/federation/v1/event/")
+            .is_empty()
     });
     // The first server dies mid-resync.
     w.behaviour[0].down.store(true, Ordering::SeqCst);
     assert_eq!(w.members(), 22);
     assert_eq!(w.partial_rows(), "0");
     assert!(
-        !w.fakes[1].requests("/_matrix/federation/v1/state_ids/").is_empty(),
+        !w.fakes[1]
+            .requests("/_matrix/federation/v1/state_ids/")
+            .is_empty(),
         "the second server finished it"
     );
 }
@@ -432,12 +489,16 @@ fn a_resync_interrupted_by_a_kill_resumes_after_the_restart() {
     let r = w.join();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     eventually("the resync started", || {
-        !w.fakes[0].requests("/_matrix/federation/v1/event/").is_empty()
+        !w.fakes[0]
+            .requests("/_matrix/federation/v1/event/")
+            .is_empty()
     });
     w.home.h.signal(libc::SIGKILL);
     w.home.h.wait_exit(Duration::from_secs(30));
     assert_eq!(w.partial_rows(), "1", "still partial after the kill");
-    let before = w.fakes[0].requests("/_matrix/federation/v1/state_ids/").len();
+    let before = w.fakes[0]
+        .requests("/_matrix/federation/v1/state_ids/")
+        .len();
     w.behaviour[0].slow_ms.store(0, Ordering::SeqCst);
     let dir = std::mem::replace(&mut w.home.h.data_dir, tempfile::tempdir().unwrap());
     w.home.h = Hearth::start_in(w.home.opts.clone(), dir);
@@ -446,7 +507,12 @@ fn a_resync_interrupted_by_a_kill_resumes_after_the_restart() {
         .wait_for_log("resuming the resync", Duration::from_secs(30));
     assert_eq!(w.members(), 42);
     assert_eq!(w.partial_rows(), "0");
-    assert!(w.fakes[0].requests("/_matrix/federation/v1/state_ids/").len() > before);
+    assert!(
+        w.fakes[0]
+            .requests("/_matrix/federation/v1/state_ids/")
+            .len()
+            > before
+    );
     let (status, _) = w.send("after the restart");
     assert_eq!(status, 200);
 }
@@ -472,13 +538,7 @@ fn refused_join(tamper: fn(&mut Value)) {
         "0",
         "nothing of the room is stored"
     );
-    let r = call(
-        &w.home.h,
-        "GET",
-        "/joined_rooms",
-        &w.alice.token,
-        None,
-    );
+    let r = call(&w.home.h, "GET", "/joined_rooms", &w.alice.token, None);
     assert_eq!(r.json()["joined_rooms"], json!([]));
 }
 

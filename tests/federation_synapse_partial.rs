@@ -30,7 +30,10 @@ fn syn_bodies(syn: &Synapse, token: &str, room: &str) -> Vec<String> {
     let (status, v) = syn_call(
         syn,
         "GET",
-        &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(room)),
+        &format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+            enc(room)
+        ),
         Some(token),
         None,
     );

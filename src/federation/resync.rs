@@ -104,7 +104,11 @@ async fn round(state: &Rc<ShardState>, room: &OwnedRoomId) -> Result<bool, RoomE
         return Ok(true);
     };
     let known = graph::placed(&state.db, &[row.join_event_id.to_string()]).await?;
-    if known.get(row.join_event_id.as_str()).and_then(|p| p.snapshot).is_none() {
+    if known
+        .get(row.join_event_id.as_str())
+        .and_then(|p| p.snapshot)
+        .is_none()
+    {
         // A crash between the mark and our join's commit: no join here.
         tracing::info!(%room, "partial mark without our join; dropped");
         state
@@ -176,7 +180,10 @@ async fn from_server(
         .into_iter()
         .collect();
     if wanted.len() > MAX_STATE {
-        return Err(bad(format!("{} state events, over {MAX_STATE}", wanted.len())));
+        return Err(bad(format!(
+            "{} state events, over {MAX_STATE}",
+            wanted.len()
+        )));
     }
     let known = graph::placed(&state.db, &wanted).await?;
     let missing: Vec<String> = wanted

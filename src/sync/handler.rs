@@ -227,7 +227,10 @@ async fn partial_rooms(
     let (mut partial, mut resynced) = (HashSet::new(), HashSet::new());
     for r in rows {
         let room: String = r.get(0).map_err(internal)?;
-        match (r.get::<Option<i32>>(1).map_err(internal)?, r.get::<Option<i64>>(2).map_err(internal)?) {
+        match (
+            r.get::<Option<i32>>(1).map_err(internal)?,
+            r.get::<Option<i64>>(2).map_err(internal)?,
+        ) {
             (Some(shard), Some(pos)) => {
                 let shard = usize::try_from(shard).unwrap_or(usize::MAX);
                 let before = ctx
