@@ -278,6 +278,15 @@ async fn shard_main(
         // Transactions answered before a crash and not yet applied.
         let state = state.clone();
         monoio::spawn(async move {
+            // Partial-state rooms first: staged PDUs of one are applied
+            // as of a partial room (`rooms::partial`).
+            match crate::federation::resync::resume(&state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(shard = id, rooms = n, "resuming partial-state resyncs"),
+                Err(e) => {
+                    tracing::error!(shard = id, error = %e, "cannot resume partial-state resyncs")
+                }
+            }
             match crate::federation::ingest::resume(&state).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(shard = id, rooms = n, "resuming staged federation PDUs"),

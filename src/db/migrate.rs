@@ -126,6 +126,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0023_device_lists.sql"),
     },
     Migration {
+        version: 24,
+        name: "partial_state",
+        sql: include_str!("../../migrations/0024_partial_state.sql"),
+    },
+    Migration {
         version: 25,
         name: "remote_invite_stream",
         sql: include_str!("../../migrations/0025_remote_invite_stream.sql"),

@@ -3,8 +3,16 @@
 //! every room version we understand), our join signed, `send_join` v2,
 //! every event of the answer checked (signatures and content hashes in
 //! bulk on the blocking pool), then stored on the room's owner shard
-//! (`Rooms::persist_remote_join`). Full state for now; the partial-state
-//! join (`omit_members`) is the next step.
+//! (`Rooms::persist_remote_join`).
+//!
+//! We always ask for a partial-state join (`omit_members=true`, MSC3706):
+//! an answer with `members_omitted` makes the room partial
+//! (`rooms::partial`) and the background resync (`federation::resync`)
+//! fetches the rest; a resident server that ignores the flag answers the
+//! full state, stored as before. An answer with any event failing its
+//! signatures or hash, or whose auth chain does not hold, is refused
+//! whole (the next server is tried): a join on state we cannot trust
+//! would leave a half-joined room.
 
 use std::rc::Rc;
 
@@ -125,7 +133,7 @@ async fn join_via(
         .map_err(|e| RoomError::Internal(format!("signing our join: {e}")))?;
     let join_id = event_id_of(&template, version).map_err(|e| remote("make_join", &e))?;
     let path = format!(
-        "/_matrix/federation/v2/send_join/{}/{}",
+        "/_matrix/federation/v2/send_join/{}/{}?omit_members=true",
         enc(room.as_str()),
         enc(join_id.as_str())
     );
@@ -151,37 +159,77 @@ async fn join_via(
     };
     let state_events = list("state");
     let auth_chain = list("auth_chain");
+    let partial = (answer.get("members_omitted").and_then(Value::as_bool) == Some(true))
+        .then(|| servers_in_room(&answer, server, state.key.server_name.as_str()));
     let mut state_ids = Vec::with_capacity(state_events.len());
     let mut all = Vec::with_capacity(state_events.len() + auth_chain.len());
     for e in state_events {
-        if let Ok(id) = event_id_of(&e, version) {
-            state_ids.push(id.clone());
+        let id = event_id_of(&e, version).map_err(|e| remote("send_join", &e))?;
+        state_ids.push(id.clone());
+        all.push((id, e));
+    }
+    for e in auth_chain {
+        let id = event_id_of(&e, version).map_err(|e| remote("send_join", &e))?;
+        if !state_ids.contains(&id) {
             all.push((id, e));
         }
     }
-    for e in auth_chain {
-        if let Ok(id) = event_id_of(&e, version) {
-            if !state_ids.contains(&id) {
-                all.push((id, e));
+    let mut verified = Vec::with_capacity(all.len());
+    // A content hash mismatch comes back redacted (as the spec says for
+    // received PDUs); in a state we would join on, it is a forgery.
+    let sent: Vec<CanonicalJsonObject> = all.iter().map(|(_, e)| e.clone()).collect();
+    let checked = super::inbound::verify_pdus(state, version, all).await?;
+    for ((id, outcome), original) in checked.into_iter().zip(sent) {
+        match outcome {
+            Ok(p) if p == original => verified.push((id, p)),
+            Ok(_) => {
+                return Err(remote(
+                    "send_join",
+                    &format!("the answer's event {id} does not match its content hash"),
+                ))
+            }
+            Err(e) => {
+                return Err(remote(
+                    "send_join",
+                    &format!("the answer's event {id} is not genuine: {e}"),
+                ))
             }
         }
     }
-    let mut verified = Vec::with_capacity(all.len());
-    for (id, outcome) in super::inbound::verify_pdus(state, version, all).await? {
-        match outcome {
-            Ok(p) => verified.push((id, p)),
-            Err(e) => tracing::info!(event = %id, error = %e, "send_join answer event refused"),
-        }
-    }
-    client::persist_remote_join(
+    let joined = client::persist_remote_join(
         &state.mesh,
         room.clone(),
         version,
         verified,
         state_ids,
         (join_id, join),
+        partial.clone(),
     )
-    .await
+    .await?;
+    if let Some(servers) = partial {
+        tracing::info!(%room, via = %server, ?servers, "joined with partial state; resyncing");
+        super::resync::kick_owner(state, room.clone()).await;
+    }
+    Ok(joined)
+}
+
+/// Whom to ask for the rest of a partial room's state (and to send our
+/// events to meanwhile): the answer's `servers_in_room`, the server that
+/// answered first, never ourselves.
+fn servers_in_room(answer: &Value, via: &str, ours: &str) -> Vec<String> {
+    let mut out = vec![via.to_owned()];
+    for s in answer
+        .get("servers_in_room")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        if s != ours && !out.iter().any(|o| o == s) {
+            out.push(s.to_owned());
+        }
+    }
+    out
 }
 
 /// Where to join `room` through, besides what the client named: the

@@ -33,6 +33,7 @@ pub mod media;
 pub mod membership;
 pub mod profile;
 pub mod resolve;
+pub mod resync;
 pub mod sender;
 pub mod tls;
 pub mod x_matrix;

@@ -150,7 +150,8 @@ pub async fn set_membership(
 }
 
 /// Stores a room joined through another server on its owner shard
-/// (`Rooms::persist_remote_join`).
+/// (`Rooms::persist_remote_join`); `partial`: the answer omitted the
+/// members, these servers have the rest.
 pub async fn persist_remote_join(
     mesh: &MeshEndpoint,
     room: OwnedRoomId,
@@ -158,10 +159,11 @@ pub async fn persist_remote_join(
     events: Vec<(OwnedEventId, CanonicalJsonObject)>,
     state_ids: Vec<OwnedEventId>,
     join: (OwnedEventId, CanonicalJsonObject),
+    partial: Option<Vec<String>>,
 ) -> Result<OwnedEventId, RoomError> {
     on_owner(mesh, &room.clone(), move |rooms| async move {
         rooms
-            .persist_remote_join(&room, version, events, state_ids, join)
+            .persist_remote_join(&room, version, events, state_ids, join, partial)
             .await
     })
     .await

@@ -279,7 +279,7 @@ impl Rooms {
         }
         if !same(&current, &head.state) {
             w = self
-                .current_state_rows(w, &room, &head.state, &current, &pdu)
+                .current_state_rows(w, &room, &head.state, &current, Some(&pdu))
                 .await?;
         }
         // The `forward_extremities` rows are written by the pipeline, once
@@ -326,6 +326,144 @@ impl Rooms {
         )
     }
 
+    /// Completes a partial-state room (`rooms::partial`): `full` is the
+    /// state before our join as a resident server gives it, every event
+    /// stored. Each key our state lacks (the omitted members) is added to
+    /// the current state and to each forward extremity's state (so a later
+    /// fork resolves full states), the latest event's `room_snapshot`
+    /// points at the completed state (what `/sync` reads), and the partial
+    /// mark is dropped — one write, under the room's lock once its pipeline
+    /// is idle, so nothing commits on the partial state meanwhile. Events
+    /// older than the extremities keep their partial snapshots. Returns how
+    /// many keys were added.
+    pub async fn complete_partial_state(
+        self: &Rc<Self>,
+        room_id: &ruma::OwnedRoomId,
+        full: StateMap,
+    ) -> Result<usize, RoomError> {
+        self.check_owner(room_id)?;
+        let _guard = self.room_locks.queue(room_id.clone()).await;
+        self.pipelines.idle(room_id).await;
+        let head = self.head(room_id).await?;
+        let added: StateMap = full
+            .into_iter()
+            .filter(|(k, _)| !head.state.contains_key(k))
+            .collect();
+        let room = room_id.as_str().to_owned();
+        let complete = |old: &StateMap| {
+            let mut new = old.clone();
+            for (k, v) in &added {
+                new.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            Rc::new(new)
+        };
+        let mut w = Write::new();
+        let mut tickets = Vec::new();
+        // Old snapshot id → completed snapshot (extremities often share one).
+        let mut done: std::collections::HashMap<i64, (SnapshotHead, Rc<StateMap>)> =
+            std::collections::HashMap::new();
+        let cur_old = head
+            .snapshot
+            .ok_or_else(|| RoomError::Internal("partial room without current state".into()))?;
+        let mut olds = vec![(cur_old.id, head.state.clone(), Some(cur_old))];
+        let resolver = self.resolver();
+        for e in &head.extremities {
+            if e.snapshot != cur_old.id && !olds.iter().any(|(id, _, _)| *id == e.snapshot) {
+                let old = resolver.load(e.snapshot).await?;
+                olds.push((e.snapshot, old, state::head(&self.db, e.snapshot).await?));
+            }
+        }
+        for (old_id, old, base) in olds {
+            let ticket = self.stream.allocate();
+            let new = complete(&old);
+            let plan = state::plan(
+                state::snapshot_id(self.shard, ticket.pos()),
+                base,
+                &old,
+                &new,
+            );
+            w = state::write(w, &room, &plan);
+            tickets.push(ticket);
+            done.insert(old_id, (plan.head(), new));
+        }
+        let (cur_head, cur_state) = done
+            .get(&cur_old.id)
+            .cloned()
+            .ok_or_else(|| RoomError::Internal("completed state lost".into()))?;
+        let mut extremities = Vec::with_capacity(head.extremities.len());
+        for e in &head.extremities {
+            let snap = done.get(&e.snapshot).map_or(e.snapshot, |(h, _)| h.id);
+            w = w.statement(
+                "UPDATE events SET snapshot_id = $2 WHERE event_id = $1",
+                vec![e.event_id.to_string().into(), snap.into()],
+            );
+            extremities.push(Extremity {
+                snapshot: snap,
+                ..e.clone()
+            });
+        }
+        w = w.statement(
+            "UPDATE rooms SET current_snapshot = $2 WHERE room_id = $1",
+            vec![room.clone().into(), cur_head.id.into()],
+        );
+        w = w.statement(
+            "UPDATE events SET room_snapshot = $2 WHERE event_id = \
+             (SELECT event_id FROM events WHERE room_id = $1 \
+              ORDER BY stream_ordering DESC LIMIT 1)",
+            vec![room.clone().into(), cur_head.id.into()],
+        );
+        w = self
+            .current_state_rows(w, &room, &head.state, &cur_state, None)
+            .await?;
+        let announce = self.stream.allocate();
+        let shard = i32::try_from(self.shard).map_err(|_| RoomError::Internal("shard".into()))?;
+        w = w
+            .statement(
+                "DELETE FROM partial_state_rooms WHERE room_id = $1",
+                vec![room.clone().into()],
+            )
+            .statement(
+                "INSERT INTO partial_state_resynced (room_id, stream_shard, stream_ordering, \
+                 done_ts) VALUES ($1, $2, $3, $4) ON CONFLICT (room_id) DO UPDATE SET \
+                 stream_shard = excluded.stream_shard, stream_ordering = excluded.stream_ordering, \
+                 done_ts = excluded.done_ts",
+                vec![
+                    room.clone().into(),
+                    shard.into(),
+                    announce.pos().into(),
+                    crate::primitives::unix_ms_i64().into(),
+                ],
+            );
+        if let Err(e) = self.writer.submit(w).await {
+            self.heads.borrow_mut().pop(room_id);
+            return Err(e.into());
+        }
+        for (h, m) in done.into_values() {
+            self.states.borrow_mut().put(vec![h.id], m);
+        }
+        self.heads.borrow_mut().put(
+            room_id.clone(),
+            Rc::new(RoomHead {
+                version: head.version,
+                state: cur_state,
+                snapshot: Some(cur_head),
+                extremities,
+            }),
+        );
+        super::partial::unmark(room_id);
+        self.forget_servers(room_id);
+        drop(tickets);
+        let pos = announce.pos();
+        announce
+            .publish(vec![Change::Room {
+                room_id: room_id.clone(),
+                pos: Pos::Persisted(pos),
+                what: RoomChange::FullState,
+            }])
+            .await;
+        Ok(added.len())
+    }
+
     /// Remembers a received event as rejected (server-server "Rejections"):
     /// not in the graph (an outlier copy leaves it), not processed again.
     pub(super) async fn record_rejection(
@@ -365,7 +503,7 @@ impl Rooms {
         room: &str,
         old: &StateMap,
         new: &StateMap,
-        pdu: &Pdu,
+        pdu: Option<&Pdu>,
     ) -> Result<Write, RoomError> {
         for ((t, k), id) in new {
             if old.get(&(t.clone(), k.clone())) == Some(id) {
@@ -373,8 +511,8 @@ impl Rooms {
             }
             let membership = if t != "m.room.member" {
                 None
-            } else if *id == pdu.event_id.as_str() {
-                pdu.membership()
+            } else if let Some(p) = pdu.filter(|p| *id == p.event_id.as_str()) {
+                p.membership()
             } else {
                 let eid = ruma::OwnedEventId::try_from(id.as_str())
                     .map_err(|e| RoomError::Internal(e.to_string()))?;

@@ -32,6 +32,14 @@ impl Rooms {
         }
         let ours = self.key.server_name.as_str();
         let mut servers = super::directory::joined_servers(&self.db, room, ours).await?;
+        // A partial-state room's members are mostly unknown: the servers
+        // the resident server named (`servers_in_room`) get our events too
+        // (MSC3902; Synapse sends to them until the resync completes).
+        if let Some(named) = super::partial::servers(room) {
+            servers.extend(named);
+            servers.sort();
+            servers.dedup();
+        }
         servers.retain(|s| s != ours);
         let servers = Rc::new(servers);
         self.servers.borrow_mut().put(room.clone(), servers.clone());

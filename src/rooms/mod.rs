@@ -22,6 +22,7 @@ pub mod graph;
 pub mod history;
 pub mod join_state;
 pub mod member_profile;
+pub mod partial;
 pub mod pipeline;
 pub mod receive;
 pub mod redaction;

@@ -144,6 +144,14 @@ impl Pipelines {
         self.txns.borrow().get(key).cloned()
     }
 
+    /// Waits until the room has no write in flight or queued (the caller
+    /// holds the room's lock, so none is added meanwhile).
+    pub(super) async fn idle(&self, room: &OwnedRoomId) {
+        while self.pipes.borrow().contains_key(room) {
+            self.committed.notified().await;
+        }
+    }
+
     /// Waits until the txn id is no longer pending (committed or failed).
     pub(super) async fn wait_txn(&self, key: &TxnKey) {
         while self.txns.borrow().contains_key(key) {

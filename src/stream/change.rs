@@ -58,6 +58,10 @@ pub enum RoomChange {
     /// A public receipt was stored (persisted, on the room's owner shard);
     /// `/sync` reads it from the `receipts` table.
     Receipt,
+    /// A partial-state room got its full state (persisted, on the room's
+    /// owner shard; `partial_state_resynced`): a non-lazy-loading `/sync`
+    /// omitted the room until now and sends it as newly joined.
+    FullState,
 }
 
 /// A persisted room event as the other shards need it.

@@ -149,11 +149,16 @@ async fn compute(
         .filter(|(_, m)| matches!(m.as_str(), "join" | "invite" | "knock"))
         .map(|(r, _)| r.clone())
         .collect();
+    let (partial, resynced) = partial_rooms(ctx, &rooms).await?;
     let work = rooms
         .into_iter()
         .filter(|(r, _)| ctx.filter.allows_room(r.as_str()))
         .filter(|(r, _)| !forgotten.contains(r.as_str()))
-        .map(|(room, m)| one_room(ctx, cache, notifier, room, m));
+        .filter(|(r, m)| !(m == "join" && partial.contains(r.as_str())))
+        .map(|(room, m)| {
+            let forced = m == "join" && resynced.contains(room.as_str());
+            one_room(ctx, cache, notifier, room, m, forced)
+        });
     let mut out = SyncRooms::default();
     for r in join_all(work).await {
         let Some((section, room, v)) = r? else {
@@ -185,6 +190,65 @@ async fn compute(
     response::assemble(ctx, out).await
 }
 
+/// Partial-state rooms as Synapse's sync handles them (synapse
+/// `handlers/sync.py`): a sync without lazy-loaded members leaves them out
+/// (their member list is incomplete), and sends one whose resync finished
+/// after `since` as newly joined (its `forced_newly_joined_room_ids`), so
+/// the client gets its full state. A lazy-loading sync shows them at once.
+/// Returns (rooms to leave out, rooms to send as newly joined).
+async fn partial_rooms(
+    ctx: &SyncContext,
+    rooms: &[(OwnedRoomId, String)],
+) -> Result<(HashSet<String>, HashSet<String>), SyncError> {
+    let none = || Ok((HashSet::new(), HashSet::new()));
+    if ctx.filter.lazy_load_members() || !crate::rooms::partial::any_since_start() {
+        return none();
+    }
+    let joined: Vec<String> = rooms
+        .iter()
+        .filter(|(_, m)| m == "join")
+        .map(|(r, _)| r.to_string())
+        .collect();
+    if joined.is_empty() {
+        return none();
+    }
+    let internal = |e: crate::db::DbError| SyncError::Internal(format!("partial rooms: {e}"));
+    let rows = ctx
+        .db
+        .query(
+            "SELECT room_id, NULL::int, NULL::bigint FROM partial_state_rooms \
+             WHERE room_id = ANY($1) UNION ALL \
+             SELECT room_id, stream_shard, stream_ordering FROM partial_state_resynced \
+             WHERE room_id = ANY($1)",
+            &[&joined],
+        )
+        .await
+        .map_err(internal)?;
+    let (mut partial, mut resynced) = (HashSet::new(), HashSet::new());
+    for r in rows {
+        let room: String = r.get(0).map_err(internal)?;
+        match (
+            r.get::<Option<i32>>(1).map_err(internal)?,
+            r.get::<Option<i64>>(2).map_err(internal)?,
+        ) {
+            (Some(shard), Some(pos)) => {
+                let shard = usize::try_from(shard).unwrap_or(usize::MAX);
+                let before = ctx
+                    .since
+                    .as_ref()
+                    .is_some_and(|s| shard < s.len() && s.persisted(shard) < pos);
+                if before {
+                    resynced.insert(room);
+                }
+            }
+            _ => {
+                partial.insert(room);
+            }
+        }
+    }
+    Ok((partial, resynced))
+}
+
 /// The rooms the user forgot (`POST /forget`), left out of every section
 /// as Synapse does. Only a room the user is out of can be forgotten (a new
 /// membership un-forgets it), so the database is asked only when such a
@@ -213,6 +277,7 @@ async fn one_room(
     notifier: &Notifier,
     room: OwnedRoomId,
     membership: String,
+    resynced: bool,
 ) -> Result<Option<(Section, OwnedRoomId, RoomEntry)>, SyncError> {
     let user = ctx.user.as_str();
     let Some(since) = &ctx.since else {
@@ -250,7 +315,7 @@ async fn one_room(
     let own_changed = crate::shard_state::current_shard().is_some_and(|state| {
         crate::ephemeral::sync::user_room_changed(&state, &ctx.user, &room, since)
     });
-    if !(room_changed || own_changed || ctx.full_state && membership == "join") {
+    if !(room_changed || own_changed || resynced || ctx.full_state && membership == "join") {
         return Ok(None);
     }
     let changes: Vec<MemberChange> =
@@ -261,7 +326,7 @@ async fn one_room(
         };
     let out = match (membership.as_str(), changes.last()) {
         ("join", _) => {
-            let newly = newly_joined(ctx, &room, since, &changes).await?;
+            let newly = resynced || newly_joined(ctx, &room, since, &changes).await?;
             response::joined(ctx, cache, &room, newly, !changes.is_empty())
                 .await?
                 .map(|v| (Section::Join, v))

@@ -133,6 +133,11 @@ pub async fn get_state_event(state: Rc<ShardState>, req: Request) -> HandlerResu
 pub async fn get_state(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = user(&state, &req).await?;
     let room_id = room_param(&req)?;
+    // As `/members`: the whole state of a partial-state room waits for
+    // its resync (Synapse's current-state reads await the full state).
+    if !crate::rooms::partial::wait_full(&state.db, &room_id, MEMBERS_WAIT).await? {
+        tracing::info!(room = %room_id, "state of a partial-state room answered before its resync");
+    }
     let events = client::get_state(&state.mesh, who.user_id, room_id).await?;
     Ok(Response::json(200, &events))
 }
@@ -318,6 +323,9 @@ pub async fn unban(state: Rc<ShardState>, req: Request) -> HandlerResult {
     change_other(&state, &req, "leave").await
 }
 
+/// How long `/members` waits for a partial-state room's full state.
+const MEMBERS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `GET /rooms/{roomId}/members?membership=&not_membership=`.
 pub async fn members(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = user(&state, &req).await?;
@@ -333,6 +341,12 @@ pub async fn members(state: Rc<ShardState>, req: Request) -> HandlerResult {
         }
     };
     let (membership, not_membership) = (filter("membership")?, filter("not_membership")?);
+    // A partial-state room's members are mostly unknown: as Synapse
+    // (its current-state reads await the full state), wait for the
+    // resync — bounded; past it, what is known is answered.
+    if !crate::rooms::partial::wait_full(&state.db, &room_id, MEMBERS_WAIT).await? {
+        tracing::info!(room = %room_id, "members of a partial-state room answered before its resync");
+    }
     if let Some(at) = super::timeline::token_param(&req, "at")? {
         let chunk = super::timeline::members_at(
             &state,

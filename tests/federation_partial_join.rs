@@ -1,0 +1,620 @@
+//! End-to-end: hearth joins a room hosted elsewhere with partial state
+//! (MSC3706/MSC3902 "faster joins", `omit_members`). Federation servers of
+//! the tests' own (`common::fake_server`, their own keys) host a v12 room
+//! with many members and answer make_join / send_join (members omitted),
+//! `/state_ids` and `/event` as each test says:
+//! - the joining user can send at once, the room is partial, then the
+//!   resync completes: the full member list, no partial mark;
+//! - the first resident server failing mid-resync: the second finishes it;
+//! - hearth killed mid-resync: the restart resumes and completes it;
+//! - a send_join answer with a forged event or a broken auth chain is
+//!   refused: the client gets an error, nothing of the room is left.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::fake_server::{FakeServer, Received};
+use common::fed::{eventually, start_home, Home};
+use common::{call, enc, register_user, Hearth, Registered};
+use hearth::db::testing::TestCluster;
+use hearth::events::{build_pdu, NewEvent, RoomVersion};
+use serde_json::{json, Value};
+
+const V12: RoomVersion = RoomVersion::V12;
+
+/// A room as its resident servers have it: every event, the state.
+#[derive(Clone, Default)]
+struct Hosted {
+    room: String,
+    by_id: HashMap<String, Value>,
+    state: BTreeMap<(String, String), String>,
+    last: String,
+    depth: u64,
+}
+
+impl Hosted {
+    fn find(&self, t: &str, k: &str) -> Option<String> {
+        self.state.get(&(t.into(), k.into())).cloned()
+    }
+
+    /// Adds a state event signed by `fake` (whose user `sender` is).
+    fn add(
+        &mut self,
+        fake: &FakeServer,
+        sender: &str,
+        kind: &str,
+        key: &str,
+        content: Value,
+        auth: &[Option<String>],
+    ) -> String {
+        let Value::Object(c) = content else { panic!() };
+        self.depth += 1;
+        let create = kind == "m.room.create";
+        let signed = build_pdu(
+            NewEvent {
+                room_version: V12,
+                room_id: (!create).then(|| self.room.as_str().try_into().unwrap()),
+                sender: sender.try_into().unwrap(),
+                event_type: kind.into(),
+                state_key: Some(key.into()),
+                content: ruma::canonical_json::try_from_json_map(c).unwrap(),
+                prev_events: if create {
+                    vec![]
+                } else {
+                    vec![self.last.as_str().try_into().unwrap()]
+                },
+                auth_events: auth
+                    .iter()
+                    .flatten()
+                    .map(|a| a.as_str().try_into().unwrap())
+                    .collect(),
+                depth: self.depth,
+                origin_server_ts: common::fed::now(),
+                redacts: None,
+            },
+            &fake.key,
+        )
+        .unwrap();
+        let id = signed.event_id.to_string();
+        if create {
+            self.room = signed.room_id.to_string();
+        }
+        self.by_id
+            .insert(id.clone(), serde_json::to_value(&signed.pdu).unwrap());
+        self.state.insert((kind.into(), key.into()), id.clone());
+        self.last = id.clone();
+        id
+    }
+
+    /// The auth chain of `ids` (transitively, without `ids` themselves
+    /// unless one is an auth event of another).
+    fn auth_chain(&self, ids: &[String]) -> Vec<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo: Vec<String> = ids.to_vec();
+        while let Some(id) = todo.pop() {
+            let Some(ev) = self.by_id.get(&id) else {
+                continue;
+            };
+            for a in ev["auth_events"].as_array().into_iter().flatten() {
+                let a = a.as_str().unwrap().to_owned();
+                if seen.insert(a.clone()) {
+                    todo.push(a);
+                }
+            }
+        }
+        // v12: the create event is implied, so listed explicitly.
+        seen.insert(format!("${}", &self.room[1..]));
+        seen.into_iter().collect()
+    }
+}
+
+/// A v12 room created by `@creator` of `fakes[0]`, with `per_server`
+/// members from each of `fakes`.
+fn host(fakes: &[&FakeServer], per_server: usize) -> Hosted {
+    let mut h = Hosted::default();
+    let creator = format!("@creator:{}", fakes[0].name);
+    let f0 = fakes[0];
+    h.add(
+        f0,
+        &creator,
+        "m.room.create",
+        "",
+        json!({"room_version": "12"}),
+        &[],
+    );
+    let me = h.add(
+        f0,
+        &creator,
+        "m.room.member",
+        &creator,
+        json!({"membership": "join"}),
+        &[],
+    );
+    let pl = h.add(
+        f0,
+        &creator,
+        "m.room.power_levels",
+        "",
+        json!({}),
+        &[Some(me.clone())],
+    );
+    let auth = [Some(me.clone()), Some(pl.clone())];
+    h.add(
+        f0,
+        &creator,
+        "m.room.join_rules",
+        "",
+        json!({"join_rule": "public"}),
+        &auth,
+    );
+    h.add(
+        f0,
+        &creator,
+        "m.room.history_visibility",
+        "",
+        json!({"history_visibility": "shared"}),
+        &auth,
+    );
+    h.add(
+        f0,
+        &creator,
+        "m.room.name",
+        "",
+        json!({"name": "big room"}),
+        &auth,
+    );
+    for f in fakes {
+        for i in 0..per_server {
+            let u = format!("@m{i}:{}", f.name);
+            let auth = [
+                h.find("m.room.join_rules", ""),
+                h.find("m.room.power_levels", ""),
+            ];
+            h.add(
+                f,
+                &u,
+                "m.room.member",
+                &u,
+                json!({"membership": "join"}),
+                &auth,
+            );
+        }
+    }
+    h
+}
+
+/// How a resident server behaves.
+#[derive(Default)]
+struct Behaviour {
+    /// `/state_ids` and `/event` answer 500.
+    down: AtomicBool,
+    /// `/event` answers after this many ms.
+    slow_ms: AtomicU64,
+    /// Tamper with the send_join answer.
+    tamper: Mutex<Option<fn(&mut Value)>>,
+}
+
+/// Serves `room` from `fake` as a resident server; `all` are every
+/// resident server's names (`servers_in_room`).
+fn serve(fake: &FakeServer, room: Arc<Mutex<Hosted>>, all: Vec<String>, b: Arc<Behaviour>) {
+    let name = fake.name.clone();
+    fake.handle(move |r: &Received| {
+        let p = r.path.as_str();
+        if p.starts_with("/_matrix/federation/v1/send/") {
+            return Some((200, json!({"pdus": {}})));
+        }
+        if p.starts_with("/_matrix/federation/v1/make_join/") {
+            let h = room.lock().unwrap();
+            let seg = p.split('?').next().unwrap().split('/').nth(6).unwrap();
+            let user = percent_encoding::percent_decode_str(seg)
+                .decode_utf8()
+                .unwrap()
+                .into_owned();
+            let auth: Vec<String> = [h.find("m.room.join_rules", ""), h.find("m.room.power_levels", "")]
+                .into_iter()
+                .flatten()
+                .collect();
+            return Some((
+                200,
+                json!({"room_version": "12", "event": {
+                    "room_id": h.room, "sender": user, "type": "m.room.member",
+                    "state_key": user, "content": {"membership": "join"},
+                    "prev_events": [h.last], "auth_events": auth, "depth": h.depth + 1,
+                    "origin_server_ts": common::fed::now(),
+                }}),
+            ));
+        }
+        if p.starts_with("/_matrix/federation/v2/send_join/") {
+            let mut h = room.lock().unwrap();
+            let omit = p.contains("omit_members=true");
+            let state: Vec<String> = h
+                .state
+                .iter()
+                .filter(|((t, _), _)| !(omit && t == "m.room.member"))
+                .map(|(_, id)| id.clone())
+                .collect();
+            let chain = h.auth_chain(&h.state.values().cloned().collect::<Vec<_>>());
+            let chain: Vec<String> = if omit {
+                h.auth_chain(&state)
+            } else {
+                chain
+            };
+            let ev = |id: &String| h.by_id[id].clone();
+            let mut answer = json!({
+                "event": r.body,
+                "state": state.iter().map(ev).collect::<Vec<_>>(),
+                "auth_chain": chain.iter().filter(|c| !state.contains(c)).map(ev).collect::<Vec<_>>(),
+                "members_omitted": omit,
+                "servers_in_room": all,
+                "origin": name,
+            });
+            if let Some(t) = *b.tamper.lock().unwrap() {
+                t(&mut answer);
+                return Some((200, answer));
+            }
+            // The join is now part of the room.
+            let join = r.body.clone();
+            let id = common::fed::id_of(&join);
+            let key = join["state_key"].as_str().unwrap().to_owned();
+            h.by_id.insert(id.clone(), join);
+            h.state.insert(("m.room.member".into(), key), id.clone());
+            h.last = id;
+            h.depth += 1;
+            return Some((200, answer));
+        }
+        if p.starts_with("/_matrix/federation/v1/state_ids/") {
+            if b.down.load(Ordering::SeqCst) {
+                return Some((500, json!({"errcode": "M_UNKNOWN", "error": "down"})));
+            }
+            let h = room.lock().unwrap();
+            // The state before our join: all but the last member event.
+            let join = p.split("event_id=").nth(1).map(|s| {
+                percent_encoding::percent_decode_str(s).decode_utf8().unwrap().into_owned()
+            });
+            let ids: Vec<String> = h
+                .state
+                .values()
+                .filter(|id| Some(*id) != join.as_ref())
+                .cloned()
+                .collect();
+            let chain = h.auth_chain(&ids);
+            return Some((200, json!({"pdu_ids": ids, "auth_chain_ids": chain})));
+        }
+        if let Some(rest) = p.strip_prefix("/_matrix/federation/v1/event/") {
+            let ms = b.slow_ms.load(Ordering::SeqCst);
+            if ms > 0 {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            if b.down.load(Ordering::SeqCst) {
+                return Some((500, json!({"errcode": "M_UNKNOWN", "error": "down"})));
+            }
+            let id = percent_encoding::percent_decode_str(rest)
+                .decode_utf8()
+                .unwrap()
+                .into_owned();
+            let h = room.lock().unwrap();
+            return h.by_id.get(&id).map(|e| {
+                (200, json!({"origin": name, "origin_server_ts": 0, "pdus": [e]}))
+            });
+        }
+        None
+    });
+}
+
+struct World {
+    home: Home,
+    fakes: Vec<FakeServer>,
+    behaviour: Vec<Arc<Behaviour>>,
+    hosted: Arc<Mutex<Hosted>>,
+    alice: Registered,
+}
+
+fn world(servers: usize, per_server: usize) -> World {
+    let home = start_home();
+    let fakes: Vec<FakeServer> = (0..servers)
+        .map(|i| FakeServer::start(40 + i as u8))
+        .collect();
+    let refs: Vec<&FakeServer> = fakes.iter().collect();
+    let hosted = Arc::new(Mutex::new(host(&refs, per_server)));
+    let names: Vec<String> = fakes.iter().map(|f| f.name.clone()).collect();
+    let behaviour: Vec<Arc<Behaviour>> = fakes.iter().map(|_| Arc::default()).collect();
+    for (f, b) in fakes.iter().zip(&behaviour) {
+        serve(f, hosted.clone(), names.clone(), b.clone());
+    }
+    let alice = register_user(&home.h, "alice");
+    World {
+        home,
+        fakes,
+        behaviour,
+        hosted,
+        alice,
+    }
+}
+
+impl World {
+    fn room(&self) -> String {
+        self.hosted.lock().unwrap().room.clone()
+    }
+
+    fn join(&self) -> common::Resp {
+        let via: Vec<String> = self
+            .fakes
+            .iter()
+            .map(|f| format!("server_name={}", enc(&f.name)))
+            .collect();
+        call(
+            &self.home.h,
+            "POST",
+            &format!("/join/{}?{}", enc(&self.room()), via.join("&")),
+            &self.alice.token,
+            Some(json!({})),
+        )
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        let url = self
+            .home
+            .opts
+            .env
+            .iter()
+            .find(|(k, _)| k == "HEARTH_DATABASE__URL")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        let db = url.rsplit('/').next().unwrap().to_owned();
+        TestCluster::shared().psql(&db, sql).expect("psql")
+    }
+
+    fn partial_rows(&self) -> String {
+        self.psql(&format!(
+            "SELECT count(*) FROM partial_state_rooms WHERE room_id = '{}'",
+            self.room()
+        ))
+    }
+
+    fn send(&self, body: &str) -> (u16, String) {
+        let r = call(
+            &self.home.h,
+            "PUT",
+            &format!(
+                "/rooms/{}/send/m.room.message/{}",
+                enc(&self.room()),
+                common::fed::now()
+            ),
+            &self.alice.token,
+            Some(json!({"msgtype": "m.text", "body": body})),
+        );
+        let id = r.json()["event_id"].as_str().unwrap_or("").to_owned();
+        (r.status, id)
+    }
+
+    /// Joined members as hearth's `/members` answers (waits for full state).
+    fn members(&self) -> usize {
+        let r = call(
+            &self.home.h,
+            "GET",
+            &format!("/rooms/{}/members?membership=join", enc(&self.room())),
+            &self.alice.token,
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["chunk"].as_array().map_or(0, Vec::len)
+    }
+
+    /// Whether `fake` received the event `id` in a transaction.
+    fn received(&self, fake: usize, id: &str) -> bool {
+        self.fakes[fake]
+            .requests("/_matrix/federation/v1/send/")
+            .iter()
+            .flat_map(|r| r.body["pdus"].as_array().cloned().unwrap_or_default())
+            .any(|p| common::fed::id_of(&p) == id)
+    }
+}
+
+#[test]
+fn a_partial_join_can_send_at_once_and_resyncs_the_members() {
+    let w = world(2, 15);
+    // Every resident server is slow on /event: the resync takes a while.
+    for b in &w.behaviour {
+        b.slow_ms.store(200, Ordering::SeqCst);
+    }
+    let t0 = Instant::now();
+    let r = w.join();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let joined = t0.elapsed();
+    let sent = w.fakes[0].requests("/_matrix/federation/v2/send_join/");
+    assert!(
+        sent[0].path.contains("omit_members=true"),
+        "{}",
+        sent[0].path
+    );
+    assert_eq!(w.partial_rows(), "1", "the room is recorded partial");
+    let (status, id) = w.send("hello while partial");
+    assert_eq!(status, 200);
+    let can_send = t0.elapsed();
+    // Sent to every server the resident named, although hearth knows no
+    // member of the second yet.
+    eventually("the message reaches both resident servers", || {
+        w.received(0, &id) && w.received(1, &id)
+    });
+    // /members waits for the full state: 1 creator + 30 members + alice.
+    assert_eq!(w.members(), 32);
+    let full = t0.elapsed();
+    assert_eq!(w.partial_rows(), "0", "the partial mark is gone");
+    assert!(!w.fakes[0]
+        .requests("/_matrix/federation/v1/state_ids/")
+        .is_empty());
+    println!(
+        "partial join: /join answered after {joined:?}, could send after {can_send:?}, \
+         full state after {full:?}"
+    );
+    // Sending after the resync still works, to both.
+    let (status, id) = w.send("hello with full state");
+    assert_eq!(status, 200);
+    eventually("the second message reaches both", || {
+        w.received(0, &id) && w.received(1, &id)
+    });
+}
+
+#[test]
+fn a_resident_server_failing_mid_resync_is_replaced_by_the_next() {
+    let w = world(2, 10);
+    w.behaviour[0].slow_ms.store(300, Ordering::SeqCst);
+    let r = w.join();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    eventually("the resync started at the first server", || {
+        !w.fakes[0]
+            .requests("/_matrix/federation/v1/event/")
+            .is_empty()
+    });
+    // The first server dies mid-resync.
+    w.behaviour[0].down.store(true, Ordering::SeqCst);
+    assert_eq!(w.members(), 22);
+    assert_eq!(w.partial_rows(), "0");
+    assert!(
+        !w.fakes[1]
+            .requests("/_matrix/federation/v1/state_ids/")
+            .is_empty(),
+        "the second server finished it"
+    );
+}
+
+#[test]
+fn a_resync_interrupted_by_a_kill_resumes_after_the_restart() {
+    let mut w = world(1, 40);
+    w.behaviour[0].slow_ms.store(500, Ordering::SeqCst);
+    let r = w.join();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    eventually("the resync started", || {
+        !w.fakes[0]
+            .requests("/_matrix/federation/v1/event/")
+            .is_empty()
+    });
+    w.home.h.signal(libc::SIGKILL);
+    w.home.h.wait_exit(Duration::from_secs(30));
+    assert_eq!(w.partial_rows(), "1", "still partial after the kill");
+    let before = w.fakes[0]
+        .requests("/_matrix/federation/v1/state_ids/")
+        .len();
+    w.behaviour[0].slow_ms.store(0, Ordering::SeqCst);
+    let dir = std::mem::replace(&mut w.home.h.data_dir, tempfile::tempdir().unwrap());
+    w.home.h = Hearth::start_in(w.home.opts.clone(), dir);
+    w.home
+        .h
+        .wait_for_log("resuming the resync", Duration::from_secs(30));
+    assert_eq!(w.members(), 42);
+    assert_eq!(w.partial_rows(), "0");
+    assert!(
+        w.fakes[0]
+            .requests("/_matrix/federation/v1/state_ids/")
+            .len()
+            > before
+    );
+    let (status, _) = w.send("after the restart");
+    assert_eq!(status, 200);
+}
+
+fn refused_join(tamper: fn(&mut Value)) {
+    let w = world(1, 5);
+    *w.behaviour[0].tamper.lock().unwrap() = Some(tamper);
+    let r = w.join();
+    assert!(
+        r.status >= 400,
+        "a bad answer must be refused: {} {}",
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(w.partial_rows(), "0");
+    let room = w.room();
+    assert_eq!(
+        w.psql(&format!(
+            "SELECT (SELECT count(*) FROM rooms WHERE room_id = '{room}') + \
+             (SELECT count(*) FROM graph_events WHERE room_id = '{room}') + \
+             (SELECT count(*) FROM events WHERE room_id = '{room}')"
+        )),
+        "0",
+        "nothing of the room is stored"
+    );
+    let r = call(&w.home.h, "GET", "/joined_rooms", &w.alice.token, None);
+    assert_eq!(r.json()["joined_rooms"], json!([]));
+}
+
+#[test]
+fn a_send_join_answer_with_a_forged_event_is_refused() {
+    refused_join(|a| {
+        // The name event's content changed after signing: its hash and
+        // signatures no longer hold.
+        for e in a["state"].as_array_mut().unwrap() {
+            if e["type"] == "m.room.name" {
+                e["content"]["name"] = json!("forged");
+            }
+        }
+    });
+}
+
+#[test]
+fn a_send_join_answer_with_a_broken_auth_chain_is_refused() {
+    refused_join(|a| {
+        // The power levels' auth event (the creator's member event) left
+        // out of the auth chain: nothing proves the state holds.
+        let chain = a["auth_chain"].as_array_mut().unwrap();
+        chain.retain(|e| e["type"] != "m.room.member");
+    });
+}
+
+fn sync(w: &World, since: Option<&str>, lazy: bool) -> Value {
+    let mut path = String::from("/sync?timeout=0");
+    if let Some(s) = since {
+        path.push_str(&format!("&since={}", enc(s)));
+    }
+    if lazy {
+        let f = json!({"room": {"state": {"lazy_load_members": true}}}).to_string();
+        path.push_str(&format!("&filter={}", enc(&f)));
+    }
+    let r = call(&w.home.h, "GET", &path, &w.alice.token, None);
+    assert_eq!(r.status, 200);
+    r.json()
+}
+
+#[test]
+fn sync_follows_synapse_for_partial_state_rooms() {
+    let w = world(1, 12);
+    // The resident server cannot serve the state yet: the room stays partial.
+    w.behaviour[0].down.store(true, Ordering::SeqCst);
+    let r = w.join();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let room = w.room();
+    let (status, _) = w.send("while partial");
+    assert_eq!(status, 200);
+    // Without lazy-loading members the partial room is left out...
+    let first = sync(&w, None, false);
+    assert!(first["rooms"]["join"][&room].is_null(), "{first}");
+    // ...with it, the room is there at once (its timeline has our message).
+    let lazy = sync(&w, None, true);
+    let tl = lazy["rooms"]["join"][&room]["timeline"]["events"].to_string();
+    assert!(tl.contains("while partial"), "{lazy}");
+    assert_eq!(w.partial_rows(), "1");
+    // Once resynced, the next incremental sync has it as newly joined:
+    // the full state, every member.
+    w.behaviour[0].down.store(false, Ordering::SeqCst);
+    eventually("the resync", || w.partial_rows() == "0");
+    let since = first["next_batch"].as_str().unwrap();
+    let next = sync(&w, Some(since), false);
+    let state = next["rooms"]["join"][&room]["state"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let timeline = next["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let members = state
+        .iter()
+        .chain(&timeline)
+        .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
+        .count();
+    assert_eq!(members, 14, "creator, 12 members and alice: {next}");
+}
