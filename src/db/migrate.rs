@@ -121,6 +121,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0021_federation_outbox.sql"),
     },
     Migration {
+        version: 22,
+        name: "backfill",
+        sql: include_str!("../../migrations/0022_backfill.sql"),
+    },
+    Migration {
         version: 25,
         name: "remote_invite_stream",
         sql: include_str!("../../migrations/0025_remote_invite_stream.sql"),

@@ -10,6 +10,7 @@
 //! - `inbound` + `ingest` + `edus`: received transactions: checked and
 //!   staged durably before the answer, then applied per room on its owner.
 //! - `join`: joining rooms hosted elsewhere (make_join, send_join).
+//! - `backfill`: history older than ours from the room's other servers.
 //! - `sender`: outbound transactions, one queue per destination.
 //! - `profile`: remote users' profiles (`/query/profile`).
 //! - `membership`: the resident side of send_join/leave/knock, and invites
@@ -18,6 +19,7 @@
 //! One [`Federation`] per shard (`Rc`), all of it shard-local.
 
 pub mod acl;
+pub mod backfill;
 pub mod client;
 pub mod dns;
 pub mod edus;

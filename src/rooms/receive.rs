@@ -47,6 +47,20 @@ pub struct Received {
     /// prev events whose gap `/get_missing_events` did not close). Used in
     /// place of those prev events' states; ignored when every prev is known.
     pub prev_states: Vec<StateMap>,
+    /// History fetched with `/backfill`: stored where the caller says
+    /// (below its children, at a negative stream position), never
+    /// soft-failed (it is not new: the current state does not judge it).
+    pub backfill: Option<Backfill>,
+}
+
+/// Where a backfilled event goes (`federation::backfill` decides for a
+/// whole answer: docs/ARCHITECTURE.md "Backfill").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backfill {
+    /// Our depth for it, below every child we hold.
+    pub depth: i64,
+    /// Its stream position, negative (`Rooms::backfill_positions`).
+    pub stream: i64,
 }
 
 impl Received {
@@ -58,6 +72,7 @@ impl Received {
             outlier: false,
             checked: false,
             prev_states: Vec::new(),
+            backfill: None,
         }
     }
 }
@@ -97,6 +112,8 @@ pub enum Applied {
     },
     /// Its auth events are unknown: nothing stored; fetch them and retry.
     MissingAuthEvents(Vec<OwnedEventId>),
+    /// History stored below what we had (`Received::backfill`).
+    Backfilled(OwnedEventId),
     /// Seen before (with the status it has).
     AlreadyKnown(OwnedEventId),
 }
@@ -236,6 +253,7 @@ impl Rooms {
         let before = resolver.resolve(version, &inputs, None).await?;
         // Above every known prev; across a gap, at least the sender's depth.
         let depth = match usable.iter().map(|(_, d)| *d).max() {
+            _ if r.backfill.is_some() => r.backfill.map_or(1, |b| b.depth),
             Some(d) if !gap => d + 1,
             known => known
                 .unwrap_or(0)
@@ -248,8 +266,11 @@ impl Rooms {
         if let Err(reason) = self.authorise(version, &pdu, at_before, false).await {
             return self.reject(&head, &pdu, was_outlier, reason).await;
         }
-        // 6. Auth against the current state: soft failure.
-        let fate = if *before == *head.state {
+        // 6. Auth against the current state: soft failure (not for
+        // history: server-server "Soft failure" is about new events).
+        let fate = if let Some(b) = r.backfill {
+            Fate::Backfilled(b.stream)
+        } else if *before == *head.state {
             Fate::Timeline
         } else {
             let now = self.auth_state(&head.state, version, &pdu).await?;
@@ -267,6 +288,7 @@ impl Rooms {
             base,
             depth,
             was_outlier,
+            received: true,
             epoch,
         };
         let stored = self
@@ -276,6 +298,7 @@ impl Rooms {
             .await?;
         Ok(match fate {
             Fate::SoftFailed => Applied::SoftFailed(stored.event_id.clone()),
+            Fate::Backfilled(_) => Applied::Backfilled(stored.event_id.clone()),
             _ => Applied::Accepted(stored.event_id.clone()),
         })
     }
@@ -296,6 +319,7 @@ impl Rooms {
                 base: None,
                 depth: i64::try_from(pdu.depth).unwrap_or(i64::MAX),
                 was_outlier: false,
+                received: false,
                 epoch,
             };
             self.commit(head, pdu, place, None, None)

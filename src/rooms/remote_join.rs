@@ -104,6 +104,7 @@ impl Rooms {
                 base: None,
                 depth: i64::try_from(pdu.depth).unwrap_or(i64::MAX),
                 was_outlier: false,
+                received: false,
                 epoch,
             };
             let rc = Rc::new(pdu.clone());
@@ -135,7 +136,9 @@ impl Rooms {
             )));
         }
         let depth = i64::try_from(pdu.depth).unwrap_or(i64::MAX);
-        let place = Placement::timeline(Rc::new(before), None, depth, epoch);
+        let mut place = Placement::timeline(Rc::new(before), None, depth, epoch);
+        // Its prev events are history we lack: backward extremities.
+        place.received = true;
         let stored = self
             .commit(&head, pdu, place, None, Some(false))
             .await?
