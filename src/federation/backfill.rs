@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::ingest;
-use crate::events::RoomVersion;
+use crate::events::{room_id_of, RoomVersion};
 use crate::primitives::linearizer::Linearizer;
 use crate::rooms::backfill::{self as place, Incoming};
 use crate::rooms::graph::{self, Status};
@@ -144,24 +144,40 @@ async fn from_server(
         enc(room.as_str()),
         vs.join("&")
     );
-    let request = state.federation.request_json::<Answer>(server, "GET", &path, None);
+    let request = state
+        .federation
+        .request_json::<Answer>(server, "GET", &path, None);
     let answer = match monoio::time::timeout(REQUEST_TIMEOUT, request).await {
         Ok(Ok(a)) => a,
-        Ok(Err(e)) => return Err(RoomError::BadRequest(format!("backfill from {server}: {e}"))),
-        Err(_) => return Err(RoomError::BadRequest(format!("backfill from {server}: timeout"))),
+        Ok(Err(e)) => {
+            return Err(RoomError::BadRequest(format!(
+                "backfill from {server}: {e}"
+            )))
+        }
+        Err(_) => {
+            return Err(RoomError::BadRequest(format!(
+                "backfill from {server}: timeout"
+            )))
+        }
     };
     let mut pdus = answer.pdus;
     pdus.truncate(MAX_BACKFILL);
-    // Another room's event anywhere: the whole answer is refused.
-    if let Some(other) = pdus
+    let given = pdus.len();
+    let parsed = ingest::parse_pdus(pdus, version);
+    // Another room's event anywhere (or one we cannot read): the whole
+    // answer is refused. (A v12 create event names its room by its id.)
+    let foreign = parsed
         .iter()
-        .find(|p| p.get("room_id").and_then(Value::as_str) != Some(room.as_str()))
-    {
-        tracing::info!(%room, %server, other_room = ?other.get("room_id"),
+        .find(|(_, p)| room_id_of(p, version).ok().as_ref() != Some(room));
+    if let Some((id, _)) = foreign {
+        tracing::info!(%room, %server, event = %id,
             "backfill answer holds another room's event; refused whole");
         return Ok(Outcome::Nothing);
     }
-    let parsed = ingest::parse_pdus(pdus, version);
+    if parsed.len() != given {
+        tracing::info!(%room, %server, "backfill answer holds malformed events; refused whole");
+        return Ok(Outcome::Nothing);
+    }
     let mut verified: Vec<(OwnedEventId, CanonicalJsonObject)> = Vec::with_capacity(parsed.len());
     for (id, outcome) in super::inbound::verify_pdus(state, version, parsed).await? {
         match outcome {
@@ -202,7 +218,9 @@ async fn from_server(
         };
         match apply_one(state, room, version, server, id, pdu, &batch[*i], spot).await {
             Ok(Applied::Backfilled(_)) => stored += 1,
-            Ok(other) => tracing::debug!(event = %id, outcome = ?other, "backfilled event not stored"),
+            Ok(other) => {
+                tracing::debug!(event = %id, outcome = ?other, "backfilled event not stored")
+            }
             Err(e) if matches!(e, RoomError::Db(_) | RoomError::Mesh(_)) => return Err(e),
             Err(e) => {
                 // Its state cannot be had: what descends from it neither.

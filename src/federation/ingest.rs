@@ -254,7 +254,10 @@ async fn process(
 }
 
 /// Parses a list of PDUs of a response, with their event ids.
-pub(super) fn parse_pdus(list: Vec<Value>, version: RoomVersion) -> Vec<(OwnedEventId, CanonicalJsonObject)> {
+pub(super) fn parse_pdus(
+    list: Vec<Value>,
+    version: RoomVersion,
+) -> Vec<(OwnedEventId, CanonicalJsonObject)> {
     list.into_iter()
         .filter_map(|v| match v {
             Value::Object(m) => canonical_json::try_from_json_map(m).ok(),

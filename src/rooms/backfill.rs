@@ -119,7 +119,11 @@ pub fn plan(batch: &[Incoming]) -> Vec<(usize, i64)> {
     // In-answer children of each event, and how many are not placed yet.
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); batch.len()];
     for (i, e) in batch.iter().enumerate() {
-        let mut prevs: Vec<usize> = e.prev_events.iter().filter_map(|p| index.get(p).copied()).collect();
+        let mut prevs: Vec<usize> = e
+            .prev_events
+            .iter()
+            .filter_map(|p| index.get(p).copied())
+            .collect();
         prevs.sort_unstable();
         prevs.dedup();
         for p in prevs {
@@ -146,7 +150,11 @@ pub fn plan(batch: &[Incoming]) -> Vec<(usize, i64)> {
         if e.stored_depth.is_none() && depth[i].is_some() {
             children_first.push(i);
         }
-        let mut prevs: Vec<usize> = e.prev_events.iter().filter_map(|p| index.get(p).copied()).collect();
+        let mut prevs: Vec<usize> = e
+            .prev_events
+            .iter()
+            .filter_map(|p| index.get(p).copied())
+            .collect();
         prevs.sort_unstable();
         prevs.dedup();
         for p in prevs.into_iter().filter(|p| *p != i) {
@@ -169,7 +177,8 @@ impl Rooms {
     /// only), highest first. Owner shard only; never reused.
     pub async fn backfill_positions(&self, n: usize) -> Result<Vec<i64>, RoomError> {
         if self.backfill_floor.get().is_none() {
-            let shard = i32::try_from(self.shard).map_err(|_| RoomError::Internal("shard".into()))?;
+            let shard =
+                i32::try_from(self.shard).map_err(|_| RoomError::Internal("shard".into()))?;
             let row = self
                 .db
                 .query_one(
@@ -218,7 +227,11 @@ mod tests {
     fn a_linear_answer_goes_below_our_oldest_parents_first() {
         // We hold J (depth 40) naming c; the answer is c <- b <- a (newest
         // first, as /backfill answers).
-        let batch = vec![ev("c", &["b"], Some(40)), ev("b", &["a"], None), ev("a", &["z"], None)];
+        let batch = vec![
+            ev("c", &["b"], Some(40)),
+            ev("b", &["a"], None),
+            ev("a", &["z"], None),
+        ];
         let p = plan(&batch);
         assert_eq!(
             named(&batch, &p),

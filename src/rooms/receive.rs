@@ -230,7 +230,10 @@ impl Rooms {
             .filter_map(|id| prevs.get(id.as_str()))
             .filter_map(|p| p.snapshot.map(|s| (s, p.depth)))
             .collect();
-        let gap = !missing.is_empty() || usable.is_empty();
+        // The create event of backfilled history has no prev events: the
+        // state before it is empty, no gap.
+        let origin = r.backfill.is_some() && pdu.prev_events.is_empty();
+        let gap = !missing.is_empty() || (usable.is_empty() && !origin);
         if gap && r.prev_states.is_empty() {
             return self
                 .store_outlier(&head, epoch, pdu, was_outlier, missing)
@@ -250,7 +253,11 @@ impl Rooms {
                 inputs.push((given_state_id(), Rc::new(s)));
             }
         }
-        let before = resolver.resolve(version, &inputs, None).await?;
+        let before = if origin {
+            Rc::new(StateMap::new())
+        } else {
+            resolver.resolve(version, &inputs, None).await?
+        };
         // Above every known prev; across a gap, at least the sender's depth.
         let depth = match usable.iter().map(|(_, d)| *d).max() {
             _ if r.backfill.is_some() => r.backfill.map_or(1, |b| b.depth),

@@ -102,9 +102,7 @@ impl RoomToken {
                 Some(d) if signed => (true, d),
                 _ => (false, p),
             };
-            if digits.is_empty()
-                || digits.len() > 19
-                || !digits.bytes().all(|b| b.is_ascii_digit())
+            if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit())
             {
                 return Err(BadToken);
             }
@@ -505,9 +503,17 @@ mod tests {
         assert_eq!(pos(5, 1, 0).predecessor(), pos(5, 1, -1));
         assert_eq!(pos(5, 1, -7).predecessor(), pos(5, 1, -8));
         assert_eq!(pos(5, 1, i64::MIN).predecessor(), pos(5, 0, i64::MAX));
-        assert_eq!(pos(5, 0, i64::MIN).predecessor(), pos(4, i32::MAX, i64::MAX));
+        assert_eq!(
+            pos(5, 0, i64::MIN).predecessor(),
+            pos(4, i32::MAX, i64::MAX)
+        );
         assert_eq!(RoomPos::START.predecessor(), RoomPos::START);
-        for p in [pos(5, 1, 10), pos(5, 1, 0), pos(5, 0, i64::MIN), pos(1, 0, -3)] {
+        for p in [
+            pos(5, 1, 10),
+            pos(5, 1, 0),
+            pos(5, 0, i64::MIN),
+            pos(1, 0, -3),
+        ] {
             assert!(p.predecessor() < p);
             // Nothing lies strictly between: the next event position after
             // the predecessor at the same depth/shard is `p` itself.

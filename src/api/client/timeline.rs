@@ -95,7 +95,10 @@ pub async fn messages(state: Rc<ShardState>, req: Request) -> HandlerResult {
     // servers for older history, then answer the page with it
     // (server-server "Backfilling"; `federation::backfill`).
     let mut rounds = 0;
-    while q.dir == Dir::Back && q.to.is_none() && out.get("end").is_none() && rounds < BACKFILL_ROUNDS
+    while q.dir == Dir::Back
+        && q.to.is_none()
+        && out.get("end").is_none()
+        && rounds < BACKFILL_ROUNDS
     {
         rounds += 1;
         match crate::federation::backfill::backfill(&state, room_id.clone(), q.limit).await {
