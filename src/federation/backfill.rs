@@ -66,6 +66,13 @@ pub async fn backfill(
     room: OwnedRoomId,
     limit: usize,
 ) -> Result<usize, RoomError> {
+    // Most rooms have none: no hop to the owner for them.
+    if place::backward_extremities(&state.db, room.as_str())
+        .await?
+        .is_empty()
+    {
+        return Ok(0);
+    }
     let owner = state.rooms.owner(&room);
     on_shard(&state.mesh, owner, Here::Spawn, move |s| async move {
         on_owner(&s, &room, limit).await
