@@ -121,6 +121,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0021_federation_outbox.sql"),
     },
     Migration {
+        version: 22,
+        name: "backfill",
+        sql: include_str!("../../migrations/0022_backfill.sql"),
+    },
+    Migration {
         version: 23,
         name: "device_lists",
         sql: include_str!("../../migrations/0023_device_lists.sql"),

@@ -254,7 +254,10 @@ async fn process(
 }
 
 /// Parses a list of PDUs of a response, with their event ids.
-fn parse_pdus(list: Vec<Value>, version: RoomVersion) -> Vec<(OwnedEventId, CanonicalJsonObject)> {
+pub(super) fn parse_pdus(
+    list: Vec<Value>,
+    version: RoomVersion,
+) -> Vec<(OwnedEventId, CanonicalJsonObject)> {
     list.into_iter()
         .filter_map(|v| match v {
             Value::Object(m) => canonical_json::try_from_json_map(m).ok(),
@@ -301,7 +304,7 @@ struct AuthChain {
 }
 
 /// Stores `event_id`'s auth chain (from `origin`) as outliers.
-async fn fetch_auth_chain(
+pub(super) async fn fetch_auth_chain(
     state: &Rc<ShardState>,
     room: &OwnedRoomId,
     version: RoomVersion,
@@ -406,7 +409,7 @@ struct EventResponse {
 /// The state after `prev` (an event we lack) as `origin` has it: its
 /// `/state_ids`, the events we lack fetched with `/event` and stored as
 /// outliers, plus `prev` itself if it is a state event.
-async fn state_after(
+pub(super) async fn state_after(
     state: &Rc<ShardState>,
     room: &OwnedRoomId,
     version: RoomVersion,

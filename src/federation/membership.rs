@@ -136,7 +136,8 @@ pub async fn receive_membership(
             forward(state, room, &id, origin).await?;
             Ok((version, id))
         }
-        Applied::AlreadyKnown(id) => Ok((version, id)),
+        // Backfilled: never asked for here (no `Received::backfill`).
+        Applied::AlreadyKnown(id) | Applied::Backfilled(id) => Ok((version, id)),
         Applied::SoftFailed(_) => Err(RoomError::Forbidden(
             "The event is not allowed by the room's current state".into(),
         )),

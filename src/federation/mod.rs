@@ -10,6 +10,7 @@
 //! - `inbound` + `ingest` + `edus`: received transactions: checked and
 //!   staged durably before the answer, then applied per room on its owner.
 //! - `join`: joining rooms hosted elsewhere (make_join, send_join).
+//! - `backfill`: history older than ours from the room's other servers.
 //! - `sender`: outbound transactions, one queue per destination.
 //! - `device_lists`: remote users' device lists, from their updates.
 //! - `profile`: remote users' profiles (`/query/profile`).
@@ -19,6 +20,7 @@
 //! One [`Federation`] per shard (`Rc`), all of it shard-local.
 
 pub mod acl;
+pub mod backfill;
 pub mod client;
 pub mod device_lists;
 pub mod dns;

@@ -32,6 +32,12 @@ pub enum Fate {
     SoftFailed,
     /// Stored without state.
     Outlier,
+    /// History from before what we had (`/backfill`): served by
+    /// `/messages` at its topological place, at this (negative) stream
+    /// position so no `/sync` shows it as new; touches neither the
+    /// extremities nor current state, never announced, never notifies
+    /// (docs/ARCHITECTURE.md "Backfill").
+    Backfilled(i64),
 }
 
 /// Where an event goes in the graph, decided before committing.
@@ -46,6 +52,10 @@ pub struct Placement {
     pub depth: i64,
     /// The event is stored as an outlier now and moves out of it.
     pub was_outlier: bool,
+    /// Built elsewhere: its prev events may be unknown, so the room's
+    /// `backward_extremities` change with it (local events name known
+    /// prevs only, and skip the two statements).
+    pub received: bool,
     /// The pipeline's failure count when the head was read
     /// (`rooms::pipeline`: an event built on a failed write is refused).
     pub epoch: u64,
@@ -64,9 +74,32 @@ impl Placement {
             base,
             depth,
             was_outlier: false,
+            received: false,
             epoch,
         }
     }
+}
+
+/// The `backward_extremities` rows change with a received event: it is no
+/// longer one, and its prev events we do not hold (nor rejected, nor
+/// soft-failed: those are not history to fetch) become ones, below it.
+fn backward_rows(mut w: Write, room: &str, pdu: &Pdu, depth: i64) -> Write {
+    w = w.statement(
+        "DELETE FROM backward_extremities WHERE room_id = $1 AND event_id = $2",
+        vec![room.into(), pdu.event_id.to_string().into()],
+    );
+    let prevs: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+    w.statement(
+        "INSERT INTO backward_extremities (room_id, event_id, child_depth) \
+         SELECT $1, p, $2 FROM unnest($3::text[]) AS p \
+         WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = p) \
+         AND NOT EXISTS (SELECT 1 FROM rejected_events r WHERE r.event_id = p) \
+         AND NOT EXISTS (SELECT 1 FROM graph_events g WHERE g.event_id = p \
+                         AND g.status = 'soft_failed') \
+         ON CONFLICT (room_id, event_id) DO UPDATE \
+         SET child_depth = least(backward_extremities.child_depth, excluded.child_depth)",
+        vec![room.into(), depth.into(), SqlValue::TextArray(prevs)],
+    )
 }
 
 /// Equal states, comparing pointers first (most events share the map).
@@ -159,13 +192,42 @@ impl Rooms {
             }
             None => before.clone(),
         };
-        let (ev_snap, ev_write) = event_snapshot(
-            state::snapshot_id(self.shard, stream),
-            place.base.as_ref(),
-            &after,
-        );
+        let snap_id = match place.fate {
+            Fate::Backfilled(pos) => state::backfill_snapshot_id(self.shard, pos),
+            _ => state::snapshot_id(self.shard, stream),
+        };
+        let (ev_snap, ev_write) = event_snapshot(snap_id, place.base.as_ref(), &after);
         if let Some(snap) = &ev_write {
             w = state::write(w, &room, snap);
+        }
+        if place.received && place.fate != Fate::SoftFailed {
+            w = backward_rows(w, &room, &pdu, place.depth);
+        }
+        if let Fate::Backfilled(pos) = place.fate {
+            // Its own state doubles as `room_snapshot`: no `/sync` reads
+            // it (`sync::timeline::state_at` skips negative positions).
+            w = w.statement(
+                "INSERT INTO events (stream_ordering, room_id, event_id, sender, type, json, \
+                 state_key, depth, snapshot_id, stream_shard, prev_state_event_id, \
+                 room_snapshot, resolved) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $9, false)",
+                vec![
+                    pos.into(),
+                    room.clone().into(),
+                    event_id.clone().into(),
+                    pdu.sender.to_string().into(),
+                    pdu.kind.to_string().into(),
+                    SqlValue::Jsonb(pdu.json_value()),
+                    pdu.state_key.clone().into(),
+                    place.depth.into(),
+                    ev_snap.id.into(),
+                    shard.into(),
+                    prev_state.into(),
+                ],
+            );
+            w = super::redaction::record(w, &pdu);
+            self.states.borrow_mut().put(vec![ev_snap.id], after);
+            return self.finish(w, pdu, ticket, Err(head), None, place.epoch);
         }
         if place.fate == Fate::SoftFailed {
             w = w.statement(

@@ -11,6 +11,7 @@
 //! that shard. State storage: see [`state`] and docs/ARCHITECTURE.md.
 
 pub mod alias;
+pub mod backfill;
 pub mod client;
 pub mod commit;
 pub mod create;

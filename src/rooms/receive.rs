@@ -47,6 +47,20 @@ pub struct Received {
     /// prev events whose gap `/get_missing_events` did not close). Used in
     /// place of those prev events' states; ignored when every prev is known.
     pub prev_states: Vec<StateMap>,
+    /// History fetched with `/backfill`: stored where the caller says
+    /// (below its children, at a negative stream position), never
+    /// soft-failed (it is not new: the current state does not judge it).
+    pub backfill: Option<Backfill>,
+}
+
+/// Where a backfilled event goes (`federation::backfill` decides for a
+/// whole answer: docs/ARCHITECTURE.md "Backfill").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backfill {
+    /// Our depth for it, below every child we hold.
+    pub depth: i64,
+    /// Its stream position, negative (`Rooms::backfill_positions`).
+    pub stream: i64,
 }
 
 impl Received {
@@ -58,6 +72,7 @@ impl Received {
             outlier: false,
             checked: false,
             prev_states: Vec::new(),
+            backfill: None,
         }
     }
 }
@@ -97,6 +112,8 @@ pub enum Applied {
     },
     /// Its auth events are unknown: nothing stored; fetch them and retry.
     MissingAuthEvents(Vec<OwnedEventId>),
+    /// History stored below what we had (`Received::backfill`).
+    Backfilled(OwnedEventId),
     /// Seen before (with the status it has).
     AlreadyKnown(OwnedEventId),
 }
@@ -219,7 +236,10 @@ impl Rooms {
             .filter_map(|id| prevs.get(id.as_str()))
             .filter_map(|p| p.snapshot.map(|s| (s, p.depth)))
             .collect();
-        let gap = !missing.is_empty() || usable.is_empty();
+        // The create event of backfilled history has no prev events: the
+        // state before it is empty, no gap.
+        let origin = r.backfill.is_some() && pdu.prev_events.is_empty();
+        let gap = !missing.is_empty() || (usable.is_empty() && !origin);
         if gap && r.prev_states.is_empty() {
             return self
                 .store_outlier(&head, epoch, pdu, was_outlier, missing)
@@ -239,9 +259,14 @@ impl Rooms {
                 inputs.push((given_state_id(), Rc::new(s)));
             }
         }
-        let before = resolver.resolve(version, &inputs, None).await?;
+        let before = if origin {
+            Rc::new(StateMap::new())
+        } else {
+            resolver.resolve(version, &inputs, None).await?
+        };
         // Above every known prev; across a gap, at least the sender's depth.
         let depth = match usable.iter().map(|(_, d)| *d).max() {
+            _ if r.backfill.is_some() => r.backfill.map_or(1, |b| b.depth),
             Some(d) if !gap => d + 1,
             known => known
                 .unwrap_or(0)
@@ -257,8 +282,11 @@ impl Rooms {
         if let Err(reason) = self.authorise(version, &pdu, at_before, false).await {
             return self.reject(&head, &pdu, was_outlier, reason).await;
         }
-        // 6. Auth against the current state: soft failure.
-        let fate = if *before == *head.state || partial {
+        // 6. Auth against the current state: soft failure (not for
+        // history: server-server "Soft failure" is about new events).
+        let fate = if let Some(b) = r.backfill {
+            Fate::Backfilled(b.stream)
+        } else if *before == *head.state || partial {
             Fate::Timeline
         } else {
             let now = self.auth_state(&head.state, version, &pdu).await?;
@@ -276,6 +304,7 @@ impl Rooms {
             base,
             depth,
             was_outlier,
+            received: true,
             epoch,
         };
         let stored = self
@@ -285,6 +314,7 @@ impl Rooms {
             .await?;
         Ok(match fate {
             Fate::SoftFailed => Applied::SoftFailed(stored.event_id.clone()),
+            Fate::Backfilled(_) => Applied::Backfilled(stored.event_id.clone()),
             _ => Applied::Accepted(stored.event_id.clone()),
         })
     }
@@ -305,6 +335,7 @@ impl Rooms {
                 base: None,
                 depth: i64::try_from(pdu.depth).unwrap_or(i64::MAX),
                 was_outlier: false,
+                received: false,
                 epoch,
             };
             self.commit(head, pdu, place, None, None)

@@ -168,6 +168,7 @@ impl Rooms {
                 base: None,
                 depth: i64::try_from(p.depth).unwrap_or(i64::MAX),
                 was_outlier: false,
+                received: false,
                 epoch,
             };
             committing.push(self.commit(&head, p, place, None, None).await?);
@@ -176,7 +177,9 @@ impl Rooms {
             c.done().await?;
         }
         let depth = i64::try_from(pdu.depth).unwrap_or(i64::MAX);
-        let place = Placement::timeline(Rc::new(before), None, depth, epoch);
+        let mut place = Placement::timeline(Rc::new(before), None, depth, epoch);
+        // Its prev events are history we lack: backward extremities.
+        place.received = true;
         let stored = self
             .commit(&head, pdu, place, None, Some(false))
             .await?

@@ -76,6 +76,9 @@ pub struct Rooms {
     pub(super) pipelines: super::pipeline::Pipelines,
     /// Other servers joined to each room (`rooms::destinations`).
     pub(super) servers: RefCell<LruCache<OwnedRoomId, Rc<Vec<String>>>>,
+    /// Lowest stream position given to a backfilled event (`None`: not
+    /// read yet; `rooms::backfill`).
+    pub(super) backfill_floor: std::cell::Cell<Option<i64>>,
 }
 
 thread_local! {
@@ -128,6 +131,7 @@ impl Rooms {
             remote_keys: super::remote_keys::RemoteKeys::default(),
             pipelines: Default::default(),
             servers: RefCell::new(LruCache::new(cap(HEAD_CACHE))),
+            backfill_floor: std::cell::Cell::new(None),
         })
     }
 

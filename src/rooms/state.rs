@@ -59,6 +59,13 @@ pub fn current_snapshot_id(shard: usize, stream_ordering: i64) -> i64 {
     snapshot_id(shard, stream_ordering) | (1 << 47)
 }
 
+/// The id of the snapshot of a backfilled event at (negative) stream
+/// position `pos`: bit 46 set, `-pos` below it, so it meets neither the
+/// ids of positive positions nor the current-state ids (bit 47).
+pub fn backfill_snapshot_id(shard: usize, pos: i64) -> i64 {
+    ((shard as i64) << 48) | (1 << 46) | (pos.unsigned_abs() as i64 & ((1 << 46) - 1))
+}
+
 /// Decides between a delta against `parent` and a full snapshot.
 pub fn plan(
     id: i64,

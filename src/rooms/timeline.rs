@@ -54,8 +54,11 @@ impl RoomPos {
 
     /// The greatest position strictly before `self` (so a token at it
     /// covers everything before the event at `self`, not the event).
+    /// Stream positions may be negative (backfilled events).
     pub fn predecessor(self) -> RoomPos {
-        if self.stream > 0 {
+        if self <= RoomPos::START {
+            RoomPos::START
+        } else if self.stream > i64::MIN {
             RoomPos {
                 stream: self.stream - 1,
                 ..self
@@ -88,20 +91,27 @@ pub struct RoomToken(pub RoomPos);
 pub struct BadToken;
 
 impl RoomToken {
-    /// Parses `t{depth}_{shard}_{stream}` (decimal, non-negative).
+    /// Parses `t{depth}_{shard}_{stream}` (decimal; only the stream
+    /// position may be negative: backfilled events').
     pub fn parse(s: &str) -> Result<RoomToken, BadToken> {
         let body = s.strip_prefix('t').ok_or(BadToken)?;
         let mut parts = body.split('_');
-        let mut num = || -> Result<i64, BadToken> {
+        let mut num = |signed: bool| -> Result<i64, BadToken> {
             let p = parts.next().ok_or(BadToken)?;
-            if p.is_empty() || p.len() > 19 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            let (neg, digits) = match p.strip_prefix('-') {
+                Some(d) if signed => (true, d),
+                _ => (false, p),
+            };
+            if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
                 return Err(BadToken);
             }
-            p.parse::<i64>().map_err(|_| BadToken)
+            let n = digits.parse::<i64>().map_err(|_| BadToken)?;
+            Ok(if neg { -n } else { n })
         };
-        let depth = num()?;
-        let shard = i32::try_from(num()?).map_err(|_| BadToken)?;
-        let stream = num()?;
+        let depth = num(false)?;
+        let shard = i32::try_from(num(false)?).map_err(|_| BadToken)?;
+        let stream = num(true)?;
         if parts.next().is_some() {
             return Err(BadToken);
         }
@@ -434,7 +444,7 @@ mod tests {
 
     #[test]
     fn room_tokens_round_trip() {
-        for p in [pos(0, 0, 0), pos(12, 1, 345), RoomPos::END] {
+        for p in [pos(0, 0, 0), pos(12, 1, 345), pos(3, 0, -17), RoomPos::END] {
             let t = RoomToken(p);
             assert_eq!(RoomToken::parse(&t.to_string()), Ok(t));
         }
@@ -451,6 +461,9 @@ mod tests {
             "t1_2_",
             "t1_2_3_4",
             "t-1_2_3",
+            "t1_-2_3",
+            "t1_2_-",
+            "t1_2_--3",
             "t1_2_x",
             "s1_2_3",
             "t1__3",
@@ -486,10 +499,21 @@ mod tests {
     #[test]
     fn predecessor_is_the_greatest_smaller_position() {
         assert_eq!(pos(5, 1, 10).predecessor(), pos(5, 1, 9));
-        assert_eq!(pos(5, 1, 0).predecessor(), pos(5, 0, i64::MAX));
-        assert_eq!(pos(5, 0, 0).predecessor(), pos(4, i32::MAX, i64::MAX));
+        // Backfilled events have negative stream positions.
+        assert_eq!(pos(5, 1, 0).predecessor(), pos(5, 1, -1));
+        assert_eq!(pos(5, 1, -7).predecessor(), pos(5, 1, -8));
+        assert_eq!(pos(5, 1, i64::MIN).predecessor(), pos(5, 0, i64::MAX));
+        assert_eq!(
+            pos(5, 0, i64::MIN).predecessor(),
+            pos(4, i32::MAX, i64::MAX)
+        );
         assert_eq!(RoomPos::START.predecessor(), RoomPos::START);
-        for p in [pos(5, 1, 10), pos(5, 1, 0), pos(5, 0, 0)] {
+        for p in [
+            pos(5, 1, 10),
+            pos(5, 1, 0),
+            pos(5, 0, i64::MIN),
+            pos(1, 0, -3),
+        ] {
             assert!(p.predecessor() < p);
             // Nothing lies strictly between: the next event position after
             // the predecessor at the same depth/shard is `p` itself.

@@ -219,7 +219,7 @@ pub async fn state_at(
         .query_opt(
             "SELECT coalesce(room_snapshot, snapshot_id) FROM events WHERE room_id = $1 \
              AND stream_ordering <= ($2::bigint[])[stream_shard + 1] \
-             AND stream_ordering <= $3 \
+             AND stream_ordering <= $3 AND stream_ordering >= 0 \
              ORDER BY stream_ordering DESC LIMIT 1",
             &[&room.as_str(), &hi, &max(&hi)],
         )

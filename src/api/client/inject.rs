@@ -81,6 +81,7 @@ async fn inject(state: Rc<ShardState>, req: Request) -> HandlerResult {
             json!({"outcome": "missing_auth_events", "missing": ids})
         }
         Applied::AlreadyKnown(id) => json!({"outcome": "already_known", "event_id": id}),
+        Applied::Backfilled(id) => json!({"outcome": "backfilled", "event_id": id}),
     };
     Ok(Response::json(200, &out))
 }

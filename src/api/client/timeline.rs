@@ -86,16 +86,36 @@ pub async fn messages(state: Rc<ShardState>, req: Request) -> HandlerResult {
         limit: limit_param(&req)?,
         filter: filter_param(&req)?,
     };
-    let out = history::messages(
-        &state.db,
-        state.mesh.n_shards(),
-        room_id.as_str(),
-        &viewer(&who),
-        q,
-    )
-    .await?;
+    let me = viewer(&who);
+    let ask = |q: MessagesQuery| {
+        history::messages(&state.db, state.mesh.n_shards(), room_id.as_str(), &me, q)
+    };
+    let mut out = ask(q.clone()).await?;
+    // The walk reached the oldest event we hold: ask the room's other
+    // servers for older history, then answer the page with it
+    // (server-server "Backfilling"; `federation::backfill`).
+    let mut rounds = 0;
+    while q.dir == Dir::Back
+        && q.to.is_none()
+        && out.get("end").is_none()
+        && rounds < BACKFILL_ROUNDS
+    {
+        rounds += 1;
+        match crate::federation::backfill::backfill(&state, room_id.clone(), q.limit).await {
+            Ok(0) => break,
+            Ok(_) => out = ask(q.clone()).await?,
+            Err(e) => {
+                // What we hold is still an answer.
+                tracing::info!(room = %room_id, error = %e, "backfill failed");
+                break;
+            }
+        }
+    }
     Ok(Response::json(200, &out))
 }
+
+/// Backfills one `/messages` page may wait for, at most.
+const BACKFILL_ROUNDS: usize = 3;
 
 /// `GET /rooms/{roomId}/context/{eventId}`.
 pub async fn context(state: Rc<ShardState>, req: Request) -> HandlerResult {
