@@ -17,14 +17,14 @@ use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
-use ruma::canonical_json::{self, CanonicalJsonObject, CanonicalJsonValue};
+use ruma::canonical_json::{self, CanonicalJsonObject};
 use ruma::{OwnedEventId, OwnedRoomId};
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::events::{event_id_of, RoomVersion};
-use crate::rooms::receive::{Applied, Received};
 use crate::rooms::state::StateMap;
 use crate::rooms::{graph, partial, RoomError};
 use crate::shard_state::{on_shard, Here, ShardState};
@@ -192,13 +192,16 @@ async fn from_server(
         .collect();
     tracing::info!(%room, %server, state = ids.pdu_ids.len(), missing = missing.len(),
         "resyncing a partial-state room");
-    let mut fetched = Vec::with_capacity(missing.len());
-    for chunk in missing.chunks(FETCH_CONCURRENCY) {
-        let jobs = chunk.iter().map(|id| fetch_event(state, server, id));
-        for got in futures_util::future::join_all(jobs).await {
-            fetched.push(got.map_err(bad)?);
-        }
-    }
+    // A window of FETCH_CONCURRENCY requests always in flight (not chunks
+    // waiting for their slowest).
+    let fetched: Vec<Value> =
+        futures_util::stream::iter(missing.iter().map(|id| fetch_event(state, server, id)))
+            .buffer_unordered(FETCH_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(bad)?;
     // Every event is checked before any is stored: a server that forges
     // one is left for the next.
     let mut pdus = Vec::with_capacity(fetched.len());
@@ -213,7 +216,7 @@ async fn from_server(
         }
         pdus.push((id, p));
     }
-    let mut ok: Vec<(i64, CanonicalJsonObject)> = Vec::with_capacity(pdus.len());
+    let mut ok: Vec<(OwnedEventId, CanonicalJsonObject)> = Vec::with_capacity(pdus.len());
     let sent: Vec<CanonicalJsonObject> = pdus.iter().map(|(_, p)| p.clone()).collect();
     let checked = super::inbound::verify_pdus(state, version, pdus).await?;
     for ((id, outcome), original) in checked.into_iter().zip(sent) {
@@ -221,31 +224,18 @@ async fn from_server(
         if p != original {
             return Err(bad(format!("event {id} does not match its content hash")));
         }
-        let depth = match p.get("depth") {
-            Some(CanonicalJsonValue::Integer(d)) => i64::from(*d),
-            _ => 0,
-        };
-        ok.push((depth, p));
+        ok.push((id, p));
     }
-    ok.sort_by_key(|(d, _)| *d);
-    for (_, pdu) in ok {
-        let r = Received {
-            outlier: true,
-            checked: true,
-            ..Received::new(room.clone(), pdu)
-        };
-        match state.rooms.apply_pdu(r).await? {
-            Applied::MissingAuthEvents(m) => {
-                return Err(bad(format!("auth events {m:?} are not in its auth chain")))
-            }
-            Applied::Rejected { event_id, reason } => {
-                // Not part of the state we keep (as a rejected event is
-                // never state); the rest of the answer still counts.
-                tracing::info!(%room, event = %event_id, %reason, "resync event rejected");
-            }
-            _ => {}
-        }
-    }
+    // Refused whole if one fails its own auth events (`bad`: the next
+    // server is asked).
+    state
+        .rooms
+        .store_resync_outliers(room, version, ok)
+        .await
+        .map_err(|e| match e {
+            RoomError::Db(_) | RoomError::Mesh(_) => e,
+            e => bad(e.to_string()),
+        })?;
     let mut full = StateMap::new();
     for id in ids.pdu_ids {
         let Ok(id) = OwnedEventId::try_from(id) else {
