@@ -105,7 +105,15 @@ async fn on_owner(
     }
     let version = state.rooms.head(room).await?.version;
     let ours = state.key.server_name.as_str();
-    let servers = directory::joined_servers(&state.db, room, ours).await?;
+    let mut servers = directory::joined_servers(&state.db, room, ours).await?;
+    // While a joined room's state is partial its members (so its servers)
+    // are mostly unknown: the servers the resident named count too
+    // (MSC3706 `servers_in_room`).
+    for s in crate::rooms::partial::servers(room).unwrap_or_default() {
+        if !servers.contains(&s) {
+            servers.push(s);
+        }
+    }
     let limit = limit.clamp(MIN_BACKFILL, MAX_BACKFILL);
     for server in servers.iter().filter(|s| s.as_str() != ours) {
         let ask: Vec<String> = extremities
