@@ -4,6 +4,7 @@
 
 pub mod fake_server;
 pub mod fed;
+pub mod node;
 pub mod synapse;
 
 use std::io::{BufRead, BufReader, Read, Write};

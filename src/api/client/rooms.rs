@@ -40,8 +40,32 @@ fn content_body(req: &Request) -> Result<ruma::CanonicalJsonObject, MatrixError>
 /// `POST /createRoom`.
 pub async fn create_room(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = user(&state, &req).await?;
-    let body: CreateRoomRequest = json_body(&req)?;
-    let room_id = client::create_room(&state.mesh, who.user_id, body).await?;
+    let mut body: CreateRoomRequest = json_body(&req)?;
+    // Another server's invitee is not in the room yet: its server must
+    // co-sign the invite (server-server API "Inviting to a room"), so it
+    // goes through `/invite` once the room exists, as `/rooms/{}/invite`.
+    let mut remote = Vec::new();
+    body.invite
+        .retain(|u| match OwnedUserId::try_from(u.as_str()) {
+            Ok(id) if id.server_name() != state.key.server_name => {
+                remote.push(id);
+                false
+            }
+            _ => true,
+        });
+    let room_id = client::create_room(&state.mesh, who.user_id.clone(), body).await?;
+    for target in remote {
+        let room = OwnedRoomId::try_from(room_id.to_string().as_str())
+            .map_err(|_| MatrixError::invalid_param("Invalid room id"))?;
+        crate::federation::membership::invite_remote(
+            &state,
+            room,
+            who.user_id.clone(),
+            target,
+            None,
+        )
+        .await?;
+    }
     Ok(Response::json(200, &json!({ "room_id": room_id })))
 }
 
