@@ -261,6 +261,9 @@ pub enum ListenerKind {
     #[default]
     Client,
     Federation,
+    /// `GET /metrics` (Prometheus) and `GET /health` only; keep it on a
+    /// private address.
+    Metrics,
 }
 
 /// HTTP limits and timeouts; see `http::HttpConfig` for what each protects.
@@ -708,6 +711,12 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.listeners[0].port, 9000);
         assert_eq!(c.listeners[1].kind, ListenerKind::Federation);
+        let c = load(
+            "server_name = \"a.org\"\n[[listeners]]\nport = 1\n[[listeners]]\nport = 9\nkind = \"metrics\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.listeners[1].kind, ListenerKind::Metrics);
         assert_eq!(c.shards, Some(3));
         assert_eq!(c.database.url.as_deref(), Some("postgres://u@h/db"));
     }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod keys;
 pub mod media;
 pub mod mesh;
+pub mod metrics;
 pub mod observability;
 pub mod primitives;
 pub mod push;

@@ -326,6 +326,7 @@ async fn shard_main(
     }
     let client_router = Rc::new(crate::api::client_router(&state.config));
     let federation_router = Rc::new(crate::api::federation_router());
+    let metrics_router = Rc::new(crate::api::metrics_router());
     let mut serving = Vec::new();
     for (kind, std_listener, tls) in listeners {
         let listener = match monoio::net::TcpListener::from_std(std_listener) {
@@ -338,6 +339,7 @@ async fn shard_main(
         let router = match kind {
             ListenerKind::Client => client_router.clone(),
             ListenerKind::Federation => federation_router.clone(),
+            ListenerKind::Metrics => metrics_router.clone(),
         };
         serving.push(monoio::spawn(http::serve(
             listener,

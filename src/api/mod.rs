@@ -6,7 +6,9 @@
 pub mod client;
 pub mod errors;
 pub mod federation;
+pub mod metrics;
 mod util;
 
 pub use client::client_router;
 pub use federation::federation_router;
+pub use metrics::metrics_router;

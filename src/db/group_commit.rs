@@ -113,6 +113,8 @@ struct Inner {
     wake: Notify,
     closed: Cell<bool>,
     stats: Cell<GroupCommitStats>,
+    /// Writes per committed batch (metrics).
+    batch_sizes: RefCell<crate::metrics::LocalHistogram>,
 }
 
 struct Guard(Rc<Inner>);
@@ -143,6 +145,9 @@ impl GroupCommit {
             wake: Notify::default(),
             closed: Cell::new(false),
             stats: Cell::new(GroupCommitStats::default()),
+            batch_sizes: RefCell::new(crate::metrics::LocalHistogram::new(
+                crate::metrics::histogram::BATCH_BOUNDS,
+            )),
         });
         monoio::spawn(flusher(inner.clone()));
         GroupCommit {
@@ -177,6 +182,16 @@ impl GroupCommit {
     /// Writes waiting for a batch.
     pub fn queued(&self) -> usize {
         self.inner.queue.borrow().len()
+    }
+
+    /// Batches committing now.
+    pub fn batches_in_flight(&self) -> usize {
+        self.inner.in_flight.get()
+    }
+
+    /// Writes per batch so far.
+    pub fn batch_sizes(&self) -> crate::metrics::HistogramSnapshot {
+        self.inner.batch_sizes.borrow().snapshot()
     }
 }
 
@@ -224,6 +239,7 @@ async fn run_batch(inner: Rc<Inner>, batch: Vec<Queued>) {
     stats.batches += 1;
     stats.writes += batch.len() as u64;
     stats.largest_batch = stats.largest_batch.max(batch.len());
+    inner.batch_sizes.borrow_mut().observe(batch.len() as f64);
     match outcome {
         Ok(mut per_write) => {
             for q in batch.into_iter().rev() {

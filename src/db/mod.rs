@@ -29,7 +29,7 @@ pub use conn::{Connection, QueryResult};
 pub use copy::CopyText;
 pub use error::DbError;
 pub use group_commit::{GroupCommit, GroupCommitConfig, GroupCommitStats, Write};
-pub use pool::{Pool, PoolConfig};
+pub use pool::{Pool, PoolConfig, PoolUsage};
 
 pub use transaction::Transaction;
 pub use types::{Column, FromSql, Row, SimpleRow, SqlType, SqlValue, ToSql};

@@ -56,6 +56,23 @@ struct PoolInner {
     /// Woken when a slot gets a fresh connection.
     ready: WaitList,
     reconnects: Cell<u64>,
+    /// Operations waiting for a live connection (all are reconnecting).
+    waiting: Cell<usize>,
+}
+
+/// A snapshot of a pool's use (metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Configured connections.
+    pub size: usize,
+    /// Live connections with requests in flight (pipelined: many each).
+    pub busy: usize,
+    /// Live connections with nothing in flight.
+    pub idle: usize,
+    /// Operations queued or in flight (bounded by `max_in_flight`).
+    pub in_flight: usize,
+    /// Operations waiting because no connection is live.
+    pub waiting: usize,
 }
 
 /// A per-shard connection pool. Cheap to clone.
@@ -90,6 +107,7 @@ impl Pool {
             in_flight: Cell::new(0),
             ready: WaitList::default(),
             reconnects: Cell::new(0),
+            waiting: Cell::new(0),
         });
         for i in 0..size {
             monoio::spawn(supervise(Rc::downgrade(&inner), i));
@@ -111,6 +129,28 @@ impl Pool {
             .flatten()
             .filter(|c| !c.is_closed())
             .count()
+    }
+
+    /// Busy, idle and waiting counts (for metrics; reads only cells).
+    pub fn usage(&self) -> PoolUsage {
+        let (mut busy, mut idle) = (0, 0);
+        for c in self.inner.slots.borrow().iter().flatten() {
+            if c.is_closed() {
+                continue;
+            }
+            if c.in_flight() > 0 || c.is_gated() {
+                busy += 1;
+            } else {
+                idle += 1;
+            }
+        }
+        PoolUsage {
+            size: self.inner.pcfg.size.max(1),
+            busy,
+            idle,
+            in_flight: self.inner.in_flight.get(),
+            waiting: self.inner.waiting.get(),
+        }
     }
 
     /// Connections opened to replace lost ones.
@@ -158,6 +198,9 @@ impl Pool {
         if let Some(c) = self.pick() {
             return Ok(c);
         }
+        let inner = &self.inner;
+        inner.waiting.set(inner.waiting.get() + 1);
+        let _waiting = scopeguard(|| inner.waiting.set(inner.waiting.get().saturating_sub(1)));
         let wait = poll_fn(|cx| match self.pick() {
             Some(c) => Poll::Ready(c),
             None => {
@@ -246,6 +289,17 @@ impl Pool {
         let conn = self.connection().await?;
         conn.transaction(f).await
     }
+}
+
+/// Runs `f` when dropped (also when the waiting future is cancelled).
+fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
+    struct Guard<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    Guard(f)
 }
 
 /// Keep slot `idx` filled: wait for its connection to die, then reconnect

@@ -233,6 +233,34 @@ fn put_back_edus(destination: &str, mut edus: Vec<QueuedEdu>) {
     });
 }
 
+/// One destination's queue on this shard, for metrics. Healthy idle
+/// queues are dropped (`finish`), so only active or failing ones appear.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueStats {
+    pub destination: String,
+    /// In-memory EDUs waiting (typing, receipts, presence).
+    pub queued_edus: usize,
+    /// The wait after the last failure; `None` while healthy.
+    pub backoff: Option<Duration>,
+    /// A transaction loop is running for it.
+    pub sending: bool,
+}
+
+/// This shard's destination queues.
+pub fn queue_stats() -> Vec<QueueStats> {
+    QUEUES.with(|q| {
+        q.borrow()
+            .iter()
+            .map(|(d, queue)| QueueStats {
+                destination: d.clone(),
+                queued_edus: queue.edus.len(),
+                backoff: queue.backoff,
+                sending: queue.running,
+            })
+            .collect()
+    })
+}
+
 /// Whether the queue may stop: nothing kicked it meanwhile, no EDUs.
 fn finish(destination: &str) -> bool {
     QUEUES.with(|q| {

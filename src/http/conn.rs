@@ -30,6 +30,7 @@ use super::response::{status_has_body, write_head, ConnHeader, Response};
 use super::router::{Lookup, Router};
 use super::shutdown::Shutdown;
 use super::HttpConfig;
+use crate::metrics;
 
 /// Initial read buffer; grows for large heads/bodies, shrinks back when idle.
 const READ_BUF: usize = 8 * 1024;
@@ -350,11 +351,15 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
         let head_only = head.method == Method::Head;
         let keep_alive = head.keep_alive;
         let http10 = head.minor_version == 0;
+        let method = metrics::requests::method_label(&head.method);
+        let preflight = head.method == Method::Options;
 
-        let resp = self
+        let in_flight = metrics::local::track(metrics::local::Gauge::Requests);
+        let (resp, route) = self
             .dispatch(head, body, request_id)
             .instrument(span.clone())
             .await;
+        drop(in_flight);
 
         // Checked after the handler: a shutdown during it closes afterwards.
         let keep = keep_alive && !self.ctx.shutdown.is_triggered();
@@ -364,6 +369,12 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
             (true, false) => ConnHeader::None,
         };
         let bytes_out = self.send(&resp, head_only, conn).await?;
+        let route = match &route {
+            Some(r) => r,
+            None if preflight => metrics::requests::PREFLIGHT,
+            None => metrics::requests::UNMATCHED,
+        };
+        metrics::requests::observe(route, method, resp.status, started.elapsed());
         if let Some(info) = &info {
             access::log_access(&span, info, resp.status, bytes_out, started);
         }
@@ -371,19 +382,26 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
     }
 
     /// Routes the request and runs its handler, turning errors and panics
-    /// into Matrix error responses.
-    async fn dispatch(&mut self, head: RequestHead, body: Bytes, request_id: u64) -> Response {
+    /// into Matrix error responses. Also returns the route template
+    /// matched (`None`: preflight or no route), for metrics.
+    async fn dispatch(
+        &mut self,
+        head: RequestHead,
+        body: Bytes,
+        request_id: u64,
+    ) -> (Response, Option<Rc<str>>) {
         if head.method == Method::Options {
-            return cors::preflight_response();
+            return (cors::preflight_response(), None);
         }
         let router = Rc::clone(&self.ctx.router);
-        let (handler, params) = match router.lookup(&head.method, &head.path) {
-            Lookup::Found(h, p) => (h, p),
-            Lookup::NotFound => return MatrixError::unrecognized().into_response(),
+        let (handler, params, route) = match router.lookup(&head.method, &head.path) {
+            Lookup::Found(h, p, route) => (h, p, Rc::clone(route)),
+            Lookup::NotFound => return (MatrixError::unrecognized().into_response(), None),
             Lookup::MethodNotAllowed(allow) => {
-                return MatrixError::method_not_allowed()
+                let resp = MatrixError::method_not_allowed()
                     .into_response()
-                    .with_header("Allow", allow)
+                    .with_header("Allow", allow);
+                return (resp, None);
             }
         };
         let req = Request {
@@ -414,7 +432,7 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
                 out
             }
         };
-        match out {
+        let resp = match out {
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {
                 if err.status >= 500 {
@@ -431,7 +449,8 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
                 tracing::error!(panic = %msg, "handler panicked");
                 MatrixError::unknown("Internal server error").into_response()
             }
-        }
+        };
+        (resp, Some(route))
     }
 
     /// Queues (and for large bodies, writes) a response; returns the bytes

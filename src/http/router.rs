@@ -28,6 +28,8 @@ enum Segment {
 
 struct Pattern<S> {
     raw: String,
+    /// `raw`, shared: the route label of metrics (never the path itself).
+    route: Rc<str>,
     segments: Vec<Segment>,
     /// Segments before a wildcard (all of them without one).
     fixed: usize,
@@ -95,7 +97,8 @@ impl<S> Pattern<S> {
 
 /// Outcome of a route lookup.
 pub(crate) enum Lookup<'a, S> {
-    Found(&'a Handler<S>, Params),
+    /// The handler, the path's parameters, and the route template.
+    Found(&'a Handler<S>, Params, &'a Rc<str>),
     /// The path is known but not with this method; carries the allowed ones.
     MethodNotAllowed(String),
     NotFound,
@@ -158,6 +161,7 @@ impl<S: 'static> Router<S> {
         let params = segments.len() - literals;
         self.patterns.push(Pattern {
             raw: pattern.to_owned(),
+            route: Rc::from(pattern),
             segments,
             fixed,
             wildcard,
@@ -272,7 +276,7 @@ impl<S: 'static> Router<S> {
                     .flatten()
             });
             if let Some(h) = h {
-                return Lookup::Found(h, p.params(path));
+                return Lookup::Found(h, p.params(path), &p.route);
             }
             let allow = allowed.get_or_insert_with(String::new);
             for (m, _) in &p.handlers {
@@ -352,7 +356,7 @@ mod tests {
 
     fn found(r: &Router<()>, m: Method, path: &str) -> Option<Params> {
         match r.lookup(&m, path) {
-            Lookup::Found(_, p) => Some(p),
+            Lookup::Found(_, p, _) => Some(p),
             _ => None,
         }
     }

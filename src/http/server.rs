@@ -65,7 +65,10 @@ pub async fn serve<S: 'static>(
                 }
                 // Small responses must not wait for Nagle.
                 let _ = stream.set_nodelay(true);
-                let guard = tracker.enter();
+                let guard = (
+                    tracker.enter(),
+                    crate::metrics::local::track(crate::metrics::local::Gauge::Connections),
+                );
                 let force = force.clone();
                 if let Some(acceptor) = &acceptor {
                     let acceptor = acceptor.clone();

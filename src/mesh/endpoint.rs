@@ -104,6 +104,16 @@ impl MeshEndpoint {
         &self.stats
     }
 
+    /// Jobs queued in each ring from this shard, as `(target, queued,
+    /// capacity)` (metrics; `ArrayQueue::len` reads two atomics, no lock).
+    pub fn outbound_occupancy(&self) -> Vec<(usize, usize, usize)> {
+        self.outbound
+            .iter()
+            .enumerate()
+            .filter_map(|(t, r)| r.as_ref().map(|r| (t, r.queue.len(), r.queue.capacity())))
+            .collect()
+    }
+
     /// Start the receive side: one local task per inbound ring, each running
     /// arriving jobs as local tasks in arrival order. Call once, on this
     /// shard's runtime, after it has started; later calls do nothing.
@@ -423,7 +433,11 @@ async fn receive_loop(ring: Arc<Ring>, stats: Arc<MeshStats>) {
         let mut started = 0;
         while started < RECV_BATCH {
             let Some(job) = ring.queue.pop() else { break };
-            drop(monoio::spawn(job()));
+            let fut = job();
+            drop(monoio::spawn(async move {
+                let _running = crate::metrics::local::track(crate::metrics::local::Gauge::MeshJobs);
+                fut.await
+            }));
             started += 1;
         }
         stats.received.fetch_add(started as u64, Ordering::Relaxed);

@@ -37,6 +37,8 @@ pub struct Notifier {
     /// Local users who are joined to or invited into each room.
     room_local: RefCell<HashMap<OwnedRoomId, HashSet<OwnedUserId>>>,
     waiters: RefCell<HashMap<OwnedUserId, Notify>>,
+    /// `/sync`s parked in [`Notifier::wait_for_user`] now (metrics).
+    parked: std::cell::Cell<usize>,
     stopping: std::cell::Cell<bool>,
     /// What `/sync` needs of the ephemeral and per-user streams (typing
     /// sets, presence, receipt/account-data positions), fed by `apply`.
@@ -146,6 +148,7 @@ impl Notifier {
             memberships: RefCell::default(),
             room_local: RefCell::default(),
             waiters: RefCell::default(),
+            parked: std::cell::Cell::new(0),
             stopping: std::cell::Cell::new(false),
             ephemeral: crate::ephemeral::EphemeralCache::new(startup_for_cache),
             hooks: RefCell::default(),
@@ -224,6 +227,11 @@ impl Notifier {
             .is_some_and(|n| n.waiters() > 0)
     }
 
+    /// Syncs parked on this shard now.
+    pub fn parked_syncs(&self) -> usize {
+        self.parked.get()
+    }
+
     /// Parks until something for `user` happens after `since`, or
     /// `timeout` passes. Returns whether something happened.
     pub async fn wait_for_user(
@@ -252,7 +260,17 @@ impl Notifier {
                 notify.notified().await;
             }
         };
+        // Counted down by a guard: a client that leaves drops this future.
+        struct Parked<'a>(&'a std::cell::Cell<usize>);
+        impl Drop for Parked<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.0.get().saturating_sub(1));
+            }
+        }
+        self.parked.set(self.parked.get() + 1);
+        let parked = Parked(&self.parked);
         let woke = monoio::time::timeout(timeout, wait).await.unwrap_or(false);
+        drop(parked);
         if notify.waiters() == 0 {
             self.waiters.borrow_mut().remove(user);
         }
