@@ -711,14 +711,14 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.listeners[0].port, 9000);
         assert_eq!(c.listeners[1].kind, ListenerKind::Federation);
+        assert_eq!(c.shards, Some(3));
+        assert_eq!(c.database.url.as_deref(), Some("postgres://u@h/db"));
         let c = load(
             "server_name = \"a.org\"\n[[listeners]]\nport = 1\n[[listeners]]\nport = 9\nkind = \"metrics\"\n",
             &[],
         )
         .unwrap();
         assert_eq!(c.listeners[1].kind, ListenerKind::Metrics);
-        assert_eq!(c.shards, Some(3));
-        assert_eq!(c.database.url.as_deref(), Some("postgres://u@h/db"));
     }
 
     #[test]
