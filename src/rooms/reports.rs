@@ -68,7 +68,14 @@ fn report_of(r: &Row, with_event: bool) -> Result<Value, RoomError> {
         "name": r.get::<Option<String>>(9)?,
     });
     if with_event {
-        v["event_json"] = r.get::<Option<Value>>(10)?.unwrap_or(Value::Null);
+        let mut event = r.get::<Option<Value>>(10)?.unwrap_or(Value::Null);
+        // As Synapse shows it: with `unsigned.age_ts` (when it was sent).
+        if let Some(obj) = event.as_object_mut() {
+            let ts = obj.get("origin_server_ts").cloned().unwrap_or(Value::Null);
+            obj.entry("unsigned")
+                .or_insert_with(|| json!({ "age_ts": ts }));
+        }
+        v["event_json"] = event;
     }
     Ok(v)
 }
