@@ -1,8 +1,10 @@
 //! HTTP endpoints, registered on the routers the listeners serve.
 //!
 //! `client/` holds the client-server API, `federation/` the server-server
-//! API; what both use (request helpers) stays here.
+//! API, `admin/` Synapse's admin API (on client listeners); what they
+//! share (request helpers) stays here.
 
+pub mod admin;
 pub mod client;
 pub mod errors;
 pub mod federation;

@@ -4,10 +4,12 @@
 //!
 //! Endpoints call [`require_user`] to learn who is asking.
 
+pub mod admin;
 pub mod cli;
 mod error;
 pub mod openid;
 pub mod password;
+pub mod registration_tokens;
 pub mod store;
 pub mod tokens;
 pub mod username;

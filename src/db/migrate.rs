@@ -140,6 +140,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "remote_invite_stream",
         sql: include_str!("../../migrations/0025_remote_invite_stream.sql"),
     },
+    Migration {
+        version: 27,
+        name: "admin_api",
+        sql: include_str!("../../migrations/0027_admin_api.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

@@ -10,6 +10,7 @@
 //! room heads (current state + extremities) and events, touched only by
 //! that shard. State storage: see [`state`] and docs/ARCHITECTURE.md.
 
+pub mod admin;
 pub mod alias;
 pub mod backfill;
 pub mod client;
@@ -25,10 +26,12 @@ pub mod join_state;
 pub mod member_profile;
 pub mod partial;
 pub mod pipeline;
+pub mod purge;
 pub mod receive;
 pub mod redaction;
 pub mod remote_join;
 pub mod remote_keys;
+pub mod reports;
 pub mod resolve;
 pub mod serve;
 pub mod service;

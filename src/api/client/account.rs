@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::uia::{self, Outcome, Uia};
 use crate::auth::store::{self, NewSession, NewUser};
-use crate::auth::{self, password, tokens, username, AuthError};
+use crate::auth::{self, password, registration_tokens, tokens, username, AuthError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::shard_state::ShardState;
 
@@ -67,7 +67,8 @@ pub async fn register(state: Rc<ShardState>, req: Request) -> HandlerResult {
         .token
         .as_deref()
         .map(Arc::<str>::from);
-    let flows = if token.is_some() {
+    let now = crate::primitives::unix_ms_i64();
+    let flows = if token.is_some() || registration_tokens::any_valid(&state.db, now).await? {
         vec![vec![uia::REGISTRATION_TOKEN]]
     } else {
         vec![vec![uia::DUMMY]]
@@ -147,7 +148,9 @@ pub async fn token_validity(state: Rc<ShardState>, req: Request) -> HandlerResul
     let given = req
         .query_param("token")
         .ok_or_else(|| MatrixError::missing_param("Missing 'token'"))?;
-    let valid = state.config.registration.token.as_deref() == Some(&*given);
+    let now = crate::primitives::unix_ms_i64();
+    let valid = state.config.registration.token.as_deref() == Some(&*given)
+        || registration_tokens::is_valid(&state.db, &given, now).await?;
     Ok(Response::json(200, &json!({ "valid": valid })))
 }
 

@@ -108,7 +108,7 @@ pub(super) async fn announce(st: &ShardState, ticket: Ticket, user: &UserId, dev
 /// user in `device_lists.changed` and query again; other servers get an
 /// `m.device_list_update` (`deleted`) per device. Call on the user's
 /// shard, after the deletion committed.
-pub(super) async fn devices_removed(st: &ShardState, user: &UserId, devices: Vec<String>) {
+pub(crate) async fn devices_removed(st: &ShardState, user: &UserId, devices: Vec<String>) {
     devices_changed(st, user, devices).await;
     let ticket = st.stream.allocate();
     let Ok(shard) = i32::try_from(st.stream.shard()) else {

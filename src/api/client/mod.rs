@@ -197,6 +197,7 @@ pub fn client_router(config: &Config) -> Router<ShardState> {
     let r = gaps::routes(r);
     let r = well_known::routes(r);
     let r = media::routes(r, config);
+    let r = crate::api::admin::routes(r);
     ephemeral_routes(r)
 }
 

@@ -215,6 +215,12 @@ pub async fn join(state: Rc<ShardState>, req: Request) -> HandlerResult {
         OwnedRoomId::try_from(raw.as_ref())
             .map_err(|_| MatrixError::invalid_param("Invalid room id"))?
     };
+    // An admin deleted it with `block` (admin API, `rooms::purge`).
+    if crate::rooms::purge::is_blocked(&state.db, room_id.as_str()).await? {
+        return Err(MatrixError::forbidden(
+            "This room has been blocked on this server",
+        ));
+    }
     let body: ReasonBody = optional_json_body(&req)?;
     match crate::federation::join::candidates(&state, &who.user_id, &room_id, via).await? {
         Some(servers) if !servers.is_empty() => {

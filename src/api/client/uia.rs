@@ -235,11 +235,19 @@ impl Uia<'_> {
                         "Missing registration token",
                     )));
                 };
-                match &self.registration_token {
-                    Some(t) if constant_time_eq(t.as_bytes(), given.as_bytes()) => Ok(()),
-                    _ => Err(StageError::Retry(MatrixError::unauthorized(
+                if let Some(t) = &self.registration_token {
+                    if constant_time_eq(t.as_bytes(), given.as_bytes()) {
+                        return Ok(());
+                    }
+                }
+                // Else one an admin made (`auth::registration_tokens`).
+                let now = crate::primitives::unix_ms_i64();
+                match crate::auth::registration_tokens::consume(&state.db, given, now).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(StageError::Retry(MatrixError::unauthorized(
                         "Invalid registration token",
                     ))),
+                    Err(e) => Err(StageError::Fatal(e.into())),
                 }
             }
             PASSWORD => {
