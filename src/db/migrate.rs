@@ -140,6 +140,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "remote_invite_stream",
         sql: include_str!("../../migrations/0025_remote_invite_stream.sql"),
     },
+    Migration {
+        version: 30,
+        name: "remote_thumbnails",
+        sql: include_str!("../../migrations/0030_remote_thumbnails.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:
