@@ -482,3 +482,98 @@ fn history_is_backfilled_in_order_and_bad_or_empty_answers_are_remembered() {
         "asked again after answering nothing"
     );
 }
+
+/// A hole in the middle of the timeline (an event whose prev event we
+/// never placed: `/get_missing_events` gave nothing) is backfilled when a
+/// page of `/messages` crosses it, not only once paging reaches the
+/// oldest event: the page shows the missing event in its place.
+#[test]
+fn a_hole_in_the_middle_of_the_timeline_is_filled_when_a_page_crosses_it() {
+    let w = world();
+    let alice = register_user(&w.home.h, "alice");
+    let mut room = w.host(3, Mode::Honest);
+    w.join(&alice, &room);
+    let (join, since) = own_join(&w, &alice, &room);
+    // The fake learns our join (the body of send_join) and builds on it.
+    let join_pdu = w
+        .fake
+        .requests("/_matrix/federation/v2/send_join/")
+        .last()
+        .unwrap()
+        .body
+        .clone();
+    room.add(join.clone(), join_pdu);
+    // Depths as a real server gives them (our join is at 100).
+    let next = |room: &mut FakeRoom, body: &str, depth: u64| {
+        let last = room.last();
+        let (id, ev) = common::fed::pdu_at(
+            &w.fake,
+            &room.id,
+            &room.state,
+            &creator(&w.fake),
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": body}),
+            &[&last],
+            &[],
+            depth,
+        );
+        room.add(id.clone(), ev);
+        id
+    };
+    let n1 = next(&mut room, "n1", 101);
+    let n2 = next(&mut room, "n2", 102);
+    let hole = next(&mut room, "in the hole", 103);
+    let after = next(&mut room, "after the hole", 104);
+    w.rooms
+        .lock()
+        .unwrap()
+        .insert(room.id.clone(), (room.clone(), Mode::Honest));
+    let pdus =
+        |ids: &[&String]| -> Vec<Value> { ids.iter().map(|i| room.pdus[*i].clone()).collect() };
+    assert_eq!(
+        common::fed::send_txn(&w.home, &w.fake, "t1", &pdus(&[&n1, &n2]), &[]).0,
+        200
+    );
+    common::fed::eventually("n2 stored", || {
+        common::fed::event_visible(&w.home, &alice, &room.id, &n2)
+    });
+    // Only the event after the hole: the fake has no /get_missing_events.
+    assert_eq!(
+        common::fed::send_txn(&w.home, &w.fake, "t2", &pdus(&[&after]), &[]).0,
+        200
+    );
+    common::fed::eventually("the event after the hole stored", || {
+        common::fed::event_visible(&w.home, &alice, &room.id, &after)
+    });
+    let before = w.backfills(&room);
+
+    // A page of two from the newest: the event after the hole, then the
+    // hole's event (fetched for this page), not n2.
+    let v = sync(&w, &alice, Some(&since));
+    let newest = v["next_batch"].as_str().unwrap().to_owned();
+    let page = ok(call(
+        &w.home.h,
+        "GET",
+        &format!(
+            "/rooms/{}/messages?dir=b&limit=2&from={}",
+            enc(&room.id),
+            enc(&newest)
+        ),
+        &alice.token,
+        None,
+    ));
+    let ids: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![after.as_str(), hole.as_str()], "{page:#}");
+    assert!(page["end"].is_string(), "more history below: {page:#}");
+    assert!(w.backfills(&room) > before, "the hole was asked for");
+    // The rest pages on in order, the hole's event once.
+    let (rest, _) = w.page_back(&alice, &room, page["end"].as_str().unwrap(), 2);
+    assert_eq!(&rest[..3], &[n2.clone(), n1.clone(), join.clone()]);
+    assert!(!rest.contains(&hole));
+}

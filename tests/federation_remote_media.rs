@@ -3,7 +3,10 @@
 //! on the other, fetched over `/_matrix/federation/v1/media/download`
 //! (multipart/mixed) and then served from the local cache, even once the
 //! origin is gone; unknown remote media is 404 `M_NOT_FOUND`, an
-//! unreachable server 502. A fake server (its own key) fetches hearth's
+//! unreachable server 502. A thumbnail of remote media whose original is
+//! not cached is the origin's (`/federation/v1/media/thumbnail`), cached
+//! by itself; an origin without that endpoint gets its original fetched
+//! and thumbnailed here. A fake server (its own key) fetches hearth's
 //! media over federation and gets the multipart answer; a fake server's
 //! answers exercise the redirect, the size limit and malformed answers.
 
@@ -13,7 +16,7 @@ use std::io::{Cursor, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::fake_server::{raw_answer, FakeServer};
+use common::fake_server::{raw_answer, raw_bytes_answer, FakeServer};
 use common::fed::{client_of, free_port, runtime, start_home, start_home_with};
 use common::{assert_err, ok, read_response, register_user, Resp};
 use image::{DynamicImage, ImageFormat};
@@ -137,6 +140,20 @@ fn remote_media_is_fetched_once_and_cached() {
     );
     assert_eq!(again.status, 200);
     assert_eq!(again.body, text);
+    // The thumbnail was the origin's, cached by itself: the original was
+    // never fetched, so only the thumbnail outlives the origin.
+    let thumb_again = raw(
+        local.h.addr,
+        "GET",
+        &format!(
+            "/_matrix/client/v1/media/thumbnail/{origin_name}/{image_id}?width=32&height=24&method=scale"
+        ),
+        &bob.token,
+        None,
+        b"",
+    );
+    assert_eq!(thumb_again.status, 200);
+    assert_eq!(thumb_again.body, thumb.body);
     let full = raw(
         local.h.addr,
         "GET",
@@ -145,8 +162,7 @@ fn remote_media_is_fetched_once_and_cached() {
         None,
         b"",
     );
-    assert_eq!(full.status, 200);
-    assert_eq!(full.body, image);
+    assert_err(&full, 502, "M_UNKNOWN");
 
     // An unreachable server is 502.
     let dead = format!("localhost:{}", free_port());
@@ -309,4 +325,88 @@ fn remote_answers_redirects_and_limits() {
     assert_err(&get("big"), 502, "M_TOO_LARGE");
     assert_err(&get("junk"), 502, "M_UNKNOWN");
     assert_err(&get("absent"), 404, "M_NOT_FOUND");
+}
+
+/// An origin without the federation thumbnail endpoint (404
+/// `M_UNRECOGNIZED`): the original is fetched and thumbnailed here; one
+/// that says the media is unknown is a 404 without a download; one whose
+/// original is cached here is not asked at all.
+#[test]
+fn remote_thumbnail_falls_back_to_the_original() {
+    let home = start_home();
+    let fake = FakeServer::start(33);
+    let bob = register_user(&home.h, "bob");
+    let image = png(64, 48);
+    let mut body = b"--XyZ\r\nContent-Type: application/json\r\n\r\n{}\r\n--XyZ\r\n\
+        Content-Type: image/png\r\n\r\n"
+        .to_vec();
+    body.extend_from_slice(&image);
+    body.extend_from_slice(b"\r\n--XyZ--\r\n");
+    fake.handle(move |r| {
+        let p = r.path.as_str();
+        if p.starts_with("/_matrix/federation/v1/media/thumbnail/gone") {
+            return Some((404, json!({"errcode": "M_NOT_FOUND", "error": "no"})));
+        }
+        if p.starts_with("/_matrix/federation/v1/media/download/pic") {
+            return Some((
+                200,
+                raw_bytes_answer("multipart/mixed; boundary=XyZ", &body),
+            ));
+        }
+        None
+    });
+    let thumb = |id: &str| {
+        raw(
+            home.h.addr,
+            "GET",
+            &format!(
+                "/_matrix/client/v1/media/thumbnail/{}/{id}?width=32&height=24&method=scale",
+                fake.name
+            ),
+            &bob.token,
+            None,
+            b"",
+        )
+    };
+    let t = thumb("pic");
+    assert_eq!(t.status, 200, "{}", String::from_utf8_lossy(&t.body));
+    let img = image::load_from_memory(&t.body).unwrap();
+    assert!(
+        img.width() <= 32 && img.height() <= 24,
+        "{}x{}",
+        img.width(),
+        img.height()
+    );
+    assert_eq!(
+        fake.requests("/_matrix/federation/v1/media/thumbnail/pic")
+            .len(),
+        1
+    );
+    assert_eq!(
+        fake.requests("/_matrix/federation/v1/media/download/pic")
+            .len(),
+        1
+    );
+    // Another size: the original is cached now, so it is made here.
+    let t = raw(
+        home.h.addr,
+        "GET",
+        &format!(
+            "/_matrix/client/v1/media/thumbnail/{}/pic?width=16&height=12&method=crop",
+            fake.name
+        ),
+        &bob.token,
+        None,
+        b"",
+    );
+    assert_eq!(t.status, 200, "{}", String::from_utf8_lossy(&t.body));
+    assert_eq!(
+        fake.requests("/_matrix/federation/v1/media/thumbnail/pic")
+            .len(),
+        1
+    );
+    assert_err(&thumb("gone"), 404, "M_NOT_FOUND");
+    assert!(fake
+        .requests("/_matrix/federation/v1/media/download/gone")
+        .is_empty());
 }

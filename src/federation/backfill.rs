@@ -1,7 +1,9 @@
 //! Fetching history from the room's other servers (server-server
-//! "Backfilling and retrieving missing events"): when `/messages` reaches
-//! the oldest event we hold and the room has backward extremities (events
-//! our timeline names but lacks, e.g. the prev events of a remote join),
+//! "Backfilling and retrieving missing events"): when a `/messages` page
+//! reaches the oldest event we hold, or passes a hole in the middle of the
+//! timeline, and the room has backward extremities there (events our
+//! timeline names but lacks, e.g. the prev events of a remote join, or of
+//! the oldest event a `/get_missing_events` gap fill reached),
 //! the room's owner shard asks the joined servers in turn for
 //! `/backfill?v=<extremities>`, checks the answer and stores it below what
 //! we had through the entry point (`Rooms::apply_pdu` with
@@ -58,16 +60,19 @@ fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-/// From any shard: fetches history older than what we hold of `room` (on
-/// its owner shard, as its own task) and returns how many events were
-/// stored. `limit`: the client's page size.
+/// From any shard: fetches history missing at the backward extremities
+/// of `room` whose children are at `min_depth` or deeper (`i64::MIN`:
+/// all, a page that reached the oldest event) — on its owner shard, as
+/// its own task — and returns how many events were stored. `limit`: the
+/// client's page size.
 pub async fn backfill(
     state: &ShardState,
     room: OwnedRoomId,
     limit: usize,
+    min_depth: i64,
 ) -> Result<usize, RoomError> {
     // Most rooms have none: no hop to the owner for them.
-    if place::backward_extremities(&state.db, room.as_str())
+    if place::backward_extremities(&state.db, room.as_str(), min_depth)
         .await?
         .is_empty()
     {
@@ -75,7 +80,7 @@ pub async fn backfill(
     }
     let owner = state.rooms.owner(&room);
     on_shard(&state.mesh, owner, Here::Spawn, move |s| async move {
-        on_owner(&s, &room, limit).await
+        on_owner(&s, &room, limit, min_depth).await
     })
     .await
     .map_err(|e| match e {
@@ -96,10 +101,11 @@ async fn on_owner(
     state: &Rc<ShardState>,
     room: &OwnedRoomId,
     limit: usize,
+    min_depth: i64,
 ) -> Result<usize, RoomError> {
     let running = RUNNING.with(Rc::clone);
     let _guard = running.queue(room.clone()).await;
-    let extremities = place::backward_extremities(&state.db, room.as_str()).await?;
+    let extremities = place::backward_extremities(&state.db, room.as_str(), min_depth).await?;
     if extremities.is_empty() {
         return Ok(0);
     }

@@ -2,7 +2,9 @@
 //! `GET /_matrix/federation/v1/media/download/{mediaId}`, signed, whose
 //! `multipart/mixed` answer carries the content or a `Location` to fetch
 //! it from (followed once, unsigned, under the same IP policy and size
-//! limit). The caller (`media::remote`) caches what comes back.
+//! limit). `GET /_matrix/federation/v1/media/thumbnail/{mediaId}` answers
+//! the same way with a thumbnail the origin made. The caller
+//! (`media::remote`) caches what comes back.
 
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
@@ -26,6 +28,10 @@ pub enum FetchError {
     /// The server answered 404: it has no such media.
     #[error("remote media not found")]
     NotFound,
+    /// The server does not know the endpoint (404 `M_UNRECOGNIZED`): one
+    /// from before the authenticated federation media endpoints.
+    #[error("the remote server does not serve this endpoint")]
+    Unsupported,
     #[error("remote media is larger than the limit")]
     TooLarge,
     #[error("timed out fetching remote media")]
@@ -40,10 +46,22 @@ impl From<FedError> for FetchError {
         match e {
             FedError::TooLarge => FetchError::TooLarge,
             FedError::Timeout => FetchError::Timeout,
+            FedError::Status { status: 404, body } if unrecognized(&body) => {
+                FetchError::Unsupported
+            }
             FedError::Status { status: 404, .. } => FetchError::NotFound,
             other => FetchError::Failed(other.to_string()),
         }
     }
+}
+
+/// Whether an error body names `M_UNRECOGNIZED` (an unknown endpoint,
+/// spec "Unsupported endpoints"), as opposed to unknown media.
+fn unrecognized(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("errcode")?.as_str().map(|c| c == "M_UNRECOGNIZED"))
+        .unwrap_or(false)
 }
 
 /// Room for the JSON part and headers around the content.
@@ -60,6 +78,48 @@ pub async fn download(
         "/_matrix/federation/v1/media/download/{}?timeout_ms=20000",
         utf8_percent_encode(media_id, NON_ALPHANUMERIC)
     );
+    fetch(fed, server, &path, max).await
+}
+
+/// What a thumbnail request asks for (the client's own query, passed on).
+#[derive(Debug, Clone, Copy)]
+pub struct ThumbQuery<'a> {
+    pub width: u32,
+    pub height: u32,
+    pub method: &'a str,
+    pub animated: bool,
+}
+
+/// Fetches a thumbnail of `media_id` made by `server` (server-server
+/// "`GET /_matrix/federation/v1/media/thumbnail/{mediaId}`"), at most
+/// `max` bytes.
+pub async fn thumbnail(
+    fed: &Federation,
+    server: &str,
+    media_id: &str,
+    q: ThumbQuery<'_>,
+    max: usize,
+) -> Result<Fetched, FetchError> {
+    let path = format!(
+        "/_matrix/federation/v1/media/thumbnail/{}?width={}&height={}&method={}&animated={}\
+         &timeout_ms=20000",
+        utf8_percent_encode(media_id, NON_ALPHANUMERIC),
+        q.width,
+        q.height,
+        utf8_percent_encode(q.method, NON_ALPHANUMERIC),
+        q.animated,
+    );
+    fetch(fed, server, &path, max).await
+}
+
+/// One signed GET of a federation media endpoint and its multipart answer.
+async fn fetch(
+    fed: &Federation,
+    server: &str,
+    path: &str,
+    max: usize,
+) -> Result<Fetched, FetchError> {
+    let path = path.to_owned();
     let auth = x_matrix::sign_request(&fed.key, server, "GET", &path, None)
         .map_err(|e| FetchError::Failed(e.to_string()))?;
     let limit = max.saturating_add(OVERHEAD);
@@ -74,7 +134,11 @@ pub async fn download(
         )
         .await?;
     if resp.status == 404 {
-        return Err(FetchError::NotFound);
+        return Err(if unrecognized(&resp.body) {
+            FetchError::Unsupported
+        } else {
+            FetchError::NotFound
+        });
     }
     if resp.status != 200 {
         return Err(FetchError::Failed(format!(

@@ -238,3 +238,66 @@ pub async fn put_thumbnail(
     .await?;
     Ok(())
 }
+
+/// A remote server's thumbnail's key: its media id and the request (the
+/// source content is not here, only the thumbnail).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteThumbKey<'a> {
+    pub origin: &'a str,
+    pub media_id: &'a str,
+    pub width: i32,
+    pub height: i32,
+    pub method: &'a str,
+    pub animated: bool,
+}
+
+/// A cached thumbnail another server made: content type and content hash.
+pub async fn get_remote_thumbnail(
+    pool: &Pool,
+    k: &RemoteThumbKey<'_>,
+) -> Result<Option<(String, String)>, DbError> {
+    let row = pool
+        .query_opt(
+            "SELECT content_type, thumb_sha256 FROM remote_media_thumbnails WHERE origin = $1 \
+             AND media_id = $2 AND width = $3 AND height = $4 AND method = $5 AND animated = $6",
+            &[
+                &k.origin,
+                &k.media_id,
+                &k.width,
+                &k.height,
+                &k.method,
+                &k.animated,
+            ],
+        )
+        .await?;
+    row.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose()
+}
+
+pub async fn put_remote_thumbnail(
+    pool: &Pool,
+    k: &RemoteThumbKey<'_>,
+    content_type: &str,
+    thumb_sha256: &str,
+    size: i64,
+    now: i64,
+) -> Result<(), DbError> {
+    pool.execute(
+        "INSERT INTO remote_media_thumbnails (origin, media_id, width, height, method, animated, \
+         content_type, thumb_sha256, size, created_ts) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+        &[
+            &k.origin,
+            &k.media_id,
+            &k.width,
+            &k.height,
+            &k.method,
+            &k.animated,
+            &content_type,
+            &thumb_sha256,
+            &size,
+            &now,
+        ],
+    )
+    .await?;
+    Ok(())
+}

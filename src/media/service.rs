@@ -258,6 +258,9 @@ pub async fn thumbnail(
     timeout_ms: Option<u64>,
     access: Access,
 ) -> Result<Served, MediaError> {
+    if let Some(made) = remote_thumbnail(state, server_name, media_id, spec, access).await? {
+        return Ok(made);
+    }
     let (_, sha) = content_row(state, server_name, media_id, timeout_ms, access).await?;
     let key = ThumbKey {
         sha256: &sha,
@@ -300,6 +303,31 @@ pub async fn thumbnail(
     let (content_type, hash, bytes) = made;
     meta::put_thumbnail(&state.db, &key, content_type, &hash, bytes.len() as i64).await?;
     Ok(served_thumb(bytes, content_type.to_owned()))
+}
+
+/// A thumbnail of remote media made by its origin, when its original is
+/// not cached here (if it is, a thumbnail made here costs no fetch).
+/// The legacy endpoints fetch nothing new during the freeze.
+async fn remote_thumbnail(
+    state: &ShardState,
+    server_name: &str,
+    media_id: &str,
+    spec: Spec,
+    access: Access,
+) -> Result<Option<Served>, MediaError> {
+    if server_name == state.config.server_name
+        || (access == Access::Legacy && !state.config.media.legacy_unauthenticated)
+    {
+        return Ok(None);
+    }
+    if meta::get(&state.db, server_name, media_id)
+        .await?
+        .is_some_and(|r| r.sha256.is_some())
+    {
+        return Ok(None);
+    }
+    let made = super::remote::thumbnail(state, server_name, media_id, spec).await?;
+    Ok(made.map(|(bytes, content_type)| served_thumb(bytes, content_type)))
 }
 
 fn served_thumb(bytes: Bytes, content_type: String) -> Served {

@@ -23,7 +23,7 @@ use image::codecs::webp::WebPDecoder;
 use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 
 /// `crop` or `scale`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     Crop,
     Scale,
@@ -46,7 +46,7 @@ impl Method {
 }
 
 /// What the client asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Spec {
     pub width: u32,
     pub height: u32,

@@ -28,17 +28,20 @@ pub struct BackwardExtremity {
 /// Most backward extremities one `/backfill` request names.
 pub const MAX_EXTREMITIES: i64 = 20;
 
-/// The room's backward extremities, deepest first (nearest to what a
-/// client is reading), at most [`MAX_EXTREMITIES`].
+/// The room's backward extremities whose children are at `min_depth` or
+/// deeper (a page of history reaching down to `min_depth` may have a hole
+/// at each), deepest first (nearest to what a client is reading), at most
+/// [`MAX_EXTREMITIES`]. `i64::MIN`: all of them.
 pub async fn backward_extremities(
     db: &Pool,
     room_id: &str,
+    min_depth: i64,
 ) -> Result<Vec<BackwardExtremity>, RoomError> {
     let rows = db
         .query(
             "SELECT event_id, child_depth, tried FROM backward_extremities WHERE room_id = $1 \
-             ORDER BY child_depth DESC, event_id LIMIT $2",
-            &[&room_id, &MAX_EXTREMITIES],
+             AND child_depth >= $3 ORDER BY child_depth DESC, event_id LIMIT $2",
+            &[&room_id, &MAX_EXTREMITIES, &min_depth],
         )
         .await?;
     let mut out = Vec::with_capacity(rows.len());

@@ -23,6 +23,7 @@ pub struct Received {
 
 const RAW_BODY: &str = "__raw_body";
 const RAW_TYPE: &str = "__raw_content_type";
+const RAW_HEX: &str = "__raw_body_hex";
 
 /// A handler answer sent as `body` with `content_type` instead of JSON
 /// (e.g. the multipart answers of the federation media endpoints).
@@ -31,6 +32,22 @@ pub fn raw_answer(content_type: &str, body: &str) -> Value {
     m.insert(RAW_BODY.into(), body.into());
     m.insert(RAW_TYPE.into(), content_type.into());
     Value::Object(m)
+}
+
+/// A handler answer of any bytes (an image, say) with `content_type`.
+#[allow(dead_code)]
+pub fn raw_bytes_answer(content_type: &str, body: &[u8]) -> Value {
+    let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+    let mut m = serde_json::Map::new();
+    m.insert(RAW_HEX.into(), hex.into());
+    m.insert(RAW_TYPE.into(), content_type.into());
+    Value::Object(m)
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
 }
 
 /// `None`: 404 `M_UNRECOGNIZED`.
@@ -178,13 +195,21 @@ fn serve<S: Read + Write>(
                 json!({"errcode": "M_UNRECOGNIZED", "error": "not here"}),
             ))
         };
-        let (content_type, bytes) = match answer.get(RAW_BODY).and_then(Value::as_str) {
+        let raw = match (
+            answer.get(RAW_BODY).and_then(Value::as_str),
+            answer.get(RAW_HEX).and_then(Value::as_str),
+        ) {
+            (Some(body), _) => Some(body.as_bytes().to_vec()),
+            (None, Some(hex)) => Some(unhex(hex)),
+            (None, None) => None,
+        };
+        let (content_type, bytes) = match raw {
             Some(body) => (
                 answer[RAW_TYPE]
                     .as_str()
                     .unwrap_or("application/octet-stream")
                     .to_owned(),
-                body.as_bytes().to_vec(),
+                body,
             ),
             None => (
                 "application/json".to_owned(),

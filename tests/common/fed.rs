@@ -190,6 +190,25 @@ pub fn pdu(
     prev: &[&str],
     auth_extra: &[&str],
 ) -> (String, Value) {
+    pdu_at(
+        fake, room, state, sender, kind, state_key, content, prev, auth_extra, 100,
+    )
+}
+
+/// [`pdu`] with its `depth` (where the tests' topological order matters).
+#[allow(clippy::too_many_arguments, dead_code)]
+pub fn pdu_at(
+    fake: &FakeServer,
+    room: &str,
+    state: &[Value],
+    sender: &str,
+    kind: &str,
+    state_key: Option<&str>,
+    content: Value,
+    prev: &[&str],
+    auth_extra: &[&str],
+    depth: u64,
+) -> (String, Value) {
     let find = |t: &str, k: &str| {
         state
             .iter()
@@ -219,7 +238,7 @@ pub fn pdu(
                 .iter()
                 .map(|a| a.as_str().try_into().unwrap())
                 .collect(),
-            depth: 100,
+            depth,
             origin_server_ts: now(),
             redacts: None,
         },

@@ -8,13 +8,13 @@ use std::rc::Rc;
 
 use ruma::{CanonicalJsonObject, OwnedEventId, OwnedRoomId};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::auth::{self, Requester};
 use crate::filter::RoomEventFilter;
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::rooms::history::{self, MessagesQuery};
-use crate::rooms::timeline::{Dir, PageToken};
+use crate::rooms::timeline::{Dir, PageToken, RoomToken};
 use crate::rooms::{client, forget, EventRequest, Viewer};
 use crate::shard_state::ShardState;
 
@@ -91,17 +91,25 @@ pub async fn messages(state: Rc<ShardState>, req: Request) -> HandlerResult {
         history::messages(&state.db, state.mesh.n_shards(), room_id.as_str(), &me, q)
     };
     let mut out = ask(q.clone()).await?;
-    // The walk reached the oldest event we hold: ask the room's other
-    // servers for older history, then answer the page with it
-    // (server-server "Backfilling"; `federation::backfill`).
+    // The walk reached the oldest event we hold, or passed a hole in the
+    // timeline (a backward extremity whose child is in this page): ask the
+    // room's other servers for what is missing, then answer the page with
+    // it (server-server "Backfilling"; `federation::backfill`). Servers
+    // with nothing for a hole are remembered, so a page asks once.
     let mut rounds = 0;
-    while q.dir == Dir::Back
-        && q.to.is_none()
-        && out.get("end").is_none()
-        && rounds < BACKFILL_ROUNDS
-    {
+    while q.dir == Dir::Back && rounds < BACKFILL_ROUNDS {
+        let min_depth = match out.get("end").and_then(Value::as_str) {
+            None if q.to.is_none() => i64::MIN,
+            None => break,
+            Some(end) => match RoomToken::parse(end) {
+                Ok(t) => t.0.depth,
+                Err(_) => break,
+            },
+        };
         rounds += 1;
-        match crate::federation::backfill::backfill(&state, room_id.clone(), q.limit).await {
+        match crate::federation::backfill::backfill(&state, room_id.clone(), q.limit, min_depth)
+            .await
+        {
             Ok(0) => break,
             Ok(_) => out = ask(q.clone()).await?,
             Err(e) => {
