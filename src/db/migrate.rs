@@ -144,6 +144,8 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 27,
         name: "admin_api",
         sql: include_str!("../../migrations/0027_admin_api.sql"),
+    },
+    Migration {
         version: 30,
         name: "remote_thumbnails",
         sql: include_str!("../../migrations/0030_remote_thumbnails.sql"),
