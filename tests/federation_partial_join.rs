@@ -8,7 +8,10 @@
 //! - the first resident server failing mid-resync: the second finishes it;
 //! - hearth killed mid-resync: the restart resumes and completes it;
 //! - a send_join answer with a forged event or a broken auth chain is
-//!   refused: the client gets an error, nothing of the room is left.
+//!   refused: the client gets an error, nothing of the room is left;
+//! - events received while partial are re-checked on the full state: one
+//!   from a user the full state bans is rejected (out of the timeline and
+//!   the state), the legit ones get the full state.
 
 mod common;
 
@@ -88,6 +91,47 @@ impl Hosted {
         self.state.insert((kind.into(), key.into()), id.clone());
         self.last = id.clone();
         id
+    }
+
+    /// An event signed by `fake` on `prev`, served by `/event` but kept
+    /// out of the room's state (what residents send after our join).
+    #[allow(clippy::too_many_arguments)]
+    fn extra(
+        &mut self,
+        fake: &FakeServer,
+        sender: &str,
+        kind: &str,
+        key: Option<&str>,
+        content: Value,
+        auth: &[String],
+        prev: &str,
+    ) -> (String, Value) {
+        let Value::Object(c) = content else { panic!() };
+        self.depth += 1;
+        let signed = build_pdu(
+            NewEvent {
+                room_version: V12,
+                room_id: Some(self.room.as_str().try_into().unwrap()),
+                sender: sender.try_into().unwrap(),
+                event_type: kind.into(),
+                state_key: key.map(Into::into),
+                content: ruma::canonical_json::try_from_json_map(c).unwrap(),
+                prev_events: vec![prev.try_into().unwrap()],
+                auth_events: auth
+                    .iter()
+                    .map(|a| a.as_str().try_into().unwrap())
+                    .collect(),
+                depth: self.depth,
+                origin_server_ts: common::fed::now(),
+                redacts: None,
+            },
+            &fake.key,
+        )
+        .unwrap();
+        let id = signed.event_id.to_string();
+        let json = serde_json::to_value(&signed.pdu).unwrap();
+        self.by_id.insert(id.clone(), json.clone());
+        (id, json)
     }
 
     /// The auth chain of `ids` (transitively, without `ids` themselves
@@ -617,4 +661,170 @@ fn sync_follows_synapse_for_partial_state_rooms() {
         .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
         .count();
     assert_eq!(members, 14, "creator, 12 members and alice: {next}");
+}
+
+#[test]
+fn events_of_the_partial_window_are_rechecked_on_the_full_state() {
+    let w = world(1, 10);
+    let f = &w.fakes[0];
+    let creator = format!("@creator:{}", f.name);
+    let (m0, m1) = (format!("@m0:{}", f.name), format!("@m1:{}", f.name));
+    let (pl2, m0_join, m1_join, ban) = {
+        let mut h = w.hosted.lock().unwrap();
+        let me = h.find("m.room.member", &creator);
+        let m0_join = h.find("m.room.member", &m0).unwrap();
+        let m1_join = h.find("m.room.member", &m1);
+        // m1 may set state, sets the name (so the partial answer's auth
+        // chain holds m1's join), then is banned: a member event, which
+        // the partial state omits.
+        let mut users = serde_json::Map::new();
+        users.insert(m1.clone(), json!(50));
+        let pl1 = h.find("m.room.power_levels", "");
+        let pl2 = h.add(
+            f,
+            &creator,
+            "m.room.power_levels",
+            "",
+            json!({ "users": users }),
+            &[me.clone(), pl1],
+        );
+        let auth = [Some(pl2.clone()), m1_join.clone()];
+        h.add(
+            f,
+            &m1,
+            "m.room.name",
+            "",
+            json!({"name": "m1's room"}),
+            &auth,
+        );
+        let ban = h.add(
+            f,
+            &creator,
+            "m.room.member",
+            &m1,
+            json!({"membership": "ban"}),
+            &[me, Some(pl2.clone()), m1_join.clone()],
+        );
+        (pl2, m0_join, m1_join.unwrap(), ban)
+    };
+    // The full state cannot be fetched yet: the room stays partial.
+    w.behaviour[0].down.store(true, Ordering::SeqCst);
+    let r = w.join();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let room = w.room();
+    // After our join: the banned m1 sets the topic (allowed by what the
+    // partial state knows: its own auth events name m1's join), then m0
+    // talks twice.
+    let (topic, m_1, m_2, pdus) = {
+        let mut h = w.hosted.lock().unwrap();
+        let join = h.last.clone();
+        let (t, tj) = h.extra(
+            f,
+            &m1,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "from a banned user"}),
+            &[pl2.clone(), m1_join.clone()],
+            &join,
+        );
+        let msg = |n: &str| json!({"msgtype": "m.text", "body": n});
+        let auth = [pl2.clone(), m0_join.clone()];
+        let (a, aj) = h.extra(f, &m0, "m.room.message", None, msg("one"), &auth, &t);
+        let (b, bj) = h.extra(f, &m0, "m.room.message", None, msg("two"), &auth, &a);
+        (t, a, b, vec![tj, aj, bj])
+    };
+    let (status, answer) = common::fed::send_txn(&w.home, f, "partial-window", &pdus, &[]);
+    assert_eq!(status, 200, "{answer}");
+    let topic_now = || {
+        call(
+            &w.home.h,
+            "GET",
+            &format!("/rooms/{}/state/m.room.topic/", enc(&room)),
+            &w.alice.token,
+            None,
+        )
+    };
+    eventually("the topic is state while partial", || {
+        topic_now().status == 200
+    });
+    eventually("m0's messages are stored", || {
+        w.psql(&format!(
+            "SELECT count(*) FROM events WHERE event_id IN ('{m_1}', '{m_2}')"
+        )) == "2"
+    });
+    // The resync: the full state bans m1.
+    w.behaviour[0].down.store(false, Ordering::SeqCst);
+    eventually("the resync", || w.partial_rows() == "0");
+    assert_eq!(
+        w.psql(&format!(
+            "SELECT count(*) FROM rejected_events WHERE event_id = '{topic}'"
+        )),
+        "1",
+        "the banned user's event is rejected"
+    );
+    assert_eq!(
+        w.psql(&format!(
+            "SELECT count(*) FROM events WHERE event_id = '{topic}'"
+        )),
+        "0"
+    );
+    let r = topic_now();
+    assert_eq!(
+        r.status,
+        404,
+        "not state: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = call(
+        &w.home.h,
+        "GET",
+        &format!("/rooms/{}/event/{}", enc(&room), enc(&topic)),
+        &w.alice.token,
+        None,
+    );
+    assert_eq!(r.status, 404, "not visible");
+    assert_eq!(
+        w.psql(&format!(
+            "SELECT membership FROM current_state WHERE room_id = '{room}' \
+             AND type = 'm.room.member' AND state_key = '{m1}'"
+        )),
+        "ban"
+    );
+    // The legit events stay, on the full state: the state after m0's
+    // first message (the state at the second) has every member and m1's
+    // ban, and no topic.
+    let r = call(
+        &w.home.h,
+        "GET",
+        &format!("/rooms/{}/event/{}", enc(&room), enc(&m_2)),
+        &w.alice.token,
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let (status, at) = common::fed::fed_call(
+        &w.home,
+        f,
+        "GET",
+        &format!(
+            "/_matrix/federation/v1/state_ids/{}?event_id={}",
+            enc(&room),
+            enc(&m_2)
+        ),
+        None,
+    );
+    assert_eq!(status, 200, "{at}");
+    let ids: Vec<&str> = at["pdu_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(ids.contains(&ban.as_str()), "full state at the event: {at}");
+    assert!(ids.contains(&m0_join.as_str()));
+    assert!(!ids.contains(&topic.as_str()), "{at}");
+    // creator, m0..m9 (m1 banned), alice, plus 6 other state keys.
+    assert!(ids.len() >= 12 + 5, "{} state ids: {at}", ids.len());
+    // The room goes on: a send works, on the completed state.
+    let (status, _) = w.send("after the re-check");
+    assert_eq!(status, 200);
 }
