@@ -669,9 +669,10 @@ fn events_of_the_partial_window_are_rechecked_on_the_full_state() {
     let f = &w.fakes[0];
     let creator = format!("@creator:{}", f.name);
     let (m0, m1) = (format!("@m0:{}", f.name), format!("@m1:{}", f.name));
-    let (pl2, m0_join, m1_join, ban) = {
+    let (pl2, m0_join, m1_join, ban, creator_join) = {
         let mut h = w.hosted.lock().unwrap();
         let me = h.find("m.room.member", &creator);
+        let creator_join = me.clone().unwrap();
         let m0_join = h.find("m.room.member", &m0).unwrap();
         let m1_join = h.find("m.room.member", &m1);
         // m1 may set state, sets the name (so the partial answer's auth
@@ -705,7 +706,7 @@ fn events_of_the_partial_window_are_rechecked_on_the_full_state() {
             json!({"membership": "ban"}),
             &[me, Some(pl2.clone()), m1_join.clone()],
         );
-        (pl2, m0_join, m1_join.unwrap(), ban)
+        (pl2, m0_join, m1_join.unwrap(), ban, creator_join)
     };
     // The full state cannot be fetched yet: the room stays partial.
     w.behaviour[0].down.store(true, Ordering::SeqCst);
@@ -713,8 +714,8 @@ fn events_of_the_partial_window_are_rechecked_on_the_full_state() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let room = w.room();
     // After our join: the banned m1 sets the topic (allowed by what the
-    // partial state knows: its own auth events name m1's join), then m0
-    // talks twice.
+    // partial state knows: its own auth events name m1's join), then the
+    // creator talks twice (its member event is in the partial answer).
     let (topic, m_1, m_2, pdus) = {
         let mut h = w.hosted.lock().unwrap();
         let join = h.last.clone();
@@ -728,9 +729,9 @@ fn events_of_the_partial_window_are_rechecked_on_the_full_state() {
             &join,
         );
         let msg = |n: &str| json!({"msgtype": "m.text", "body": n});
-        let auth = [pl2.clone(), m0_join.clone()];
-        let (a, aj) = h.extra(f, &m0, "m.room.message", None, msg("one"), &auth, &t);
-        let (b, bj) = h.extra(f, &m0, "m.room.message", None, msg("two"), &auth, &a);
+        let auth = [pl2.clone(), creator_join.clone()];
+        let (a, aj) = h.extra(f, &creator, "m.room.message", None, msg("one"), &auth, &t);
+        let (b, bj) = h.extra(f, &creator, "m.room.message", None, msg("two"), &auth, &a);
         (t, a, b, vec![tj, aj, bj])
     };
     let (status, answer) = common::fed::send_txn(&w.home, f, "partial-window", &pdus, &[]);
@@ -747,7 +748,7 @@ fn events_of_the_partial_window_are_rechecked_on_the_full_state() {
     eventually("the topic is state while partial", || {
         topic_now().status == 200
     });
-    eventually("m0's messages are stored", || {
+    eventually("the creator's messages are stored", || {
         w.psql(&format!(
             "SELECT count(*) FROM events WHERE event_id IN ('{m_1}', '{m_2}')"
         )) == "2"
@@ -790,7 +791,7 @@ fn events_of_the_partial_window_are_rechecked_on_the_full_state() {
         )),
         "ban"
     );
-    // The legit events stay, on the full state: the state after m0's
+    // The legit events stay, on the full state: the state after the
     // first message (the state at the second) has every member and m1's
     // ban, and no topic.
     let r = call(
