@@ -7,6 +7,8 @@
 //!   resync completes: the full member list, no partial mark;
 //! - the first resident server failing mid-resync: the second finishes it;
 //! - hearth killed mid-resync: the restart resumes and completes it;
+//! - a big resync takes the state from one `/state` answer, and falls
+//!   back to `/event` when `/state` fails;
 //! - a send_join answer with a forged event or a broken auth chain is
 //!   refused: the client gets an error, nothing of the room is left;
 //! - events received while partial are re-checked on the full state: one
@@ -238,6 +240,8 @@ struct Behaviour {
     down: AtomicBool,
     /// `/event` answers after this many ms.
     slow_ms: AtomicU64,
+    /// `/state` answers 500 (the resync falls back to `/event`).
+    no_state: AtomicBool,
     /// Tamper with the send_join answer.
     tamper: Mutex<Option<fn(&mut Value)>>,
 }
@@ -327,6 +331,30 @@ fn serve(fake: &FakeServer, room: Arc<Mutex<Hosted>>, all: Vec<String>, b: Arc<B
                 .collect();
             let chain = h.auth_chain(&ids);
             return Some((200, json!({"pdu_ids": ids, "auth_chain_ids": chain})));
+        }
+        if p.starts_with("/_matrix/federation/v1/state/") {
+            if b.down.load(Ordering::SeqCst) || b.no_state.load(Ordering::SeqCst) {
+                return Some((500, json!({"errcode": "M_UNKNOWN", "error": "down"})));
+            }
+            let h = room.lock().unwrap();
+            let join = p.split("event_id=").nth(1).map(|s| {
+                percent_encoding::percent_decode_str(s).decode_utf8().unwrap().into_owned()
+            });
+            let ids: Vec<String> = h
+                .state
+                .values()
+                .filter(|id| Some(*id) != join.as_ref())
+                .cloned()
+                .collect();
+            let chain = h.auth_chain(&ids);
+            let ev = |id: &String| h.by_id.get(id).cloned();
+            return Some((
+                200,
+                json!({
+                    "pdus": ids.iter().filter_map(ev).collect::<Vec<_>>(),
+                    "auth_chain": chain.iter().filter_map(ev).collect::<Vec<_>>(),
+                }),
+            ));
         }
         if let Some(rest) = p.strip_prefix("/_matrix/federation/v1/event/") {
             let ms = b.slow_ms.load(Ordering::SeqCst);
@@ -828,4 +856,34 @@ fn events_of_the_partial_window_are_rechecked_on_the_full_state() {
     // The room goes on: a send works, on the completed state.
     let (status, _) = w.send("after the re-check");
     assert_eq!(status, 200);
+}
+
+/// Resyncs a 150-member room (over the resync's `/state` threshold);
+/// returns the `/state` and `/event` requests the resident received.
+fn big_resync(state_fails: bool) -> (usize, usize) {
+    let w = world(1, 150);
+    w.behaviour[0].no_state.store(state_fails, Ordering::SeqCst);
+    let r = w.join();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // creator, 150 members, alice.
+    assert_eq!(w.members(), 152);
+    assert_eq!(w.partial_rows(), "0");
+    (
+        w.fakes[0].requests("/_matrix/federation/v1/state/").len(),
+        w.fakes[0].requests("/_matrix/federation/v1/event/").len(),
+    )
+}
+
+#[test]
+fn a_big_resync_takes_the_state_from_one_state_answer() {
+    let (state, events) = big_resync(false);
+    assert_eq!(state, 1);
+    assert_eq!(events, 0, "every missing event was in the /state answer");
+}
+
+#[test]
+fn a_big_resync_falls_back_to_event_when_state_fails() {
+    let (state, events) = big_resync(true);
+    assert_eq!(state, 1);
+    assert!(events >= 150, "{events} /event requests");
 }
