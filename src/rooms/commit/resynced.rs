@@ -158,10 +158,17 @@ impl Rooms {
                     }
                 }
             };
-            if pdu.event_id != *join {
+            let at_before = self.auth_state(&before.1, version, pdu).await?;
+            let verdict = self.authorise(version, pdu, at_before, false).await;
+            if pdu.event_id == *join {
+                // Never rejected: the room would be left without our join.
+                if let Err(reason) = &verdict {
+                    tracing::warn!(room = %room_id, %reason,
+                        "our join is not allowed by the full state; kept");
+                }
+            } else {
                 rechecked += 1;
-                let at_before = self.auth_state(&before.1, version, pdu).await?;
-                if let Err(reason) = self.authorise(version, pdu, at_before, false).await {
+                if let Err(reason) = verdict {
                     tracing::info!(event = %pdu.event_id, %reason,
                         "an event of the partial window fails the full state: rejected");
                     w = reject_rows(w, &room, pdu, &reason);
