@@ -7,8 +7,13 @@
 //!   resync completes: the full member list, no partial mark;
 //! - the first resident server failing mid-resync: the second finishes it;
 //! - hearth killed mid-resync: the restart resumes and completes it;
+//! - a big resync takes the state from one `/state` answer, and falls
+//!   back to `/event` when `/state` fails;
 //! - a send_join answer with a forged event or a broken auth chain is
-//!   refused: the client gets an error, nothing of the room is left.
+//!   refused: the client gets an error, nothing of the room is left;
+//! - events received while partial are re-checked on the full state: one
+//!   from a user the full state bans is rejected (out of the timeline and
+//!   the state), the legit ones get the full state.
 
 mod common;
 
@@ -88,6 +93,47 @@ impl Hosted {
         self.state.insert((kind.into(), key.into()), id.clone());
         self.last = id.clone();
         id
+    }
+
+    /// An event signed by `fake` on `prev`, served by `/event` but kept
+    /// out of the room's state (what residents send after our join).
+    #[allow(clippy::too_many_arguments)]
+    fn extra(
+        &mut self,
+        fake: &FakeServer,
+        sender: &str,
+        kind: &str,
+        key: Option<&str>,
+        content: Value,
+        auth: &[String],
+        prev: &str,
+    ) -> (String, Value) {
+        let Value::Object(c) = content else { panic!() };
+        self.depth += 1;
+        let signed = build_pdu(
+            NewEvent {
+                room_version: V12,
+                room_id: Some(self.room.as_str().try_into().unwrap()),
+                sender: sender.try_into().unwrap(),
+                event_type: kind.into(),
+                state_key: key.map(Into::into),
+                content: ruma::canonical_json::try_from_json_map(c).unwrap(),
+                prev_events: vec![prev.try_into().unwrap()],
+                auth_events: auth
+                    .iter()
+                    .map(|a| a.as_str().try_into().unwrap())
+                    .collect(),
+                depth: self.depth,
+                origin_server_ts: common::fed::now(),
+                redacts: None,
+            },
+            &fake.key,
+        )
+        .unwrap();
+        let id = signed.event_id.to_string();
+        let json = serde_json::to_value(&signed.pdu).unwrap();
+        self.by_id.insert(id.clone(), json.clone());
+        (id, json)
     }
 
     /// The auth chain of `ids` (transitively, without `ids` themselves
@@ -194,6 +240,8 @@ struct Behaviour {
     down: AtomicBool,
     /// `/event` answers after this many ms.
     slow_ms: AtomicU64,
+    /// `/state` answers 500 (the resync falls back to `/event`).
+    no_state: AtomicBool,
     /// Tamper with the send_join answer.
     tamper: Mutex<Option<fn(&mut Value)>>,
 }
@@ -283,6 +331,30 @@ fn serve(fake: &FakeServer, room: Arc<Mutex<Hosted>>, all: Vec<String>, b: Arc<B
                 .collect();
             let chain = h.auth_chain(&ids);
             return Some((200, json!({"pdu_ids": ids, "auth_chain_ids": chain})));
+        }
+        if p.starts_with("/_matrix/federation/v1/state/") {
+            if b.down.load(Ordering::SeqCst) || b.no_state.load(Ordering::SeqCst) {
+                return Some((500, json!({"errcode": "M_UNKNOWN", "error": "down"})));
+            }
+            let h = room.lock().unwrap();
+            let join = p.split("event_id=").nth(1).map(|s| {
+                percent_encoding::percent_decode_str(s).decode_utf8().unwrap().into_owned()
+            });
+            let ids: Vec<String> = h
+                .state
+                .values()
+                .filter(|id| Some(*id) != join.as_ref())
+                .cloned()
+                .collect();
+            let chain = h.auth_chain(&ids);
+            let ev = |id: &String| h.by_id.get(id).cloned();
+            return Some((
+                200,
+                json!({
+                    "pdus": ids.iter().filter_map(ev).collect::<Vec<_>>(),
+                    "auth_chain": chain.iter().filter_map(ev).collect::<Vec<_>>(),
+                }),
+            ));
         }
         if let Some(rest) = p.strip_prefix("/_matrix/federation/v1/event/") {
             let ms = b.slow_ms.load(Ordering::SeqCst);
@@ -617,4 +689,203 @@ fn sync_follows_synapse_for_partial_state_rooms() {
         .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
         .count();
     assert_eq!(members, 14, "creator, 12 members and alice: {next}");
+}
+
+#[test]
+fn events_of_the_partial_window_are_rechecked_on_the_full_state() {
+    let w = world(1, 10);
+    let f = &w.fakes[0];
+    let creator = format!("@creator:{}", f.name);
+    let (m0, m1) = (format!("@m0:{}", f.name), format!("@m1:{}", f.name));
+    let (pl2, m0_join, m1_join, ban, creator_join) = {
+        let mut h = w.hosted.lock().unwrap();
+        let me = h.find("m.room.member", &creator);
+        let creator_join = me.clone().unwrap();
+        let m0_join = h.find("m.room.member", &m0).unwrap();
+        let m1_join = h.find("m.room.member", &m1);
+        // m1 may set state, sets the name (so the partial answer's auth
+        // chain holds m1's join), then is banned: a member event, which
+        // the partial state omits.
+        let mut users = serde_json::Map::new();
+        users.insert(m1.clone(), json!(50));
+        let pl1 = h.find("m.room.power_levels", "");
+        let pl2 = h.add(
+            f,
+            &creator,
+            "m.room.power_levels",
+            "",
+            json!({ "users": users }),
+            &[me.clone(), pl1],
+        );
+        let auth = [Some(pl2.clone()), m1_join.clone()];
+        h.add(
+            f,
+            &m1,
+            "m.room.name",
+            "",
+            json!({"name": "m1's room"}),
+            &auth,
+        );
+        let ban = h.add(
+            f,
+            &creator,
+            "m.room.member",
+            &m1,
+            json!({"membership": "ban"}),
+            &[me, Some(pl2.clone()), m1_join.clone()],
+        );
+        (pl2, m0_join, m1_join.unwrap(), ban, creator_join)
+    };
+    // The full state cannot be fetched yet: the room stays partial.
+    w.behaviour[0].down.store(true, Ordering::SeqCst);
+    let r = w.join();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let room = w.room();
+    // After our join: the banned m1 sets the topic (allowed by what the
+    // partial state knows: its own auth events name m1's join), then the
+    // creator talks twice (its member event is in the partial answer).
+    let (topic, m_1, m_2, pdus) = {
+        let mut h = w.hosted.lock().unwrap();
+        let join = h.last.clone();
+        let (t, tj) = h.extra(
+            f,
+            &m1,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "from a banned user"}),
+            &[pl2.clone(), m1_join.clone()],
+            &join,
+        );
+        let msg = |n: &str| json!({"msgtype": "m.text", "body": n});
+        let auth = [pl2.clone(), creator_join.clone()];
+        let (a, aj) = h.extra(f, &creator, "m.room.message", None, msg("one"), &auth, &t);
+        let (b, bj) = h.extra(f, &creator, "m.room.message", None, msg("two"), &auth, &a);
+        (t, a, b, vec![tj, aj, bj])
+    };
+    let (status, answer) = common::fed::send_txn(&w.home, f, "partial-window", &pdus, &[]);
+    assert_eq!(status, 200, "{answer}");
+    let topic_now = || {
+        call(
+            &w.home.h,
+            "GET",
+            &format!("/rooms/{}/state/m.room.topic/", enc(&room)),
+            &w.alice.token,
+            None,
+        )
+    };
+    eventually("the topic is state while partial", || {
+        topic_now().status == 200
+    });
+    eventually("the creator's messages are stored", || {
+        w.psql(&format!(
+            "SELECT count(*) FROM events WHERE event_id IN ('{m_1}', '{m_2}')"
+        )) == "2"
+    });
+    // The resync: the full state bans m1.
+    w.behaviour[0].down.store(false, Ordering::SeqCst);
+    eventually("the resync", || w.partial_rows() == "0");
+    assert_eq!(
+        w.psql(&format!(
+            "SELECT count(*) FROM rejected_events WHERE event_id = '{topic}'"
+        )),
+        "1",
+        "the banned user's event is rejected"
+    );
+    assert_eq!(
+        w.psql(&format!(
+            "SELECT count(*) FROM events WHERE event_id = '{topic}'"
+        )),
+        "0"
+    );
+    let r = topic_now();
+    assert_eq!(
+        r.status,
+        404,
+        "not state: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = call(
+        &w.home.h,
+        "GET",
+        &format!("/rooms/{}/event/{}", enc(&room), enc(&topic)),
+        &w.alice.token,
+        None,
+    );
+    assert_eq!(r.status, 404, "not visible");
+    assert_eq!(
+        w.psql(&format!(
+            "SELECT membership FROM current_state WHERE room_id = '{room}' \
+             AND type = 'm.room.member' AND state_key = '{m1}'"
+        )),
+        "ban"
+    );
+    // The legit events stay, on the full state: the state after the
+    // first message (the state at the second) has every member and m1's
+    // ban, and no topic.
+    let r = call(
+        &w.home.h,
+        "GET",
+        &format!("/rooms/{}/event/{}", enc(&room), enc(&m_2)),
+        &w.alice.token,
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let (status, at) = common::fed::fed_call(
+        &w.home,
+        f,
+        "GET",
+        &format!(
+            "/_matrix/federation/v1/state_ids/{}?event_id={}",
+            enc(&room),
+            enc(&m_2)
+        ),
+        None,
+    );
+    assert_eq!(status, 200, "{at}");
+    let ids: Vec<&str> = at["pdu_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(ids.contains(&ban.as_str()), "full state at the event: {at}");
+    assert!(ids.contains(&m0_join.as_str()));
+    assert!(!ids.contains(&topic.as_str()), "{at}");
+    // creator, m0..m9 (m1 banned), alice, plus 6 other state keys.
+    assert!(ids.len() >= 12 + 5, "{} state ids: {at}", ids.len());
+    // The room goes on: a send works, on the completed state.
+    let (status, _) = w.send("after the re-check");
+    assert_eq!(status, 200);
+}
+
+/// Resyncs a 150-member room (over the resync's `/state` threshold);
+/// returns the `/state` and `/event` requests the resident received.
+fn big_resync(state_fails: bool) -> (usize, usize) {
+    let w = world(1, 150);
+    w.behaviour[0].no_state.store(state_fails, Ordering::SeqCst);
+    let r = w.join();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // (Waiting here, not in `/members`: the test client's reads time out
+    // at 10 s, a loaded machine's resync may take longer.)
+    eventually("the resync", || w.partial_rows() == "0");
+    // creator, 150 members, alice.
+    assert_eq!(w.members(), 152);
+    (
+        w.fakes[0].requests("/_matrix/federation/v1/state/").len(),
+        w.fakes[0].requests("/_matrix/federation/v1/event/").len(),
+    )
+}
+
+#[test]
+fn a_big_resync_takes_the_state_from_one_state_answer() {
+    let (state, events) = big_resync(false);
+    assert_eq!(state, 1);
+    assert_eq!(events, 0, "every missing event was in the /state answer");
+}
+
+#[test]
+fn a_big_resync_falls_back_to_event_when_state_fails() {
+    let (state, events) = big_resync(true);
+    assert_eq!(state, 1);
+    assert!(events >= 150, "{events} /event requests");
 }

@@ -168,9 +168,10 @@ async fn join_via(
         state_ids.push(id.clone());
         all.push((id, e));
     }
+    let in_state: std::collections::HashSet<OwnedEventId> = state_ids.iter().cloned().collect();
     for e in auth_chain {
         let id = event_id_of(&e, version).map_err(|e| remote("send_join", &e))?;
-        if !state_ids.contains(&id) {
+        if !in_state.contains(&id) {
             all.push((id, e));
         }
     }

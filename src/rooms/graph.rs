@@ -87,6 +87,33 @@ pub async fn placed(db: &Pool, ids: &[String]) -> Result<HashMap<String, Placed>
     Ok(out)
 }
 
+/// The `(type, state_key)` of each stored state event of `room` among
+/// `ids`, in one query (others are absent).
+pub async fn state_keys(
+    db: &Pool,
+    room: &ruma::OwnedRoomId,
+    ids: &[String],
+) -> Result<HashMap<String, (String, String)>, RoomError> {
+    let mut out = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let rows = db
+        .query(
+            "SELECT event_id, json->>'type', json->>'state_key' FROM room_pdus \
+             WHERE event_id = ANY($1) AND room_id = $2",
+            &[&ids, &room.as_str()],
+        )
+        .await?;
+    for r in rows {
+        let (Some(t), Some(k)) = (r.get::<Option<String>>(1)?, r.get::<Option<String>>(2)?) else {
+            continue;
+        };
+        out.insert(r.get::<String>(0)?, (t, k));
+    }
+    Ok(out)
+}
+
 /// The local event's prev_events: the deepest [`MAX_LOCAL_PREV_EVENTS`]
 /// extremities (ties by id, so the choice is stable).
 pub fn choose_prev_events(extremities: &[Extremity]) -> Vec<Extremity> {

@@ -20,7 +20,7 @@ use std::rc::Rc;
 use ruma::canonical_json::CanonicalJsonObject;
 use ruma::{OwnedEventId, OwnedRoomId};
 
-use super::commit::{Fate, Placement};
+use super::commit::Placement;
 use super::receive::{Applied, Received};
 use super::service::{RoomHead, Rooms};
 use super::state::StateMap;
@@ -146,8 +146,7 @@ impl Rooms {
     /// checked by the caller), stored as outliers: all checked in memory
     /// against their own auth events first (`check_answer`; one that fails
     /// refuses the batch, and the resync asks another server), then
-    /// committed pipelined — not one awaited COMMIT per event, which made
-    /// a 10,000-member resync take minutes.
+    /// committed in one transaction (`Rooms::commit_outliers`).
     pub async fn store_resync_outliers(
         self: &Rc<Self>,
         room_id: &OwnedRoomId,
@@ -167,26 +166,8 @@ impl Rooms {
         pdus.sort_by_key(|p| p.depth);
         self.check_answer(version, &pdus).await?;
         let _guard = self.room_locks.queue(room_id.clone()).await;
-        let epoch = self.pipelines.epoch();
-        let head = self.head(room_id).await?;
-        let n = pdus.len();
-        let mut committing = Vec::with_capacity(n);
-        for p in pdus {
-            let place = Placement {
-                fate: Fate::Outlier,
-                before: None,
-                base: None,
-                depth: i64::try_from(p.depth).unwrap_or(i64::MAX),
-                was_outlier: false,
-                received: false,
-                epoch,
-            };
-            committing.push(self.commit(&head, p, place, None, None).await?);
-        }
-        for c in committing {
-            c.done().await?;
-        }
-        Ok(n)
+        self.commit_outliers(room_id, &pdus).await?;
+        Ok(pdus.len())
     }
 
     /// A room we have never seen: outliers, then our join on `before`
@@ -207,22 +188,9 @@ impl Rooms {
             snapshot: None,
             extremities: Vec::new(),
         };
-        let mut committing = Vec::with_capacity(pdus.len());
-        for p in pdus {
-            let place = Placement {
-                fate: Fate::Outlier,
-                before: None,
-                base: None,
-                depth: i64::try_from(p.depth).unwrap_or(i64::MAX),
-                was_outlier: false,
-                received: false,
-                epoch,
-            };
-            committing.push(self.commit(&head, p, place, None, None).await?);
-        }
-        for c in committing {
-            c.done().await?;
-        }
+        // One transaction for the whole answer, durable before the join
+        // that names them is built.
+        self.commit_outliers(room_id, &pdus).await?;
         let depth = i64::try_from(pdu.depth).unwrap_or(i64::MAX);
         let mut place = Placement::timeline(Rc::new(before), None, depth, epoch);
         // Its prev events are history we lack: backward extremities.
