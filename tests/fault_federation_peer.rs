@@ -23,7 +23,7 @@ use common::faults::{read_until_closed, rss_kib, timed, within};
 use common::fed::{fed_call, sign_template, start_home_with, Home};
 use common::{call, enc, ok, read_response, register_user, Registered};
 use hearth::events::RoomVersion;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// hearth's federation timeouts in these tests (defaults: 60 s and 10 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
