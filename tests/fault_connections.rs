@@ -111,11 +111,17 @@ fn normal_client(addr: SocketAddr, token: &str, rounds: usize, limit: Duration) 
 #[test]
 fn ten_thousand_connections_are_served_and_a_normal_client_still_is() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    assert!(raise_nofile() >= FLOOD as u64 + 1000, "hard RLIMIT_NOFILE too low");
+    assert!(
+        raise_nofile() >= FLOOD as u64 + 1000,
+        "hard RLIMIT_NOFILE too low"
+    );
     let h = start(&[]);
     let (addr, pid) = (h.addr, h.pid());
     let (soft, hard) = nofile_of(pid);
-    assert_eq!(soft, hard, "hearth raises its soft open-file limit to the hard one");
+    assert_eq!(
+        soft, hard,
+        "hearth raises its soft open-file limit to the hard one"
+    );
     let token = register(&h, "alice");
     within(Duration::from_secs(180), &[pid], move || {
         let started = Instant::now();
@@ -164,7 +170,10 @@ fn ten_thousand_connections_are_served_and_a_normal_client_still_is() {
 #[test]
 fn connections_over_the_cap_are_shed_politely() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    assert!(raise_nofile() >= FLOOD as u64 + 1000, "hard RLIMIT_NOFILE too low");
+    assert!(
+        raise_nofile() >= FLOOD as u64 + 1000,
+        "hard RLIMIT_NOFILE too low"
+    );
     const CAP: usize = 1000;
     let h = start(&[("HEARTH_HTTP__MAX_CONNECTIONS_PER_SHARD", "1000")]);
     let (addr, pid) = (h.addr, h.pid());
@@ -201,7 +210,10 @@ fn connections_over_the_cap_are_shed_politely() {
             if outcome(&mut s, PROMPT) == Outcome::Status(200) {
                 break;
             }
-            assert!(Instant::now() < until, "still shedding after the flood left");
+            assert!(
+                Instant::now() < until,
+                "still shedding after the flood left"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         normal_client(addr, &token, 5, PROMPT);

@@ -81,7 +81,9 @@ impl Probe {
 
     fn finish(self) -> Duration {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().expect("a normal request was not answered promptly")
+        self.thread
+            .join()
+            .expect("a normal request was not answered promptly")
     }
 }
 
@@ -102,7 +104,13 @@ fn silent_peer() -> (u16, Arc<Mutex<Vec<TcpStream>>>) {
 /// Asks hearth for `user`'s profile; returns (status, time taken).
 fn profile(home: &Home, alice: &Registered, user: &str) -> (u16, Duration) {
     let start = Instant::now();
-    let r = call(&home.h, "GET", &format!("/profile/{}", enc(user)), &alice.token, None);
+    let r = call(
+        &home.h,
+        "GET",
+        &format!("/profile/{}", enc(user)),
+        &alice.token,
+        None,
+    );
     (r.status, start.elapsed())
 }
 
@@ -162,7 +170,10 @@ fn hostile_answers_fail_in_bounded_time_with_bodies_capped() {
             ));
             let took = start.elapsed();
             assert!(v["failures"].get(&fake.name).is_some(), "{how:?}: {v}");
-            assert!(took <= expected + SLACK, "{how:?}: keys/query took {took:?}");
+            assert!(
+                took <= expected + SLACK,
+                "{how:?}: keys/query took {took:?}"
+            );
         }
         // Bodies were dropped, not kept: resident memory is back near
         // where it was (two 50 MB reads happened).
@@ -350,7 +361,11 @@ fn inbound_huge_or_trickled_transactions_get_413_or_408() {
         let start = Instant::now();
         let answer = trickle_until_answered(&mut s, b"{\"pdus\": [");
         let took = start.elapsed();
-        assert!(answer.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&answer));
+        assert!(
+            answer.starts_with(b"HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
         assert!(took <= BODY_TIMEOUT + SLACK, "trickled body took {took:?}");
 
         // Trickled head: 408 at the head deadline.
@@ -358,7 +373,11 @@ fn inbound_huge_or_trickled_transactions_get_413_or_408() {
         let start = Instant::now();
         let answer = trickle_until_answered(&mut s, send_head(1000).as_bytes());
         let took = start.elapsed();
-        assert!(answer.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&answer));
+        assert!(
+            answer.starts_with(b"HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
         assert!(took <= HEAD_TIMEOUT + SLACK, "trickled head took {took:?}");
 
         // No TLS at all: dropped at the handshake deadline.
@@ -367,7 +386,10 @@ fn inbound_huge_or_trickled_transactions_get_413_or_408() {
         let start = Instant::now();
         read_until_closed(&mut raw, HEAD_TIMEOUT + SLACK * 2);
         let took = start.elapsed();
-        assert!(took <= HEAD_TIMEOUT + SLACK, "silent TLS client held {took:?}");
+        assert!(
+            took <= HEAD_TIMEOUT + SLACK,
+            "silent TLS client held {took:?}"
+        );
 
         let worst = probe.finish();
         eprintln!("worst normal request meanwhile: {worst:?}");

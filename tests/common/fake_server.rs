@@ -326,8 +326,9 @@ fn misbehave(mut s: Tls, how: Hostile, written: &AtomicU64) {
             write!(s, "{JSON_200}Content-Length: {}\r\n\r\n{body}", body.len())
                 .and_then(|_| s.flush())
         }
-        Hostile::ShortBody => write!(s, "{JSON_200}Content-Length: 1000\r\n\r\n{{\"a\": 1")
-            .and_then(|_| s.flush()),
+        Hostile::ShortBody => {
+            write!(s, "{JSON_200}Content-Length: 1000\r\n\r\n{{\"a\": 1").and_then(|_| s.flush())
+        }
         Hostile::Endless | Hostile::EndlessChunked => {
             let chunked = how == Hostile::EndlessChunked;
             let framing = if chunked {

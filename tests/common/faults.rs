@@ -120,7 +120,12 @@ pub fn timed(
     .unwrap();
     let r: Resp = read_response(&mut s, false);
     let took = start.elapsed();
-    assert_eq!(r.status, want, "{path}: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        want,
+        "{path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert!(took <= limit, "{path} took {took:?} (limit {limit:?})");
     took
 }
