@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +25,65 @@ pub struct Received {
 const RAW_BODY: &str = "__raw_body";
 const RAW_TYPE: &str = "__raw_content_type";
 const RAW_HEX: &str = "__raw_body_hex";
+const HOSTILE: &str = "__hostile";
+
+/// How a hostile answer misbehaves on the wire (see [`hostile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hostile {
+    /// Reads the request, then says nothing for a minute.
+    Stall,
+    /// Sends a 200 head announcing 1000 bytes, one byte of body, then stalls.
+    StallBody,
+    /// Resets the connection (RST) instead of answering.
+    Reset,
+    /// Answers bytes that are not HTTP, then closes.
+    Garbage,
+    /// A well-framed 200 whose body is not JSON.
+    BadJson,
+    /// Announces 1000 bytes of body, sends 10, then closes.
+    ShortBody,
+    /// A 200 with no length, then an endless body (until the reader leaves).
+    Endless,
+    /// The same, chunked.
+    EndlessChunked,
+}
+
+impl Hostile {
+    fn name(self) -> &'static str {
+        match self {
+            Hostile::Stall => "stall",
+            Hostile::StallBody => "stall_body",
+            Hostile::Reset => "reset",
+            Hostile::Garbage => "garbage",
+            Hostile::BadJson => "bad_json",
+            Hostile::ShortBody => "short_body",
+            Hostile::Endless => "endless",
+            Hostile::EndlessChunked => "endless_chunked",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Hostile> {
+        [
+            Hostile::Stall,
+            Hostile::StallBody,
+            Hostile::Reset,
+            Hostile::Garbage,
+            Hostile::BadJson,
+            Hostile::ShortBody,
+            Hostile::Endless,
+            Hostile::EndlessChunked,
+        ]
+        .into_iter()
+        .find(|h| h.name() == s)
+    }
+}
+
+/// A handler answer that misbehaves on the wire instead of answering.
+pub fn hostile(how: Hostile) -> (u16, Value) {
+    let mut m = serde_json::Map::new();
+    m.insert(HOSTILE.into(), how.name().into());
+    (200, Value::Object(m))
+}
 
 /// A handler answer sent as `body` with `content_type` instead of JSON
 /// (e.g. the multipart answers of the federation media endpoints).
@@ -59,6 +119,9 @@ pub struct FakeServer {
     pub key: Arc<ServerKey>,
     handler: Arc<Mutex<Arc<Handler>>>,
     pub log: Arc<Mutex<Vec<Received>>>,
+    /// Body bytes written by hostile endless answers (how much the reader
+    /// took before it gave up).
+    pub hostile_bytes: Arc<AtomicU64>,
 }
 
 impl FakeServer {
@@ -89,24 +152,30 @@ impl FakeServer {
         let cfg = Arc::new(cfg);
         let handler: Arc<Mutex<Arc<Handler>>> = Arc::new(Mutex::new(Arc::new(Box::new(|_| None))));
         let log = Arc::new(Mutex::new(Vec::new()));
+        let hostile_bytes = Arc::new(AtomicU64::new(0));
         let key_body = {
             let now = hearth::primitives::unix_ms();
             serde_json::to_value(key.key_server_response(now, 86_400_000).unwrap()).unwrap()
         };
         {
-            let (handler, log) = (handler.clone(), log.clone());
+            let (handler, log, bytes) = (handler.clone(), log.clone(), hostile_bytes.clone());
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     let Ok(tcp) = conn else { continue };
-                    let (cfg, handler, log, key_body) =
-                        (cfg.clone(), handler.clone(), log.clone(), key_body.clone());
+                    let (cfg, handler, log, key_body, bytes) = (
+                        cfg.clone(),
+                        handler.clone(),
+                        log.clone(),
+                        key_body.clone(),
+                        bytes.clone(),
+                    );
                     std::thread::spawn(move || {
                         let _ = tcp.set_read_timeout(Some(Duration::from_secs(60)));
                         let Ok(tls) = rustls::ServerConnection::new(cfg) else {
                             return;
                         };
                         let stream = rustls::StreamOwned::new(tls, tcp);
-                        serve(stream, &handler, &log, &key_body);
+                        serve(stream, &handler, &log, &key_body, &bytes);
                     });
                 }
             });
@@ -117,6 +186,7 @@ impl FakeServer {
             key,
             handler,
             log,
+            hostile_bytes,
         }
     }
 
@@ -142,11 +212,14 @@ impl FakeServer {
     }
 }
 
-fn serve<S: Read + Write>(
-    stream: S,
+type Tls = rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>;
+
+fn serve(
+    stream: Tls,
     handler: &Mutex<Arc<Handler>>,
     log: &Mutex<Vec<Received>>,
     key_body: &Value,
+    hostile_bytes: &AtomicU64,
 ) {
     let mut r = BufReader::new(stream);
     loop {
@@ -195,6 +268,13 @@ fn serve<S: Read + Write>(
                 json!({"errcode": "M_UNRECOGNIZED", "error": "not here"}),
             ))
         };
+        if let Some(how) = answer
+            .get(HOSTILE)
+            .and_then(Value::as_str)
+            .and_then(Hostile::from_name)
+        {
+            return misbehave(r.into_inner(), how, hostile_bytes);
+        }
         let raw = match (
             answer.get(RAW_BODY).and_then(Value::as_str),
             answer.get(RAW_HEX).and_then(Value::as_str),
@@ -226,4 +306,76 @@ fn serve<S: Read + Write>(
         }
         let _ = w.flush();
     }
+}
+
+/// Plays one [`Hostile`] answer, then drops the connection.
+fn misbehave(mut s: Tls, how: Hostile, written: &AtomicU64) {
+    const JSON_200: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n";
+    let stall = || std::thread::sleep(Duration::from_secs(60));
+    let _ = match how {
+        Hostile::Stall => {
+            let _ = s.flush();
+            stall();
+            Ok(())
+        }
+        Hostile::StallBody => {
+            let _ = write!(s, "{JSON_200}Content-Length: 1000\r\n\r\n{{");
+            let _ = s.flush();
+            stall();
+            Ok(())
+        }
+        Hostile::Reset => {
+            use std::os::fd::AsRawFd;
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt on our own socket with a valid struct;
+            // closing it then sends RST instead of FIN.
+            unsafe {
+                libc::setsockopt(
+                    s.sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &linger as *const libc::linger as *const libc::c_void,
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+            Ok(())
+        }
+        Hostile::Garbage => s
+            .write_all(b"\x16\x03\x01 SSH-2.0-garbage\0\xff\xfe not http at all\r\n\r\n")
+            .and_then(|_| s.flush()),
+        Hostile::BadJson => {
+            let body = "{\"displayname\": \"cut";
+            write!(s, "{JSON_200}Content-Length: {}\r\n\r\n{body}", body.len())
+                .and_then(|_| s.flush())
+        }
+        Hostile::ShortBody => {
+            write!(s, "{JSON_200}Content-Length: 1000\r\n\r\n{{\"a\": 1").and_then(|_| s.flush())
+        }
+        Hostile::Endless | Hostile::EndlessChunked => {
+            let chunked = how == Hostile::EndlessChunked;
+            let framing = if chunked {
+                "Transfer-Encoding: chunked\r\n"
+            } else {
+                "Connection: close\r\n"
+            };
+            let mut res = write!(s, "{JSON_200}{framing}\r\n[");
+            let piece = vec![b' '; 64 * 1024];
+            while res.is_ok() {
+                res = if chunked {
+                    write!(s, "{:x}\r\n", piece.len())
+                        .and_then(|_| s.write_all(&piece))
+                        .and_then(|_| s.write_all(b"\r\n"))
+                } else {
+                    s.write_all(&piece)
+                };
+                if res.is_ok() {
+                    written.fetch_add(piece.len() as u64, Ordering::Relaxed);
+                }
+            }
+            res
+        }
+    };
 }

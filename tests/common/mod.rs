@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_server;
+pub mod faults;
 pub mod fed;
 pub mod node;
 pub mod synapse;
