@@ -20,6 +20,7 @@ pub mod mesh;
 pub mod observability;
 pub mod primitives;
 pub mod push;
+pub mod ratelimit;
 pub mod rooms;
 pub mod server;
 pub mod shard;

@@ -73,6 +73,9 @@ impl Hearth {
             .env("HEARTH_DATA_DIR", data_dir.path())
             .env("HEARTH_LISTENERS__0__PORT", "0")
             .env("HEARTH_LISTENERS__0__ADDRESS", "127.0.0.1")
+            // Suites are not rate limited; a test that wants limits sets
+            // them (Opts::env) and overrides this.
+            .env("HEARTH_RATE_LIMITS__ENABLED", "false")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in &opts.env {
