@@ -8,6 +8,7 @@ pub mod cli;
 mod error;
 pub mod openid;
 pub mod password;
+pub mod secret;
 pub mod store;
 pub mod tokens;
 pub mod username;

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::uia::{self, Outcome, Uia};
+use crate::auth::secret::secrets_equal;
 use crate::auth::store::{self, NewSession, NewUser};
 use crate::auth::{self, password, tokens, username, AuthError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
@@ -157,7 +158,12 @@ pub async fn token_validity(state: Rc<ShardState>, req: Request) -> HandlerResul
     let given = req
         .query_param("token")
         .ok_or_else(|| MatrixError::missing_param("Missing 'token'"))?;
-    let valid = state.config.registration.token.as_deref() == Some(&*given);
+    let valid = state
+        .config
+        .registration
+        .token
+        .as_deref()
+        .is_some_and(|ours| secrets_equal(given.as_bytes(), ours.as_bytes()));
     Ok(Response::json(200, &json!({ "valid": valid })))
 }
 

@@ -58,14 +58,21 @@ pub async fn login(state: Rc<ShardState>, req: Request) -> HandlerResult {
     check_on_owner(
         &state,
         user_id.as_str(),
-        &[(Op::Peek, Action::LoginFailed), (Op::Take, Action::LoginAccount)],
+        &[
+            (Op::Peek, Action::LoginFailed),
+            (Op::Take, Action::LoginAccount),
+        ],
     )
     .await?;
     match check_password(&state, &user_id, pw).await {
         Ok(()) => {}
         Err(e @ AuthError::BadCredentials) => {
-            check_on_owner(&state, user_id.as_str(), &[(Op::Record, Action::LoginFailed)])
-                .await?;
+            check_on_owner(
+                &state,
+                user_id.as_str(),
+                &[(Op::Record, Action::LoginFailed)],
+            )
+            .await?;
             return Err(e.into());
         }
         Err(e) => return Err(e.into()),

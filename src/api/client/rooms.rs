@@ -10,10 +10,10 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::{self, Requester};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
+use crate::ratelimit::Action;
 use crate::rooms::create::{to_canonical_json, CreateRoomRequest};
 use crate::rooms::EventRequest;
 use crate::rooms::{alias, client};
-use crate::ratelimit::Action;
 use crate::shard_state::ShardState;
 
 use crate::api::util::{json_body, optional_json_body};
@@ -224,7 +224,9 @@ pub async fn join(state: Rc<ShardState>, req: Request) -> HandlerResult {
     state.limits.take(Action::JoinRoom, room_id.as_str())?;
     match crate::federation::join::candidates(&state, &who.user_id, &room_id, via).await? {
         Some(servers) if !servers.is_empty() => {
-            state.limits.take(Action::JoinRemote, who.user_id.as_str())?;
+            state
+                .limits
+                .take(Action::JoinRemote, who.user_id.as_str())?;
             crate::federation::join::join_remote(&state, &who.user_id, &room_id, &servers).await?;
             return Ok(Response::json(200, &json!({ "room_id": room_id })));
         }
