@@ -147,7 +147,11 @@ fn registration_is_limited_per_ip() {
     assert!(wait > 90_000, "1 / 0.01 per second: {wait}");
     // Another address has its own bucket (whatever shard it lands on).
     let r = request_from("127.0.0.2", &h, "POST", &format!("{V3}/register"), &body);
-    assert_eq!(r.status, 401, "the UIA challenge, not a 429");
+    assert!(
+        r.status == 200 || r.status == 401,
+        "registered or challenged, not limited: {}",
+        String::from_utf8_lossy(&r.body)
+    );
 }
 
 #[test]

@@ -171,7 +171,7 @@ pub async fn check_on_owner(
                 Op::Record => st.limits.record(*a, &owned),
             }
         }
-        Ok(())
+        Ok::<(), Limited>(())
     };
     match on_shard(&state.mesh, target, Here::Inline, run).await {
         Ok(r) => r,
