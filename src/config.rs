@@ -76,6 +76,9 @@ pub struct Config {
     pub well_known: WellKnownSection,
     #[serde(default)]
     pub media: MediaSection,
+    /// Synapse's `rc_*` rate limits (`src/ratelimit/config.rs`).
+    #[serde(default)]
+    pub rate_limits: crate::ratelimit::RateLimitSection,
 }
 
 /// The content repository (client-server API, "Content repository").
@@ -570,6 +573,9 @@ impl Config {
                 ));
             }
         }
+        self.rate_limits
+            .validate()
+            .map_err(|(key, message)| key_err(key, message))?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(key_err(
                 "log.level",

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod observability;
 pub mod primitives;
 pub mod push;
+pub mod ratelimit;
 pub mod rooms;
 pub mod server;
 pub mod shard;

@@ -72,6 +72,17 @@ HEARTH_LISTENERS__0__PORT=8448; unknown keys and bad values stop hearth at start
   max_pending_uploads = 5         # open POST /media/v1/create reservations per user
   unused_expiration_ms = 86400000 max_image_pixels = 32000000
 
+  [rate_limits]                   # Synapse's rc_*; 429 M_LIMIT_EXCEEDED + retry_after_ms
+  enabled = true                  # false: all off (each below also has enabled = false)
+  message = { per_second = 0.2, burst_count = 10 }        # events per user
+  registration = { per_second = 0.17, burst_count = 3 }   # accounts per IP
+  login.address = { per_second = 0.003, burst_count = 5 } # also login.account;
+  login.failed_attempts = { per_second = 0.17, burst_count = 3 }  # per account
+  joins.local = { per_second = 0.1, burst_count = 10 }    # joins.remote 0.01/10
+  joins_per_room = { per_second = 1, burst_count = 10 }
+  federation = { window_size_ms = 1000, sleep_limit = 10, sleep_delay_ms = 500,
+                 reject_limit = 50, concurrent = 3 }      # per origin server
+
   [log]
   format = \"text\"                 # text | json
   level = \"info\"                  # tracing filter, e.g. \"hearth=debug,info\"

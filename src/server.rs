@@ -254,6 +254,7 @@ async fn shard_main(
         &config.federation,
         fed.nameservers,
     ));
+    let config_limits = config.rate_limits.clone();
     let state = Rc::new(ShardState {
         info,
         config,
@@ -267,6 +268,7 @@ async fn shard_main(
         notifier,
         federation,
         push_tls: fed.push_tls,
+        limits: crate::ratelimit::Limits::new(&config_limits),
     });
     shard_state::install(state.clone());
     // Only now may jobs from other shards run here: they reach this shard's

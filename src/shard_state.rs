@@ -45,6 +45,9 @@ pub struct ShardState {
     /// TLS client config for `https://` push gateways (federation's, or
     /// one without certificate checks under `push.verify_gateway_tls = false`).
     pub push_tls: Arc<rustls::ClientConfig>,
+    /// This shard's rate-limit buckets (`ratelimit`: which are consulted
+    /// where).
+    pub limits: crate::ratelimit::Limits,
 }
 
 thread_local! {

@@ -26,7 +26,7 @@ start_hearth_fed() {
         HEARTH_LISTENERS__1__TLS_PRIVATE_KEY=$H_DIR/fed.key \
         HEARTH_FEDERATION__ALLOW_IP_RANGES='["127.0.0.0/8"]' \
         HEARTH_FEDERATION__VERIFY_PEER_TLS=false \
-        HEARTH_LOG__ACCESS_LOG=false \
+        HEARTH_LOG__ACCESS_LOG=false HEARTH_RATE_LIMITS__ENABLED=false \
         "$HEARTH_BIN" serve >"$H_DIR/hearth.log" 2>&1 &
     H_PID=$!
     for _ in $(seq 1 600); do

@@ -36,7 +36,7 @@ run() {
     chmod 0755 "$dir"
     HEARTH_SERVER_NAME=localhost HEARTH_SHARDS=$SHARDS HEARTH_DATA_DIR=$dir \
         HEARTH_LISTENERS__0__PORT=$PORT HEARTH_LISTENERS__0__ADDRESS=127.0.0.1 \
-        HEARTH_LOG__ACCESS_LOG=false HEARTH_PUSH__ENABLED=$push \
+        HEARTH_RATE_LIMITS__ENABLED=false HEARTH_LOG__ACCESS_LOG=false HEARTH_PUSH__ENABLED=$push \
         "$HEARTH_BIN" serve >"$dir/hearth.log" 2>&1 &
     local pid=$!
     for _ in $(seq 1 600); do

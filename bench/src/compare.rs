@@ -126,6 +126,7 @@ fn start_hearth(a: &CompareArgs) -> anyhow::Result<Server> {
         .env("HEARTH_LISTENERS__0__PORT", a.hearth_port.to_string())
         .env("HEARTH_LISTENERS__0__ADDRESS", "127.0.0.1")
         .env("HEARTH_LOG__ACCESS_LOG", "false")
+        .env("HEARTH_RATE_LIMITS__ENABLED", "false")
         .stdout(log.try_clone()?)
         .stderr(log)
         .stdin(Stdio::null())

@@ -55,6 +55,7 @@ fn start_hearth() -> Hearth {
         .env("HEARTH_LISTENERS__0__PORT", "0")
         .env("HEARTH_LISTENERS__0__ADDRESS", "127.0.0.1")
         .env("HEARTH_LOG__ACCESS_LOG", "false")
+        .env("HEARTH_RATE_LIMITS__ENABLED", "false")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -212,6 +212,14 @@ impl From<MediaError> for MatrixError {
     }
 }
 
+/// A rate limit (client-server API "Rate limiting"): 429
+/// `M_LIMIT_EXCEEDED` with `retry_after_ms` and `Retry-After`.
+impl From<crate::ratelimit::Limited> for MatrixError {
+    fn from(e: crate::ratelimit::Limited) -> Self {
+        MatrixError::limit_exceeded(Some(e.retry_after_ms))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

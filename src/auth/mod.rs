@@ -10,6 +10,7 @@ mod error;
 pub mod openid;
 pub mod password;
 pub mod registration_tokens;
+pub mod secret;
 pub mod store;
 pub mod tokens;
 pub mod username;

@@ -30,6 +30,8 @@ pub struct Opts {
     pub env: Vec<(String, String)>,
     /// Run in a child whose seccomp filter refuses io_uring_setup with EPERM.
     pub deny_io_uring: bool,
+    /// Also read stderr into the log (tests of what hearth prints).
+    pub capture_stderr: bool,
 }
 
 impl Opts {
@@ -74,8 +76,15 @@ impl Hearth {
             .env("HEARTH_DATA_DIR", data_dir.path())
             .env("HEARTH_LISTENERS__0__PORT", "0")
             .env("HEARTH_LISTENERS__0__ADDRESS", "127.0.0.1")
+            // Suites are not rate limited; a test that wants limits sets
+            // them (Opts::env) and overrides this.
+            .env("HEARTH_RATE_LIMITS__ENABLED", "false")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if opts.capture_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
@@ -89,6 +98,18 @@ impl Hearth {
         let mut child = cmd.spawn().expect("spawn hearth");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
+        if let Some(stderr) = child.stderr.take() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("[hearth stderr] {line}");
+                    if tx.send(format!("[stderr] {line}")).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };

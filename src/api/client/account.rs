@@ -10,9 +10,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::uia::{self, Outcome, Uia};
+use crate::auth::secret::secrets_equal;
 use crate::auth::store::{self, NewSession, NewUser};
 use crate::auth::{self, password, registration_tokens, tokens, username, AuthError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
+use crate::ratelimit::{check_on_owner, Action, Op};
 use crate::shard_state::ShardState;
 
 use crate::api::util::{client_ip, json_body, optional_json_body, validate_device_id};
@@ -45,6 +47,12 @@ pub async fn register(state: Rc<ShardState>, req: Request) -> HandlerResult {
         Some(_) => return Err(MatrixError::invalid_param("Invalid kind")),
     }
     ensure_registration_enabled(&state)?;
+    // `rc_registration`: accounts created per IP. Checked first, counted
+    // once an account exists, so the UIA round trips cost nothing.
+    let ip = client_ip(&req);
+    if let Some(ip) = &ip {
+        check_on_owner(&state, ip, &[(Op::Peek, Action::Registration)]).await?;
+    }
     let body: RegisterBody = req.json()?;
     let server = state.config.server_name.clone();
     // Checked before the auth flow (as Synapse does), so a client learns a
@@ -114,6 +122,9 @@ pub async fn register(state: Rc<ShardState>, req: Request) -> HandlerResult {
         .await;
         match created {
             Ok(created) => {
+                if let Some(ip) = &ip {
+                    check_on_owner(&state, ip, &[(Op::Record, Action::Registration)]).await?;
+                }
                 let mut out = json!({ "user_id": user_id, "home_server": server });
                 if let Some(c) = created {
                     out["access_token"] = c.access_token.into();
@@ -149,7 +160,12 @@ pub async fn token_validity(state: Rc<ShardState>, req: Request) -> HandlerResul
         .query_param("token")
         .ok_or_else(|| MatrixError::missing_param("Missing 'token'"))?;
     let now = crate::primitives::unix_ms_i64();
-    let valid = state.config.registration.token.as_deref() == Some(&*given)
+    let valid = state
+        .config
+        .registration
+        .token
+        .as_deref()
+        .is_some_and(|ours| secrets_equal(given.as_bytes(), ours.as_bytes()))
         || registration_tokens::is_valid(&state.db, &given, now).await?;
     Ok(Response::json(200, &json!({ "valid": valid })))
 }

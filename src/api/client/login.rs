@@ -9,6 +9,7 @@ use super::uia::password_credentials;
 use crate::auth::store::{self, NewSession};
 use crate::auth::{self, password, username, AuthError};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
+use crate::ratelimit::{check_on_owner, Action, Op};
 use crate::shard_state::ShardState;
 
 use crate::api::util::{client_ip, validate_device_id};
@@ -47,16 +48,34 @@ pub async fn login(state: Rc<ShardState>, req: Request) -> HandlerResult {
     }
     let display_name = opt_string(&body, "initial_device_display_name")?;
     let server = state.config.server_name.clone();
-    let user_id = username::resolve_login_user(&user, &server).ok_or(AuthError::BadCredentials)?;
-    let info = store::login_info(&state.db, &user_id)
-        .await?
-        .ok_or(AuthError::BadCredentials)?;
-    if info.deactivated {
-        return Err(AuthError::Deactivated.into());
+    // `rc_login.address`: every attempt from this IP counts.
+    if let Some(ip) = client_ip(&req) {
+        check_on_owner(&state, &ip, &[(Op::Take, Action::LoginAddress)]).await?;
     }
-    let hash = info.password_hash.ok_or(AuthError::BadCredentials)?;
-    if !password::verify(pw, hash).await? {
-        return Err(AuthError::BadCredentials.into());
+    let user_id = username::resolve_login_user(&user, &server).ok_or(AuthError::BadCredentials)?;
+    // `rc_login.failed_attempts` (per account, from any IP: a lockout an
+    // attacker cannot dodge by changing address) and `rc_login.account`.
+    check_on_owner(
+        &state,
+        user_id.as_str(),
+        &[
+            (Op::Peek, Action::LoginFailed),
+            (Op::Take, Action::LoginAccount),
+        ],
+    )
+    .await?;
+    match check_password(&state, &user_id, pw).await {
+        Ok(()) => {}
+        Err(e @ AuthError::BadCredentials) => {
+            check_on_owner(
+                &state,
+                user_id.as_str(),
+                &[(Op::Record, Action::LoginFailed)],
+            )
+            .await?;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
     }
     let new = NewSession {
         device_id,
@@ -80,6 +99,26 @@ pub async fn login(state: Rc<ShardState>, req: Request) -> HandlerResult {
             "home_server": server,
         }),
     ))
+}
+
+/// Whether `pw` is `user_id`'s password (`BadCredentials` when not, or
+/// when there is no such account or it has no password).
+async fn check_password(
+    state: &ShardState,
+    user_id: &ruma::UserId,
+    pw: String,
+) -> Result<(), AuthError> {
+    let info = store::login_info(&state.db, user_id)
+        .await?
+        .ok_or(AuthError::BadCredentials)?;
+    if info.deactivated {
+        return Err(AuthError::Deactivated);
+    }
+    let hash = info.password_hash.ok_or(AuthError::BadCredentials)?;
+    if !password::verify(pw, hash).await? {
+        return Err(AuthError::BadCredentials);
+    }
+    Ok(())
 }
 
 /// `POST /logout`: this token's device goes, and with it the token.

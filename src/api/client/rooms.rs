@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::{self, Requester};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
+use crate::ratelimit::Action;
 use crate::rooms::create::{to_canonical_json, CreateRoomRequest};
 use crate::rooms::EventRequest;
 use crate::rooms::{alias, client};
@@ -72,6 +73,8 @@ pub async fn create_room(state: Rc<ShardState>, req: Request) -> HandlerResult {
 /// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
 pub async fn send(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = user(&state, &req).await?;
+    // `rc_message`, shard-local (crate::ratelimit).
+    state.limits.take(Action::Message, who.user_id.as_str())?;
     let room_id = room_param(&req)?;
     let event_type = req.param_str("eventType")?.into_owned();
     let txn = req.param_str("txnId")?.into_owned();
@@ -103,6 +106,8 @@ fn state_key_param(req: &Request) -> Result<String, MatrixError> {
 /// `PUT /rooms/{roomId}/state/{eventType}[/{stateKey}]`.
 pub async fn put_state(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = user(&state, &req).await?;
+    // `rc_message`, shard-local (crate::ratelimit).
+    state.limits.take(Action::Message, who.user_id.as_str())?;
     let room_id = room_param(&req)?;
     let event_type = req.param_str("eventType")?.into_owned();
     let state_key = state_key_param(&req)?;
@@ -222,8 +227,12 @@ pub async fn join(state: Rc<ShardState>, req: Request) -> HandlerResult {
         ));
     }
     let body: ReasonBody = optional_json_body(&req)?;
+    state.limits.take(Action::JoinRoom, room_id.as_str())?;
     match crate::federation::join::candidates(&state, &who.user_id, &room_id, via).await? {
         Some(servers) if !servers.is_empty() => {
+            state
+                .limits
+                .take(Action::JoinRemote, who.user_id.as_str())?;
             crate::federation::join::join_remote(&state, &who.user_id, &room_id, &servers).await?;
             return Ok(Response::json(200, &json!({ "room_id": room_id })));
         }
@@ -232,6 +241,7 @@ pub async fn join(state: Rc<ShardState>, req: Request) -> HandlerResult {
         // first (it may not have come through /send yet).
         None => crate::federation::join::apply_kept_invite(&state, &who.user_id, &room_id).await?,
     }
+    state.limits.take(Action::JoinLocal, who.user_id.as_str())?;
     let target = who.user_id.to_string();
     membership(
         &state,

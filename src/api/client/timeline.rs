@@ -182,6 +182,9 @@ struct RedactBody {
 /// shard checks the target and the sender's right to redact it.
 pub async fn redact(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let who = auth::require_user(&state, &req).await?;
+    state
+        .limits
+        .take(crate::ratelimit::Action::Message, who.user_id.as_str())?;
     let room_id = room_param(&req)?;
     let target = event_param(&req)?;
     let txn = req.param_str("txnId")?.into_owned();

@@ -8,11 +8,13 @@ use ruma::canonical_json::CanonicalJsonValue;
 
 use crate::federation::x_matrix::{request_json, verify_signature, XMatrix};
 use crate::http::{MatrixError, Request};
+use crate::ratelimit::OriginPermit;
 use crate::shard_state::ShardState;
 
-/// The authenticated origin server of a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin(pub String);
+/// The authenticated origin server of a request. It holds the origin's
+/// `rc_federation` slot (`ratelimit::OriginLimits`) until the handler
+/// drops it.
+pub struct Origin(pub String, #[allow(dead_code)] OriginPermit);
 
 fn unauthorized(msg: &'static str) -> MatrixError {
     MatrixError::unauthorized(msg)
@@ -67,7 +69,10 @@ pub async fn authenticate(state: &ShardState, req: &Request) -> Result<Origin, M
             }
         };
         if verify_signature(&signed, &key, &h.sig) {
-            return Ok(Origin(origin));
+            // Limited after the signature: a forger cannot spend another
+            // server's allowance.
+            let permit = state.limits.federation.enter(&origin).await?;
+            return Ok(Origin(origin, permit));
         }
     }
     Err(unauthorized("Invalid X-Matrix signature"))
