@@ -11,6 +11,7 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
 use super::client::{FedError, Target};
 use super::{x_matrix, Federation};
+use crate::http::names_unrecognized as unrecognized;
 use crate::media::multipart::{self, Part};
 
 /// What a remote server gave for a media id.
@@ -53,15 +54,6 @@ impl From<FedError> for FetchError {
             other => FetchError::Failed(other.to_string()),
         }
     }
-}
-
-/// Whether an error body names `M_UNRECOGNIZED` (an unknown endpoint,
-/// spec "Unsupported endpoints"), as opposed to unknown media.
-fn unrecognized(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("errcode")?.as_str().map(|c| c == "M_UNRECOGNIZED"))
-        .unwrap_or(false)
 }
 
 /// Room for the JSON part and headers around the content.

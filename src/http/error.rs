@@ -53,6 +53,16 @@ impl Serialize for MatrixError {
     }
 }
 
+/// Whether a peer's error body names `M_UNRECOGNIZED`: the endpoint is
+/// unknown there (spec "Unsupported endpoints"), as opposed to the thing
+/// asked for. Here because errcodes, ours and peers', are the HTTP edge's.
+pub fn names_unrecognized(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("errcode")?.as_str().map(|c| c == "M_UNRECOGNIZED"))
+        .unwrap_or(false)
+}
+
 macro_rules! ctor {
     ($(#[$doc:meta])* $name:ident, $status:expr, $code:expr) => {
         $(#[$doc])*
@@ -306,6 +316,15 @@ mod tests {
         let e = MatrixError::forbidden("x").with_field("errcode", "M_HACK");
         let v: Value = serde_json::from_slice(&e.to_json_bytes()).unwrap();
         assert_eq!(v["errcode"], "M_FORBIDDEN");
+    }
+
+    #[test]
+    fn unrecognized_bodies_are_told_apart() {
+        assert!(names_unrecognized(
+            br#"{"errcode":"M_UNRECOGNIZED","error":"x"}"#
+        ));
+        assert!(!names_unrecognized(br#"{"errcode":"M_NOT_FOUND"}"#));
+        assert!(!names_unrecognized(b"<html>"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod tls;
 
 pub use access::redact_query;
 pub use config::HttpConfig;
-pub use error::MatrixError;
+pub use error::{names_unrecognized, MatrixError};
 pub use request::{Headers, Method, Request};
 pub use response::{reason, Response};
 pub use router::{HandlerResult, Router};
