@@ -69,10 +69,7 @@ impl AdmissionSection {
             }
         }
         if self.queue_timeout_ms == 0 {
-            return Err((
-                "admission.queue_timeout_ms",
-                "must be at least 1".into(),
-            ));
+            return Err(("admission.queue_timeout_ms", "must be at least 1".into()));
         }
         Ok(())
     }
@@ -122,10 +119,10 @@ impl Admission {
             }
         };
         Admission {
-            initial_sync: gate("initial sync", cfg.initial_syncs),
-            large_messages: gate("large /messages", cfg.large_messages),
-            room_state: gate("room state", cfg.room_state),
-            state_resolution: gate("state resolution", cfg.state_resolutions),
+            initial_sync: gate("initial_sync", cfg.initial_syncs),
+            large_messages: gate("large_messages", cfg.large_messages),
+            room_state: gate("room_state", cfg.room_state),
+            state_resolution: gate("state_resolution", cfg.state_resolutions),
             large_messages_limit: if cfg.enabled {
                 cfg.large_messages_limit
             } else {
@@ -215,7 +212,13 @@ mod tests {
             });
             let held = a.enter(Work::InitialSync, "@a:x").await.unwrap();
             let e = a.enter(Work::InitialSync, "@b:x").await.unwrap_err();
-            assert!(matches!(e, Overloaded::TimedOut { gate: "initial sync", .. }));
+            assert!(matches!(
+                e,
+                Overloaded::TimedOut {
+                    gate: "initial_sync",
+                    ..
+                }
+            ));
             // Other gates are independent.
             drop(a.enter(Work::RoomState, "@b:x").await.unwrap());
             drop(held);

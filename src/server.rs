@@ -241,11 +241,13 @@ async fn shard_main(
     )
     .await
     {
-        Ok(r) => Rc::new(r.with_resolution_gate(
-            admission
-                .gate(crate::admission::Work::StateResolution)
-                .clone(),
-        )),
+        Ok(r) => Rc::new(
+            r.with_resolution_gate(
+                admission
+                    .gate(crate::admission::Work::StateResolution)
+                    .clone(),
+            ),
+        ),
         Err(e) => {
             tracing::error!(shard = id, error = %e, "cannot open the room service");
             std::process::exit(1);

@@ -135,7 +135,7 @@ impl Rooms {
             pipelines: Default::default(),
             servers: RefCell::new(LruCache::new(cap(HEAD_CACHE))),
             backfill_floor: std::cell::Cell::new(None),
-            resolutions: crate::primitives::FairGate::open("state resolution"),
+            resolutions: crate::primitives::FairGate::open("state_resolution"),
         })
     }
 
