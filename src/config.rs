@@ -79,6 +79,9 @@ pub struct Config {
     /// Synapse's `rc_*` rate limits (`src/ratelimit/config.rs`).
     #[serde(default)]
     pub rate_limits: crate::ratelimit::RateLimitSection,
+    /// Per-shard caps on expensive requests (`src/admission.rs`).
+    #[serde(default)]
+    pub admission: crate::admission::AdmissionSection,
 }
 
 /// The content repository (client-server API, "Content repository").
@@ -574,6 +577,9 @@ impl Config {
             }
         }
         self.rate_limits
+            .validate()
+            .map_err(|(key, message)| key_err(key, message))?;
+        self.admission
             .validate()
             .map_err(|(key, message)| key_err(key, message))?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for how a request flows through shards,
 //! the mesh, caches and the database.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod blocking;

@@ -83,6 +83,10 @@ HEARTH_LISTENERS__0__PORT=8448; unknown keys and bad values stop hearth at start
   federation = { window_size_ms = 1000, sleep_limit = 10, sleep_delay_ms = 500,
                  reject_limit = 50, concurrent = 3 }      # per origin server
 
+  [admission]                     # per-shard caps on initial syncs, big /messages, /members,
+  initial_syncs = 4               # /state, state resolutions; the rest queue fairly per user
+  max_queued = 2000               # then 503 M_LIMIT_EXCEEDED (see README \"Admission\")
+
   [log]
   format = \"text\"                 # text | json
   level = \"info\"                  # tracing filter, e.g. \"hearth=debug,info\"

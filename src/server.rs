@@ -230,6 +230,7 @@ async fn shard_main(
             std::process::exit(1);
         }
     };
+    let admission = crate::admission::Admission::new(&config.admission);
     let rooms = match Rooms::open(
         id,
         n,
@@ -240,7 +241,13 @@ async fn shard_main(
     )
     .await
     {
-        Ok(r) => Rc::new(r),
+        Ok(r) => Rc::new(
+            r.with_resolution_gate(
+                admission
+                    .gate(crate::admission::Work::StateResolution)
+                    .clone(),
+            ),
+        ),
         Err(e) => {
             tracing::error!(shard = id, error = %e, "cannot open the room service");
             std::process::exit(1);
@@ -269,6 +276,7 @@ async fn shard_main(
         federation,
         push_tls: fed.push_tls,
         limits: crate::ratelimit::Limits::new(&config_limits),
+        admission,
     });
     shard_state::install(state.clone());
     // Only now may jobs from other shards run here: they reach this shard's

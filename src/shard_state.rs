@@ -48,6 +48,8 @@ pub struct ShardState {
     /// This shard's rate-limit buckets (`ratelimit`: which are consulted
     /// where).
     pub limits: crate::ratelimit::Limits,
+    /// This shard's caps on expensive requests (`admission`).
+    pub admission: crate::admission::Admission,
 }
 
 thread_local! {

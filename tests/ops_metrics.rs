@@ -221,6 +221,8 @@ fn metrics_listener_serves_the_expected_families() {
         ("hearth_db_pool_in_flight", "gauge"),
         ("hearth_db_pool_waiters", "gauge"),
         ("hearth_sync_parked", "gauge"),
+        ("hearth_admission_running", "gauge"),
+        ("hearth_admission_queued", "gauge"),
         ("hearth_federation_queued_edus", "gauge"),
         ("hearth_federation_backoff_seconds", "gauge"),
         ("hearth_federation_pending_pdus", "gauge"),

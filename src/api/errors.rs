@@ -66,6 +66,16 @@ impl From<DbError> for MatrixError {
     }
 }
 
+/// A shard's cap on expensive requests (`admission`): back-pressure, as a
+/// full pool is — 503 `M_LIMIT_EXCEEDED` with a retry hint; clients (e.g.
+/// matrix-js-sdk's sync loop) retry after it.
+impl From<crate::admission::Overloaded> for MatrixError {
+    fn from(e: crate::admission::Overloaded) -> Self {
+        tracing::info!(error = %e, "expensive request refused; the client may retry");
+        MatrixError::limit_exceeded(Some(1000)).with_status(503)
+    }
+}
+
 impl From<MeshError> for MatrixError {
     fn from(e: MeshError) -> Self {
         internal("cross-shard call", &e)
@@ -171,6 +181,7 @@ impl From<SyncError> for MatrixError {
             SyncError::Room(e) => e.into(),
             SyncError::Ephemeral(e) => e.into(),
             SyncError::Internal(m) => internal("sync", &Bug(&m)),
+            SyncError::Overloaded(e) => e.into(),
         }
     }
 }

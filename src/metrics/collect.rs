@@ -146,6 +146,23 @@ pub fn shard_families(state: &ShardState) -> Families {
         shard(),
         state.notifier.parked_syncs() as f64,
     );
+    for (gate, running, queued) in state.admission.load() {
+        let labels = || vec![("shard", id.to_string()), ("gate", gate.to_owned())];
+        f.scalar(
+            "hearth_admission_running",
+            "Expensive requests running on the shard, per admission gate.",
+            Kind::Gauge,
+            labels(),
+            running as f64,
+        );
+        f.scalar(
+            "hearth_admission_queued",
+            "Expensive requests waiting for their turn, per admission gate.",
+            Kind::Gauge,
+            labels(),
+            queued as f64,
+        );
+    }
     federation_queues(&mut f);
     f
 }

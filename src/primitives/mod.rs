@@ -4,6 +4,7 @@
 //! built on `Rc`/`RefCell`/`Cell`; cross-shard traffic goes through the mesh.
 
 pub mod clock;
+pub mod fair_gate;
 pub mod future_cache;
 pub mod linearizer;
 pub mod notify;
@@ -12,6 +13,7 @@ pub mod shared_future;
 pub mod task;
 
 pub use clock::{timeout, unix_ms, unix_ms_i64, Clock, ClockHandle, Elapsed, FakeClock, RealClock};
+pub use fair_gate::{FairGate, Full, GatePermit};
 pub use future_cache::FutureCache;
 pub use linearizer::{Linearizer, LinearizerGuard};
 pub use notify::{Notified, Notify};

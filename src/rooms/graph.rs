@@ -182,6 +182,8 @@ pub fn parse_for_resolution(raw: Vec<RawEvent>) -> Result<EventMap, RoomError> {
 pub struct Resolver<'a> {
     pub db: &'a Pool,
     pub cache: &'a std::cell::RefCell<lru::LruCache<Vec<i64>, Rc<StateMap>>>,
+    /// Big resolutions (the blocking pool's) take turns (`admission`).
+    pub gate: &'a crate::primitives::FairGate,
 }
 
 impl Resolver<'_> {
@@ -210,6 +212,17 @@ impl Resolver<'_> {
         let resolved = match trivially_resolved(&states) {
             Some(s) => s,
             None => {
+                // The loaded events and their parsed copies are the memory
+                // of a resolution: only a few big ones at once per shard,
+                // owed work, so it waits rather than fails.
+                let _permit = match distinct_events(&states) > INLINE_RESOLUTION_EVENTS {
+                    true => self
+                        .gate
+                        .enter_unbounded(key_room(&states).as_str())
+                        .await
+                        .ok(),
+                    false => None,
+                };
                 let raw = load_for_resolution(self.db, &states).await?;
                 let uncommitted = uncommitted.cloned();
                 let owned: Vec<StateMap> = states.iter().map(|s| (*s).clone()).collect();
@@ -249,6 +262,16 @@ impl Resolver<'_> {
         self.cache.borrow_mut().put(key, s.clone());
         Ok(s)
     }
+}
+
+/// A room's turn key for the resolution gate: its create event, which
+/// every state of the room holds (the resolver is not told the room id).
+fn key_room(states: &[&StateMap]) -> String {
+    states
+        .iter()
+        .find_map(|s| s.get(&("m.room.create".to_owned(), String::new())))
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn distinct_events(states: &[&StateMap]) -> usize {

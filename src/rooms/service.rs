@@ -79,6 +79,9 @@ pub struct Rooms {
     /// Lowest stream position given to a backfilled event (`None`: not
     /// read yet; `rooms::backfill`).
     pub(super) backfill_floor: std::cell::Cell<Option<i64>>,
+    /// Big state resolutions take turns per room (`admission`; open until
+    /// [`Rooms::with_resolution_gate`]).
+    pub(super) resolutions: crate::primitives::FairGate,
 }
 
 thread_local! {
@@ -132,7 +135,15 @@ impl Rooms {
             pipelines: Default::default(),
             servers: RefCell::new(LruCache::new(cap(HEAD_CACHE))),
             backfill_floor: std::cell::Cell::new(None),
+            resolutions: crate::primitives::FairGate::open("state_resolution"),
         })
+    }
+
+    /// Caps the big state resolutions run at once on this shard (the
+    /// shard's `admission` gate).
+    pub fn with_resolution_gate(mut self, gate: crate::primitives::FairGate) -> Rooms {
+        self.resolutions = gate;
+        self
     }
 
     /// This shard's stream writer.
@@ -150,6 +161,7 @@ impl Rooms {
         Resolver {
             db: &self.db,
             cache: &self.states,
+            gate: &self.resolutions,
         }
     }
 

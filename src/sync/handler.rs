@@ -109,6 +109,19 @@ pub async fn sync(
             }
         }
     }
+    // An initial or full-state sync builds every joined room's state and
+    // timeline in memory: at most a few per shard at once, one turn per
+    // user (`admission`). Incremental syncs are small and never wait here.
+    let _permit = if ctx.since.is_none() || p.full_state {
+        Some(
+            state
+                .admission
+                .enter(crate::admission::Work::InitialSync, user.as_str())
+                .await?,
+        )
+    } else {
+        None
+    };
     ctx.current = notifier.current();
     let before = cache.stats();
     let body = compute(&ctx, &cache, &notifier).await?;

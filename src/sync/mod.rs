@@ -78,6 +78,9 @@ pub enum SyncError {
     Ephemeral(#[from] crate::ephemeral::EphError),
     #[error("{0}")]
     Internal(String),
+    /// Too many initial syncs on the shard already (`admission`).
+    #[error(transparent)]
+    Overloaded(#[from] crate::admission::Overloaded),
 }
 
 impl crate::error::Retryable for SyncError {
@@ -86,6 +89,7 @@ impl crate::error::Retryable for SyncError {
             SyncError::Db(e) => e.retryable(),
             SyncError::Room(e) => e.retryable(),
             SyncError::Ephemeral(e) => e.retryable(),
+            SyncError::Overloaded(_) => true,
             SyncError::Filter(_) | SyncError::UnknownFilter(_) | SyncError::Internal(_) => false,
         }
     }

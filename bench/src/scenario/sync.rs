@@ -195,10 +195,15 @@ pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<RunReport> {
                 let mut rec = Recorder::new(window, progress);
                 let token = fx.users[m].token.clone();
                 let mut conn = Conn::new(target.addr, &target.host_header);
+                // All K first (initial) syncs start at once: the burst the
+                // server's admission gate queues (bench/RESULTS.md
+                // "sync-burst"); `first-sync` is each one's wait + work.
+                let t0 = Instant::now();
                 let Some(mut since) = first_token(&mut conn, &token, &mut rec, &window).await
                 else {
                     return rec;
                 };
+                rec.ok("first-sync", t0.elapsed());
                 let mut seen_round = 0;
                 while !window.over() {
                     fan.borrow_mut().parked += 1;
@@ -322,7 +327,7 @@ pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<RunReport> {
         server_header,
         params,
         measured,
-        &["delivery", "delivery-from-send", "send"],
+        &["delivery", "delivery-from-send", "send", "first-sync"],
     );
     r.notes.push(format!(
         "delivery = time from the send's response to each of {k} members' long-poll sync response carrying the message; one round at a time; a member answered before the send's response counts 0 there. delivery-from-send = from the send request's start (independent of when the sender's response was written)"

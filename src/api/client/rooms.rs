@@ -8,6 +8,7 @@ use ruma::{OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::admission::Work;
 use crate::auth::{self, Requester};
 use crate::http::{HandlerResult, MatrixError, Request, Response};
 use crate::ratelimit::Action;
@@ -167,6 +168,11 @@ pub async fn get_state(state: Rc<ShardState>, req: Request) -> HandlerResult {
     if !crate::rooms::partial::wait_full(&state.db, &room_id, MEMBERS_WAIT).await? {
         tracing::info!(room = %room_id, "state of a partial-state room answered before its resync");
     }
+    // The whole state of a big room is built in memory (`admission`).
+    let _permit = state
+        .admission
+        .enter(Work::RoomState, who.user_id.as_str())
+        .await?;
     let events = client::get_state(&state.mesh, who.user_id, room_id).await?;
     Ok(Response::json(200, &events))
 }
@@ -387,6 +393,11 @@ pub async fn members(state: Rc<ShardState>, req: Request) -> HandlerResult {
     if !crate::rooms::partial::wait_full(&state.db, &room_id, MEMBERS_WAIT).await? {
         tracing::info!(room = %room_id, "members of a partial-state room answered before its resync");
     }
+    // Every member event of a big room is built in memory (`admission`).
+    let _permit = state
+        .admission
+        .enter(Work::RoomState, who.user_id.as_str())
+        .await?;
     if let Some(at) = super::timeline::token_param(&req, "at")? {
         let chunk = super::timeline::members_at(
             &state,

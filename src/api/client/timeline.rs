@@ -18,6 +18,7 @@ use crate::rooms::timeline::{Dir, PageToken, RoomToken};
 use crate::rooms::{client, forget, EventRequest, Viewer};
 use crate::shard_state::ShardState;
 
+use crate::admission::Work;
 use crate::api::util::json_body;
 
 /// Default `limit` of `/messages` and `/context` (spec: 10).
@@ -85,6 +86,17 @@ pub async fn messages(state: Rc<ShardState>, req: Request) -> HandlerResult {
         to: token_param(&req, "to")?,
         limit: limit_param(&req)?,
         filter: filter_param(&req)?,
+    };
+    // A page of hundreds of events (and their serialised JSON) is built in
+    // memory: large pages take turns per shard (`admission`).
+    let _permit = match state.admission.is_large_page(q.limit) {
+        true => Some(
+            state
+                .admission
+                .enter(Work::LargeMessages, who.user_id.as_str())
+                .await?,
+        ),
+        false => None,
     };
     let me = viewer(&who);
     let ask = |q: MessagesQuery| {
