@@ -16,7 +16,7 @@ impl Retryable for crate::db::DbError {
     fn retryable(&self) -> bool {
         use crate::db::DbError as D;
         match self {
-            D::Busy | D::Timeout | D::Io(_) | D::Closed(_) => true,
+            D::Busy | D::Unavailable | D::Timeout | D::Io(_) | D::Closed(_) => true,
             _ => self.is_retryable_transaction(),
         }
     }

@@ -163,3 +163,48 @@ fn lost_connection_errors_every_waiter_at_once() {
         ));
     })
 }
+
+/// A server that is down fails callers at once with `Unavailable` (the
+/// HTTP edge answers 503), instead of each waiting `acquire_timeout`.
+#[test]
+fn a_down_server_fails_callers_at_once() {
+    let cluster = hearth::db::testing::TestCluster::start().expect("private cluster");
+    let url = cluster.fresh_database().url();
+    run(async move {
+        let cfg = hearth::db::ConnectConfig::from_url(&url).unwrap();
+        let pool = Pool::connect(
+            cfg,
+            PoolConfig {
+                size: 2,
+                acquire_timeout: Duration::from_secs(30),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(!pool.is_down());
+        cluster.shutdown();
+        // The supervisors notice the lost connections and fail to reconnect.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pool.is_down() {
+            assert!(
+                Instant::now() < deadline,
+                "the pool never saw the server down"
+            );
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = Instant::now();
+        for _ in 0..50 {
+            assert!(matches!(
+                pool.query("SELECT 1", &[]).await,
+                Err(DbError::Unavailable)
+            ));
+        }
+        // Far below the 30 s acquire timeout: nothing waited.
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+}

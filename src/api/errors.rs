@@ -59,10 +59,20 @@ impl Retryable for Bug<'_> {
 /// overloaded worker the same way).
 impl From<DbError> for MatrixError {
     fn from(e: DbError) -> Self {
-        match e {
-            DbError::Busy => MatrixError::limit_exceeded(Some(100)).with_status(503),
-            other => internal("database operation", &other),
+        db_error("database operation", &e)
+    }
+}
+
+/// A database error as the client sees it. Busy is back-pressure; a
+/// database that is down is 503 at once, and logged where the pool saw it
+/// go down (once), not per request.
+fn db_error(what: &str, e: &DbError) -> MatrixError {
+    match e {
+        DbError::Busy => MatrixError::limit_exceeded(Some(100)).with_status(503),
+        DbError::Unavailable => {
+            MatrixError::new(503, "M_UNKNOWN", "The database is unavailable; retry later")
         }
+        other => internal(what, other),
     }
 }
 
@@ -113,10 +123,7 @@ impl From<AuthError> for MatrixError {
             A::NotFound(_) => MatrixError::not_found(msg),
             A::BadRequest(_) => MatrixError::bad_request(msg),
             A::Busy => MatrixError::limit_exceeded(Some(1000)),
-            A::Db(e) => match e.as_ref() {
-                DbError::Busy => MatrixError::limit_exceeded(Some(100)).with_status(503),
-                other => internal("account operation", other),
-            },
+            A::Db(e) => db_error("account operation", &e),
             A::Internal(m) => internal("account operation", &Bug(&m)),
         }
     }

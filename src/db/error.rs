@@ -50,6 +50,10 @@ pub enum DbError {
     /// A value could not be converted to or from its SQL form.
     #[error("database type error: {0}")]
     Type(String),
+    /// No connection to the server could be had: it is down or
+    /// unreachable (HTTP 503 upstream, at once rather than after a hang).
+    #[error("database unavailable")]
+    Unavailable,
     /// Too many queries queued or in flight: shed load (HTTP 503 upstream).
     #[error("database busy: too many queries in flight")]
     Busy,

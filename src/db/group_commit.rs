@@ -317,6 +317,7 @@ fn duplicate(e: &DbError) -> DbError {
         DbError::Io(io) => DbError::Io(std::io::Error::new(io.kind(), io.to_string())),
         DbError::Closed(s) => DbError::Closed(s.clone()),
         DbError::Busy => DbError::Busy,
+        DbError::Unavailable => DbError::Unavailable,
         DbError::Timeout => DbError::Timeout,
         DbError::RolledBack => DbError::RolledBack,
         other => DbError::Closed(other.to_string()),

@@ -43,7 +43,9 @@ impl Default for PoolConfig {
             acquire_timeout: Duration::from_secs(2),
             query_timeout: None,
             backoff_initial: Duration::from_millis(20),
-            backoff_max: Duration::from_secs(5),
+            // Short: a restarted PostgreSQL must be in use again within a
+            // second or so, and a refused connect costs next to nothing.
+            backoff_max: Duration::from_secs(1),
         }
     }
 }
@@ -58,6 +60,10 @@ struct PoolInner {
     reconnects: Cell<u64>,
     /// Operations waiting for a live connection (all are reconnecting).
     waiting: Cell<usize>,
+    /// The last connect attempt failed and no connection was made since:
+    /// the server is down, so callers fail at once instead of each waiting
+    /// `acquire_timeout` (a request must not hang on a dead database).
+    down: Cell<bool>,
 }
 
 /// A snapshot of a pool's use (metrics).
@@ -108,6 +114,7 @@ impl Pool {
             ready: WaitList::default(),
             reconnects: Cell::new(0),
             waiting: Cell::new(0),
+            down: Cell::new(false),
         });
         for i in 0..size {
             monoio::spawn(supervise(Rc::downgrade(&inner), i));
@@ -192,17 +199,30 @@ impl Pool {
             .cloned()
     }
 
+    /// Whether the database looks down: no live connection, and the last
+    /// attempt to open one failed.
+    pub fn is_down(&self) -> bool {
+        self.inner.down.get() && self.pick().is_none()
+    }
+
     /// A connection to use directly (e.g. for migrations), waiting up to
-    /// `acquire_timeout` while all are reconnecting.
+    /// `acquire_timeout` while all are reconnecting; at once
+    /// [`DbError::Unavailable`] when the server is known to be down.
     pub async fn connection(&self) -> Result<Connection, DbError> {
         if let Some(c) = self.pick() {
             return Ok(c);
         }
+        if self.inner.down.get() {
+            return Err(DbError::Unavailable);
+        }
         let inner = &self.inner;
         inner.waiting.set(inner.waiting.get() + 1);
         let _waiting = scopeguard(|| inner.waiting.set(inner.waiting.get().saturating_sub(1)));
+        // Woken by a fresh connection, and by a failed connect (the server
+        // is down: stop waiting for it).
         let wait = poll_fn(|cx| match self.pick() {
-            Some(c) => Poll::Ready(c),
+            Some(c) => Poll::Ready(Ok(c)),
+            None if self.inner.down.get() => Poll::Ready(Err(DbError::Unavailable)),
             None => {
                 self.inner.ready.register(cx.waker());
                 Poll::Pending
@@ -210,7 +230,7 @@ impl Pool {
         });
         monoio::time::timeout(self.inner.pcfg.acquire_timeout, wait)
             .await
-            .map_err(|_| DbError::Closed("no database connection available".into()))
+            .unwrap_or(Err(DbError::Unavailable))
     }
 
     /// Run `op` on a picked connection under the in-flight bound and the
@@ -340,10 +360,19 @@ async fn supervise(pool: Weak<PoolInner>, idx: usize) {
                 if let Some(s) = p.slots.borrow_mut().get_mut(idx) {
                     *s = Some(conn);
                 }
+                if p.down.replace(false) {
+                    tracing::info!(target: "hearth::db", "database reachable again");
+                }
                 p.ready.wake_all();
                 backoff = None;
             }
             Err(e) => {
+                if let Some(p) = pool.upgrade() {
+                    if !p.down.replace(true) {
+                        tracing::error!(target: "hearth::db", "database unreachable; requests fail at once until it is back: {e}");
+                    }
+                    p.ready.wake_all();
+                }
                 let next = backoff.map_or(initial, |b| (b * 2).min(max));
                 tracing::warn!(target: "hearth::db", slot = idx, retry_in = ?next, "database connect failed: {e}");
                 backoff = Some(next);
