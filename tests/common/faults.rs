@@ -147,3 +147,76 @@ pub fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
         }
     }
 }
+
+/// One request to a server that may be dead, dying or failing: the
+/// response, or why there was none. Never panics and never waits much past
+/// `limit` (connect, write and every read are bounded).
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    limit: Duration,
+) -> Result<Resp, String> {
+    let mut s = TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("connect: {e}"))?;
+    let _ = s.set_nodelay(true);
+    s.set_write_timeout(Some(limit))
+        .map_err(|e| e.to_string())?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .and_then(|_| s.write_all(body))
+        .map_err(|e| format!("write: {e}"))?;
+    // Read until the head and `Content-Length` bytes of body are in (not
+    // until close: the answer's time is what the test measures).
+    let until = Instant::now() + limit;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let (at, status, headers, len) = loop {
+        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..at]).into_owned();
+            let mut lines = head.split("\r\n");
+            let status: u16 = lines
+                .next()
+                .and_then(|l| l.split(' ').nth(1))
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| format!("bad status line in {head:?}"))?;
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect();
+            let len = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if raw.len() >= at + 4 + len {
+                break (at, status, headers, len);
+            }
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no complete answer within {limit:?}"));
+        }
+        s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        match s.read(&mut buf) {
+            Ok(0) => return Err(format!("closed after {} bytes", raw.len())),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    };
+    let body = &raw[at + 4..];
+    Ok(Resp {
+        status,
+        headers,
+        body: body[..len].to_vec(),
+    })
+}
