@@ -6,6 +6,7 @@
 //! ID stays inside its segment; parameters are decoded on access
 //! ([`Request::param`]).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -104,10 +105,27 @@ pub(crate) enum Lookup<'a, S> {
     NotFound,
 }
 
+/// Which patterns can match a path, so a lookup tries a handful instead of
+/// all of them (hundreds: the scan was ~6 % of an idle `/sync`'s CPU).
+/// Every list holds indices into `Router::patterns`, in its order, so the
+/// first match is the one the full scan finds (a test pins it).
+#[derive(Default)]
+struct Index {
+    /// Patterns with no parameter, by their exact path: `/sync`,
+    /// `/versions`. Such a pattern has the most literals its length can
+    /// have, so when it matches it is the scan's first match too.
+    exact: HashMap<Box<str>, usize>,
+    /// Patterns without a wildcard by segment count (`nsegs`).
+    by_len: HashMap<usize, Vec<usize>>,
+    /// Patterns with a wildcard (they sort last).
+    wildcards: Vec<usize>,
+}
+
 /// A routing table from (method, path pattern) to async handlers that get
 /// the shard's state `Rc<S>` and the request.
 pub struct Router<S> {
     patterns: Vec<Pattern<S>>,
+    index: Index,
     /// The largest of the routes' own body limits (0: none has one).
     largest_body_limit: usize,
 }
@@ -122,6 +140,7 @@ impl<S: 'static> Router<S> {
     pub fn new() -> Self {
         Router {
             patterns: Vec::new(),
+            index: Index::default(),
             largest_body_limit: 0,
         }
     }
@@ -174,7 +193,39 @@ impl<S: 'static> Router<S> {
         // literal segments first; registration order otherwise (stable).
         self.patterns
             .sort_by_key(|p| (p.wildcard, std::cmp::Reverse(p.literals)));
+        self.reindex();
         self
+    }
+
+    /// Rebuilds the index after the pattern list changed (start-up only).
+    fn reindex(&mut self) {
+        let mut index = Index::default();
+        for (i, p) in self.patterns.iter().enumerate() {
+            if p.wildcard {
+                index.wildcards.push(i);
+                continue;
+            }
+            if p.params == 0 {
+                index.exact.insert(p.raw.as_str().into(), i);
+            }
+            index.by_len.entry(p.fixed).or_default().push(i);
+        }
+        self.index = index;
+    }
+
+    /// The patterns that match `path` (with `nsegs` slashes), in scan
+    /// order.
+    fn candidates<'a, 'p>(
+        &'a self,
+        path: &'p str,
+        nsegs: usize,
+    ) -> impl Iterator<Item = &'a Pattern<S>> + use<'a, 'p, S> {
+        let same_len = self.index.by_len.get(&nsegs).map_or(&[][..], |v| &v[..]);
+        same_len
+            .iter()
+            .chain(&self.index.wildcards)
+            .map(|&i| &self.patterns[i])
+            .filter(move |p| p.matches(path, nsegs))
     }
 
     pub fn get<F, Fut>(self, pattern: &str, handler: F) -> Self
@@ -239,9 +290,8 @@ impl<S: 'static> Router<S> {
         }
         let nsegs = path.bytes().filter(|b| *b == b'/').count();
         let p = self
-            .patterns
-            .iter()
-            .find(|p| p.matches(path, nsegs) && p.handler(method).is_some())?;
+            .candidates(path, nsegs)
+            .find(|p| p.handler(method).is_some())?;
         p.body_limits
             .iter()
             .find(|(m, _)| m == method)
@@ -264,34 +314,135 @@ impl<S: 'static> Router<S> {
         if !path.starts_with('/') {
             return Lookup::NotFound;
         }
+        // The hot routes (`/sync`, `/versions`) have no parameter: one hash.
+        if let Some(&i) = self.index.exact.get(path) {
+            let p = &self.patterns[i];
+            if let Some(h) = handler_or_head(p, method) {
+                return Lookup::Found(h, Params::new(), &p.route);
+            }
+        }
         let nsegs = path.bytes().filter(|b| *b == b'/').count();
-        let mut allowed: Option<String> = None;
+        resolve(self.candidates(path, nsegs), method, path)
+    }
+
+    /// [`Router::lookup`] by scanning every pattern: what the index must
+    /// agree with.
+    #[cfg(test)]
+    fn lookup_linear(&self, method: &Method, path: &str) -> Lookup<'_, S> {
+        if !path.starts_with('/') {
+            return Lookup::NotFound;
+        }
+        let nsegs = path.bytes().filter(|b| *b == b'/').count();
+        resolve(
+            self.patterns.iter().filter(|p| p.matches(path, nsegs)),
+            method,
+            path,
+        )
+    }
+}
+
+#[cfg(test)]
+impl<S: 'static> Router<S> {
+    /// Panics unless the index answers as the full scan for paths made
+    /// from every registered pattern (parameters filled several ways, one
+    /// segment fewer and one more) under every method.
+    pub(crate) fn assert_index_agrees_with_scan(&self) {
+        let fills = ["x", "%21r%3Ahs", "", "a.b"];
+        let mut paths = vec!["/".to_owned(), "/nope".to_owned(), "*".to_owned()];
         for p in &self.patterns {
-            if !p.matches(path, nsegs) {
-                continue;
-            }
-            let h = p.handler(method).or_else(|| {
-                (*method == Method::Head)
-                    .then(|| p.handler(&Method::Get))
-                    .flatten()
-            });
-            if let Some(h) = h {
-                return Lookup::Found(h, p.params(path), &p.route);
-            }
-            let allow = allowed.get_or_insert_with(String::new);
-            for (m, _) in &p.handlers {
-                if !allow.split(", ").any(|a| a == m.as_str()) {
-                    if !allow.is_empty() {
-                        allow.push_str(", ");
+            for fill in fills {
+                let mut path = String::new();
+                for seg in &p.segments {
+                    path.push('/');
+                    match seg {
+                        Segment::Literal(l) => path.push_str(l),
+                        Segment::Param(_) => path.push_str(fill),
+                        Segment::Rest(_) => path.push_str(&format!("{fill}/{fill}")),
                     }
-                    allow.push_str(m.as_str());
                 }
+                if let Some((head, _)) = path.rsplit_once('/') {
+                    paths.push(if head.is_empty() {
+                        "/".into()
+                    } else {
+                        head.to_owned()
+                    });
+                }
+                paths.push(format!("{path}/{fill}"));
+                paths.push(path);
             }
         }
-        match allowed {
-            Some(a) => Lookup::MethodNotAllowed(a),
-            None => Lookup::NotFound,
+        let methods = [
+            Method::Get,
+            Method::Head,
+            Method::Post,
+            Method::Put,
+            Method::Delete,
+            Method::Options,
+        ];
+        let key = |l: Lookup<'_, S>| match l {
+            Lookup::Found(h, params, route) => {
+                format!("found {route} {:p} {params:?}", h as *const Handler<S>)
+            }
+            Lookup::MethodNotAllowed(a) => format!("405 {a}"),
+            Lookup::NotFound => "404".to_owned(),
+        };
+        for path in &paths {
+            for m in &methods {
+                assert_eq!(
+                    key(self.lookup(m, path)),
+                    key(self.lookup_linear(m, path)),
+                    "{m} {path}"
+                );
+                // Route body limits come from the same lookup.
+                let linear = match self.lookup_linear(m, path) {
+                    Lookup::Found(_, _, route) if self.largest_body_limit > 0 => self
+                        .patterns
+                        .iter()
+                        .find(|p| Rc::ptr_eq(&p.route, route))
+                        .and_then(|p| p.body_limits.iter().find(|(bm, _)| bm == m))
+                        .map(|(_, n)| *n),
+                    _ => None,
+                };
+                assert_eq!(self.body_limit_for(m, path), linear, "{m} {path}");
+            }
         }
+    }
+}
+
+/// The pattern's handler for `method`; `HEAD` falls back to `GET`.
+fn handler_or_head<'a, S>(p: &'a Pattern<S>, method: &Method) -> Option<&'a Handler<S>> {
+    p.handler(method).or_else(|| {
+        (*method == Method::Head)
+            .then(|| p.handler(&Method::Get))
+            .flatten()
+    })
+}
+
+/// The first of the matching patterns with a handler for `method`; else
+/// 405 with every method the matching patterns have, or 404.
+fn resolve<'a, S: 'a>(
+    matching: impl Iterator<Item = &'a Pattern<S>>,
+    method: &Method,
+    path: &str,
+) -> Lookup<'a, S> {
+    let mut allowed: Option<String> = None;
+    for p in matching {
+        if let Some(h) = handler_or_head(p, method) {
+            return Lookup::Found(h, p.params(path), &p.route);
+        }
+        let allow = allowed.get_or_insert_with(String::new);
+        for (m, _) in &p.handlers {
+            if !allow.split(", ").any(|a| a == m.as_str()) {
+                if !allow.is_empty() {
+                    allow.push_str(", ");
+                }
+                allow.push_str(m.as_str());
+            }
+        }
+    }
+    match allowed {
+        Some(a) => Lookup::MethodNotAllowed(a),
+        None => Lookup::NotFound,
     }
 }
 
@@ -427,6 +578,14 @@ mod tests {
             router().body_limit_for(&Method::Put, "/rooms/!a/send/m.x/t"),
             None
         );
+    }
+
+    #[test]
+    fn the_index_answers_as_the_linear_scan() {
+        router().assert_index_agrees_with_scan();
+        router()
+            .body_limit(Method::Put, "/rooms/{roomId}/send/{eventType}/{txnId}", 99)
+            .assert_index_agrees_with_scan();
     }
 
     #[test]

@@ -264,3 +264,26 @@ fn ephemeral_routes(r: Router<ShardState>) -> Router<ShardState> {
     let r = key_backup::routes(r);
     push::routes(r)
 }
+
+#[cfg(test)]
+mod router_tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    /// The router's index agrees with a full scan over the real route
+    /// tables (the hand-made table in `http::router` is small).
+    #[test]
+    fn the_real_routers_index_answers_as_the_linear_scan() {
+        let config = Config::from_toml_str(
+            "server_name = \"localhost\"",
+            Path::new("<test>"),
+            &BTreeMap::new(),
+        )
+        .expect("default config");
+        super::client_router(&config).assert_index_agrees_with_scan();
+        crate::api::federation::federation_router().assert_index_agrees_with_scan();
+        crate::api::metrics::metrics_router().assert_index_agrees_with_scan();
+    }
+}
