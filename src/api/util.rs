@@ -8,10 +8,15 @@ use crate::http::{MatrixError, Request};
 /// `M_NOT_JSON`, as Synapse answers (it used to count as `{}`, so
 /// `/createRoom` and `/send` accepted nothing at all).
 pub fn json_body<T: DeserializeOwned>(req: &Request) -> Result<T, MatrixError> {
-    if is_empty(req) {
+    json_bytes(&req.body)
+}
+
+/// [`json_body`] over the body's bytes.
+pub fn json_bytes<T: DeserializeOwned>(body: &[u8]) -> Result<T, MatrixError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
         return Err(MatrixError::not_json("Content not JSON."));
     }
-    req.json()
+    serde_json::from_slice(body).map_err(MatrixError::from)
 }
 
 /// The body as JSON where it is optional; an empty body counts as `{}`.

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::backend::{DataRowBody, Message, RowDescriptionBody};
 use postgres_protocol::message::frontend;
 
 use super::codec;
@@ -80,14 +80,7 @@ impl Inner {
             | Message::ParameterDescription(_)
             | Message::CopyInResponse(_) => {}
             Message::RowDescription(body) => {
-                let mut cols = Vec::new();
-                let mut fields = body.fields();
-                while let Some(f) = fields.next().map_err(DbError::protocol)? {
-                    cols.push(Column {
-                        name: f.name().to_owned(),
-                        type_oid: f.type_oid(),
-                    });
-                }
+                let cols = columns_of(&body)?;
                 match &mut p.kind {
                     Kind::Extended { describes, .. } => {
                         let stmt = describes
@@ -121,17 +114,7 @@ impl Inner {
                         }
                     }
                 }
-                Kind::Simple { rows, .. } => {
-                    let mut values = Vec::new();
-                    let mut ranges = body.ranges();
-                    while let Some(r) = ranges.next().map_err(DbError::protocol)? {
-                        values.push(r.map(|r| {
-                            String::from_utf8_lossy(body.buffer().get(r).unwrap_or_default())
-                                .into_owned()
-                        }));
-                    }
-                    rows.push(SimpleRow { values });
-                }
+                Kind::Simple { rows, .. } => rows.push(simple_row(&body)?),
             },
             Message::CommandComplete(body) => {
                 let tag = body.tag().map_err(DbError::protocol)?;
@@ -179,6 +162,94 @@ impl Inner {
             _ => return Err(DbError::Protocol("unexpected message from server".into())),
         }
         Ok(())
+    }
+}
+
+/// The columns a RowDescription announces.
+fn columns_of(body: &RowDescriptionBody) -> Result<Vec<Column>, DbError> {
+    let mut cols = Vec::new();
+    let mut fields = body.fields();
+    while let Some(f) = fields.next().map_err(DbError::protocol)? {
+        cols.push(Column {
+            name: f.name().to_owned(),
+            type_oid: f.type_oid(),
+        });
+    }
+    Ok(cols)
+}
+
+/// A row of the simple (text) protocol: every field as text or NULL.
+fn simple_row(body: &DataRowBody) -> Result<SimpleRow, DbError> {
+    let mut values = Vec::new();
+    let mut ranges = body.ranges();
+    while let Some(r) = ranges.next().map_err(DbError::protocol)? {
+        values.push(r.map(|r| {
+            String::from_utf8_lossy(body.buffer().get(r).unwrap_or_default()).into_owned()
+        }));
+    }
+    Ok(SimpleRow { values })
+}
+
+/// Decodes backend messages the way the connection's reader does, with
+/// no connection: every field of every message, each binary column read
+/// as each Rust type hearth reads columns as. The entry point of the
+/// `pg_backend` fuzz target (`fuzz/`): a server or proxy can send any
+/// bytes, and none of them may panic a shard.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct BackendInspector {
+    /// The last RowDescription's columns: what the next DataRows are read as.
+    columns: Option<Rc<[Column]>>,
+}
+
+impl BackendInspector {
+    /// Decodes `msg`; `Err` where the connection would fail or a read
+    /// would return an error.
+    pub fn feed(&mut self, msg: Message) -> Result<(), DbError> {
+        match msg {
+            Message::NoticeResponse(body) => {
+                log_notice(body.fields());
+            }
+            Message::ErrorResponse(body) => {
+                let err = DbError::from_fields(body.fields());
+                let _ = err.code();
+            }
+            Message::ParameterStatus(body) => {
+                body.name().map_err(DbError::protocol)?;
+                body.value().map_err(DbError::protocol)?;
+            }
+            Message::CommandComplete(body) => {
+                rows_affected(body.tag().map_err(DbError::protocol)?);
+            }
+            Message::RowDescription(body) => {
+                self.columns = Some(columns_of(&body)?.into());
+            }
+            Message::DataRow(body) => {
+                simple_row(&body)?;
+                if let Some(cols) = self.columns.clone() {
+                    read_all(&Row::new(cols, body)?);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Reads every column of `row` as every type hearth reads columns as;
+/// type mismatches are errors, which is all that is asked of them.
+fn read_all(row: &Row) {
+    for i in 0..row.len() {
+        let _ = row.get::<Option<bool>>(i);
+        let _ = row.get::<Option<i16>>(i);
+        let _ = row.get::<Option<i32>>(i);
+        let _ = row.get::<Option<i64>>(i);
+        let _ = row.get::<Option<String>>(i);
+        let _ = row.get::<Option<Vec<u8>>>(i);
+        let _ = row.get::<Option<serde_json::Value>>(i);
+        let _ = row.get::<Option<Vec<String>>>(i);
+        let _ = row.get::<Option<Vec<i64>>>(i);
+        let _ = row.get::<String>(i);
     }
 }
 

@@ -476,6 +476,21 @@ async fn resync(
     Ok(())
 }
 
+/// Reads an `m.device_list_update` EDU's content as [`apply`] does: the
+/// entry point of the `federation_response` fuzz target (`fuzz/`), since
+/// any server can send one.
+#[doc(hidden)]
+pub fn parse_device_list_update(content: &Value) -> Result<(), DeviceListError> {
+    Update::parse(content).map(drop)
+}
+
+/// Reads a `/user/devices/{user}` answer as a resync does: the entry point
+/// of the `federation_response` fuzz target.
+#[doc(hidden)]
+pub fn parse_user_devices(user: &str, answer: Map<String, Value>) -> Result<(), String> {
+    Snapshot::parse(user, answer).map(drop)
+}
+
 /// A `/user/devices` answer, checked: `(device_id, keys JSON or "",
 /// display name or "")` per device.
 struct Snapshot {

@@ -253,8 +253,11 @@ async fn process(
     Ok(())
 }
 
-/// Parses a list of PDUs of a response, with their event ids.
-pub(super) fn parse_pdus(
+/// Parses a list of PDUs of a response, with their event ids (those that
+/// are not objects, not canonical JSON or have no event id are dropped).
+/// Public (hidden) for the `federation_response` fuzz target.
+#[doc(hidden)]
+pub fn parse_pdus(
     list: Vec<Value>,
     version: RoomVersion,
 ) -> Vec<(OwnedEventId, CanonicalJsonObject)> {

@@ -18,7 +18,7 @@ use std::rc::Rc;
 
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use ruma::canonical_json::{CanonicalJsonObject, CanonicalJsonValue};
-use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::Value;
 
 use crate::events::{event_id_of, hash_and_sign, RoomVersion};
@@ -91,26 +91,8 @@ async fn join_via(
         .request_json(server, "GET", &path, None)
         .await
         .map_err(|e| remote("make_join", &e))?;
-    let version = made
-        .get("room_version")
-        .and_then(Value::as_str)
-        .unwrap_or("1");
-    let version = RoomVersion::parse(version).map_err(|e| remote("make_join", &e))?;
-    let mut template = made
-        .get("event")
-        .cloned()
-        .and_then(object)
-        .ok_or_else(|| remote("make_join", &"no event template"))?;
-    // What the resident server proposes must be our join to this room.
-    let is =
-        |k: &str, v: &str| matches!(template.get(k), Some(CanonicalJsonValue::String(s)) if s == v);
-    if !is("type", "m.room.member")
-        || !is("state_key", user.as_str())
-        || !is("sender", user.as_str())
-        || !is("room_id", room.as_str())
-    {
-        return Err(remote("make_join", &"the template is not our join"));
-    }
+    let (version, mut template) =
+        check_make_join(&made, user, room).map_err(|e| remote("make_join", &e))?;
     let mut content = CanonicalJsonObject::new();
     content.insert("membership".into(), "join".to_owned().into());
     if let Some(CanonicalJsonValue::Object(c)) = template.get("content") {
@@ -143,38 +125,13 @@ async fn join_via(
         .request_json(server, "PUT", &path, Some(&body))
         .await
         .map_err(|e| remote("send_join", &e))?;
-    // A restricted room's resident server adds its signature to our join.
-    let join = answer
-        .get("event")
-        .cloned()
-        .and_then(object)
-        .filter(|e| event_id_of(e, version).ok().as_ref() == Some(&join_id))
-        .unwrap_or(template);
-    let list = |k: &str| -> Vec<CanonicalJsonObject> {
-        answer
-            .get(k)
-            .and_then(Value::as_array)
-            .map(|a| a.iter().cloned().filter_map(object).collect())
-            .unwrap_or_default()
-    };
-    let state_events = list("state");
-    let auth_chain = list("auth_chain");
-    let partial = (answer.get("members_omitted").and_then(Value::as_bool) == Some(true))
-        .then(|| servers_in_room(&answer, server, state.key.server_name.as_str()));
-    let mut state_ids = Vec::with_capacity(state_events.len());
-    let mut all = Vec::with_capacity(state_events.len() + auth_chain.len());
-    for e in state_events {
-        let id = event_id_of(&e, version).map_err(|e| remote("send_join", &e))?;
-        state_ids.push(id.clone());
-        all.push((id, e));
-    }
-    let in_state: std::collections::HashSet<OwnedEventId> = state_ids.iter().cloned().collect();
-    for e in auth_chain {
-        let id = event_id_of(&e, version).map_err(|e| remote("send_join", &e))?;
-        if !in_state.contains(&id) {
-            all.push((id, e));
-        }
-    }
+    let SendJoinAnswer {
+        join,
+        state_ids,
+        events: all,
+        partial,
+    } = read_send_join(&answer, version, &join_id, template, server, state.key.server_name.as_str())
+        .map_err(|e| remote("send_join", &e))?;
     let mut verified = Vec::with_capacity(all.len());
     // A content hash mismatch comes back redacted (as the spec says for
     // received PDUs); in a state we would join on, it is a forgery.
@@ -212,6 +169,107 @@ async fn join_via(
         super::resync::kick_owner(state, room.clone()).await;
     }
     Ok(joined)
+}
+
+/// Checks a `make_join` answer: the room version (absent means "1", which
+/// we do not support) and that the template is our join to this room.
+/// Public (hidden) for the `federation_response` fuzz target: a resident
+/// server can answer anything.
+#[doc(hidden)]
+pub fn check_make_join(
+    made: &Value,
+    user: &UserId,
+    room: &RoomId,
+) -> Result<(RoomVersion, CanonicalJsonObject), String> {
+    let version = made
+        .get("room_version")
+        .and_then(Value::as_str)
+        .unwrap_or("1");
+    let version = RoomVersion::parse(version).map_err(|e| e.to_string())?;
+    let template = made
+        .get("event")
+        .cloned()
+        .and_then(object)
+        .ok_or("no event template")?;
+    // What the resident server proposes must be our join to this room.
+    let is =
+        |k: &str, v: &str| matches!(template.get(k), Some(CanonicalJsonValue::String(s)) if s == v);
+    if !is("type", "m.room.member")
+        || !is("state_key", user.as_str())
+        || !is("sender", user.as_str())
+        || !is("room_id", room.as_str())
+    {
+        return Err("the template is not our join".into());
+    }
+    Ok((version, template))
+}
+
+/// What a `send_join` answer brings, before any signature is checked.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SendJoinAnswer {
+    /// Our join, as the resident server co-signed it (restricted rooms)
+    /// or as we sent it.
+    pub join: CanonicalJsonObject,
+    /// The ids of the room state before our join.
+    pub state_ids: Vec<OwnedEventId>,
+    /// The state, then the auth chain events not in it, with their ids.
+    pub events: Vec<(OwnedEventId, CanonicalJsonObject)>,
+    /// With `members_omitted`: the servers to resync from.
+    pub partial: Option<Vec<String>>,
+}
+
+/// Reads a `send_join` v2 answer: our join (the answer's copy only if it
+/// is the same event), the state and the auth chain with their event ids
+/// (an event whose id cannot be computed refuses the whole answer).
+/// Public (hidden) for the `federation_response` fuzz target.
+#[doc(hidden)]
+pub fn read_send_join(
+    answer: &Value,
+    version: RoomVersion,
+    join_id: &OwnedEventId,
+    template: CanonicalJsonObject,
+    via: &str,
+    ours: &str,
+) -> Result<SendJoinAnswer, String> {
+    // A restricted room's resident server adds its signature to our join.
+    let join = answer
+        .get("event")
+        .cloned()
+        .and_then(object)
+        .filter(|e| event_id_of(e, version).ok().as_ref() == Some(join_id))
+        .unwrap_or(template);
+    let list = |k: &str| -> Vec<CanonicalJsonObject> {
+        answer
+            .get(k)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().cloned().filter_map(object).collect())
+            .unwrap_or_default()
+    };
+    let state_events = list("state");
+    let auth_chain = list("auth_chain");
+    let partial = (answer.get("members_omitted").and_then(Value::as_bool) == Some(true))
+        .then(|| servers_in_room(answer, via, ours));
+    let mut state_ids = Vec::with_capacity(state_events.len());
+    let mut events = Vec::with_capacity(state_events.len() + auth_chain.len());
+    for e in state_events {
+        let id = event_id_of(&e, version).map_err(|e| e.to_string())?;
+        state_ids.push(id.clone());
+        events.push((id, e));
+    }
+    let in_state: std::collections::HashSet<OwnedEventId> = state_ids.iter().cloned().collect();
+    for e in auth_chain {
+        let id = event_id_of(&e, version).map_err(|e| e.to_string())?;
+        if !in_state.contains(&id) {
+            events.push((id, e));
+        }
+    }
+    Ok(SendJoinAnswer {
+        join,
+        state_ids,
+        events,
+        partial,
+    })
 }
 
 /// Whom to ask for the rest of a partial room's state (and to send our

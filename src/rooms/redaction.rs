@@ -28,7 +28,7 @@ const DEFAULT_CREATOR_LEVEL: i64 = 100;
 /// `content.redacts` as clients may send through `PUT /send` (room_send.yaml:
 /// the server moves it top-level for versions before 11). Afterwards the
 /// target is in `req.redacts` only; `build_pdu` places it per room version.
-pub(crate) fn prepare(req: &mut EventRequest) -> Result<(), RoomError> {
+pub fn prepare(req: &mut EventRequest) -> Result<(), RoomError> {
     if req.event_type != REDACTION {
         return Ok(());
     }

@@ -149,7 +149,7 @@ impl Rooms {
 
 /// Spec server-server-api "Authorization rules" for `pdu` against its
 /// auth events: `Forbidden` with the reason.
-pub(super) fn check_auth(
+pub fn check_auth(
     version: RoomVersion,
     pdu: &Pdu,
     auth_pdus: &HashMap<(String, String), Rc<Pdu>>,

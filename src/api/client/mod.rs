@@ -18,6 +18,9 @@ mod rooms;
 mod sync;
 mod timeline;
 pub mod uia;
+
+#[doc(hidden)]
+pub use rooms::event_content;
 pub(super) mod versions;
 mod well_known;
 

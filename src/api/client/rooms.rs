@@ -17,7 +17,7 @@ use crate::rooms::EventRequest;
 use crate::rooms::{alias, client};
 use crate::shard_state::ShardState;
 
-use crate::api::util::{json_body, optional_json_body};
+use crate::api::util::{json_body, json_bytes, optional_json_body};
 
 /// Spec "Size limits": 64 KiB per event; a bigger body can never fit.
 const MAX_EVENT_BODY: usize = 65_536;
@@ -32,10 +32,19 @@ fn room_param(req: &Request) -> Result<OwnedRoomId, MatrixError> {
 }
 
 fn content_body(req: &Request) -> Result<ruma::CanonicalJsonObject, MatrixError> {
-    if req.body.len() > MAX_EVENT_BODY {
+    event_content(&req.body)
+}
+
+/// The content of a client's event (`PUT /send`, `PUT /state`) from the
+/// request body: bounded, a JSON object, canonical JSON (integers within
+/// ±(2^53−1), no floats). Public for the `canonical_json` and
+/// `event_content` fuzz targets (`fuzz/`): a client can send any bytes.
+#[doc(hidden)]
+pub fn event_content(body: &[u8]) -> Result<ruma::CanonicalJsonObject, MatrixError> {
+    if body.len() > MAX_EVENT_BODY {
         return Err(MatrixError::too_large("event content is too large"));
     }
-    let v: Map<String, Value> = json_body(req)?;
+    let v: Map<String, Value> = json_bytes(body)?;
     Ok(to_canonical_json(v)?)
 }
 
