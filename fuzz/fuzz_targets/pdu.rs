@@ -43,10 +43,10 @@ fn check(pdu: &CanonicalJsonObject, version: RoomVersion) {
     if let Ok(redacted) = redact(pdu, version) {
         // The event id is over the redacted event: redacting keeps it.
         if let Ok(id) = &id {
-            assert_eq!(event_id_of(&redacted, version).as_ref(), Ok(id));
+            assert_eq!(event_id_of(&redacted, version).ok().as_ref(), Some(id));
         }
         // Redaction is idempotent.
-        assert_eq!(redact(&redacted, version).as_ref(), Ok(&redacted));
+        assert_eq!(redact(&redacted, version).ok().as_ref(), Some(&redacted));
     }
     let event_id = id.unwrap_or_else(|_| OwnedEventId::try_from("$fuzz").unwrap());
     if let Ok(p) = Pdu::from_json(event_id, pdu.clone(), version) {
