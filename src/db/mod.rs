@@ -32,6 +32,6 @@ pub use group_commit::{GroupCommit, GroupCommitConfig, GroupCommitStats, Write};
 pub use pool::{Pool, PoolConfig, PoolUsage};
 
 pub use transaction::Transaction;
+pub use types::{Column, FromSql, Row, SimpleRow, SqlType, SqlValue, ToSql};
 #[doc(hidden)]
 pub use wire::BackendInspector;
-pub use types::{Column, FromSql, Row, SimpleRow, SqlType, SqlValue, ToSql};

@@ -130,8 +130,15 @@ async fn join_via(
         state_ids,
         events: all,
         partial,
-    } = read_send_join(&answer, version, &join_id, template, server, state.key.server_name.as_str())
-        .map_err(|e| remote("send_join", &e))?;
+    } = read_send_join(
+        &answer,
+        version,
+        &join_id,
+        template,
+        server,
+        state.key.server_name.as_str(),
+    )
+    .map_err(|e| remote("send_join", &e))?;
     let mut verified = Vec::with_capacity(all.len());
     // A content hash mismatch comes back redacted (as the spec says for
     // received PDUs); in a state we would join on, it is a forgery.
