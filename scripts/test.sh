@@ -13,3 +13,5 @@ cargo test --workspace --no-fail-fast
 HEARTH_TEST_LEGACY_DRIVER=1 cargo test --test http_server
 # The client-API suites once more on a single shard: "1 and several shards".
 HEARTH_TEST_SHARDS=1 cargo test $(for t in tests/api_*.rs; do printf -- '--test %s ' "$(basename "$t" .rs)"; done)
+# Fuzz every parser of untrusted input for a bounded time (docs/fuzzing.md).
+./scripts/fuzz.sh
