@@ -79,7 +79,10 @@ fn room(version: RoomVersion, key: &ServerKey, alice: &OwnedUserId) -> Room {
         )
         .unwrap();
         let room_id = signed.room_id.clone();
-        (room_id, Pdu::from_json(signed.event_id, signed.pdu, version).unwrap())
+        (
+            room_id,
+            Pdu::from_json(signed.event_id, signed.pdu, version).unwrap(),
+        )
     };
     let v12 = version.room_id_from_create_event();
     let create_content = create_event_content(version, alice, &[]).unwrap();

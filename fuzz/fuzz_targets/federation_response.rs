@@ -29,7 +29,12 @@ fn keys(v: &Value) {
         assert!(!k.verify_keys.is_empty());
     }
     // A notary's answer is a list of such objects.
-    for s in v.get("server_keys").and_then(Value::as_array).into_iter().flatten() {
+    for s in v
+        .get("server_keys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Ok(s) = serde_json::from_value::<CanonicalJsonObject>(s.clone()) {
             let _ = check_key_response(s, "domain", NOW_MS);
         }

@@ -22,8 +22,10 @@ type HeadOutcome = Result<Option<(String, BodyFraming)>, ParseError>;
 fn head(data: &[u8], split: usize) -> (HeadOutcome, BytesMut) {
     let mut buf = BytesMut::from(&data[..split]);
     let mut out = parse_head(&mut buf, LIMITS);
+    // The rest arrives by the next read, whether or not the head was
+    // complete already (then it is the start of the body).
+    buf.extend_from_slice(&data[split..]);
     if matches!(out, Ok(None)) && split < data.len() {
-        buf.extend_from_slice(&data[split..]);
         out = parse_head(&mut buf, LIMITS);
     }
     (out.map(|h| h.map(|h| (format!("{h:?}"), h.framing))), buf)
@@ -34,8 +36,8 @@ fn chunked(data: &[u8], split: usize) -> (Result<bool, ParseError>, Vec<u8>, usi
     let mut dec = ChunkedDecoder::new(LIMITS);
     let mut buf = BytesMut::from(&data[..split]);
     let mut out = dec.decode(&mut buf);
+    buf.extend_from_slice(&data[split..]);
     if matches!(out, Ok(false)) {
-        buf.extend_from_slice(&data[split..]);
         out = dec.decode(&mut buf);
     }
     let left = buf.len();
