@@ -33,6 +33,7 @@ struct FedShared {
     tls: Arc<rustls::ClientConfig>,
     /// For `https://` push gateways.
     push_tls: Arc<rustls::ClientConfig>,
+    http_pushers: Arc<crate::push::gateway::HttpPushers>,
     nameservers: Vec<SocketAddr>,
 }
 
@@ -128,6 +129,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         old_keys,
         tls: fed_tls,
         push_tls,
+        http_pushers: Arc::default(),
         nameservers,
     };
     let db = (database.connect.clone(), database.pool.clone(), key, fed);
@@ -275,6 +277,7 @@ async fn shard_main(
         notifier,
         federation,
         push_tls: fed.push_tls,
+        http_pushers: fed.http_pushers,
         limits: crate::ratelimit::Limits::new(&config_limits),
         admission,
     });

@@ -45,6 +45,8 @@ pub struct ShardState {
     /// TLS client config for `https://` push gateways (federation's, or
     /// one without certificate checks under `push.verify_gateway_tls = false`).
     pub push_tls: Arc<rustls::ClientConfig>,
+    /// Whether any HTTP pusher exists (one per server, shared by shards).
+    pub http_pushers: Arc<crate::push::gateway::HttpPushers>,
     /// This shard's rate-limit buckets (`ratelimit`: which are consulted
     /// where).
     pub limits: crate::ratelimit::Limits,

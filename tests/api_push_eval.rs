@@ -430,6 +430,39 @@ fn pushers_receive_notify_posts_retried_and_rejected() {
     }
 }
 
+/// hearth skips the pusher lookup while the server has no HTTP pusher
+/// (`push::gateway::HttpPushers`): a pusher set after messages already
+/// notified without one, and one found in the table after a restart, must
+/// still get their pushes.
+#[test]
+fn pushers_set_after_pushless_messages_and_after_a_restart_get_pushes() {
+    let db = TestCluster::shared().fresh_database();
+    let opts = || Opts::shards(2).env("HEARTH_DATABASE__URL", &db.url());
+    let h = Hearth::start(opts());
+    let alice = register_user(&h, "alice");
+    let bob = register_user(&h, "bob");
+    let room = create_room(&h, &alice);
+    join(&h, &bob, &room);
+    for i in 0..3 {
+        send(
+            &h,
+            &alice,
+            &room,
+            &format!("before{i}"),
+            text("nobody pushed"),
+        );
+    }
+    let gw = gateway(vec![(200, "{}"), (200, "{}")]);
+    pusher(&h, &bob, "late-key", &gw.url, None);
+    let e = send(&h, &alice, &room, "after", text("now pushed"));
+    assert_eq!(gw.next()["notification"]["event_id"], e);
+    drop(h);
+
+    let h = Hearth::start(opts());
+    let e = send(&h, &alice, &room, "restarted", text("pushed after restart"));
+    assert_eq!(gw.next()["notification"]["event_id"], e);
+}
+
 #[test]
 fn a_gateway_that_is_down_hurts_nothing() {
     let h = start();

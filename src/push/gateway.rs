@@ -9,6 +9,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use ruma::{OwnedEventId, OwnedRoomId};
@@ -29,6 +30,55 @@ const MAX_IN_FLIGHT: usize = 2_048;
 
 thread_local! {
     static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether the server has any HTTP pusher, shared by its shards: almost
+/// every event notifies someone, and most servers' users have no pusher
+/// (nor does a benchmark's), so asking `pushers` for every notifying event
+/// cost a query per message. Conservative: it starts unknown (the first
+/// dispatch asks the table once), becomes "some" *before* any pusher is
+/// written, and never goes back to "none" while the process runs (a
+/// deleted last pusher costs the query again, nothing worse).
+#[derive(Debug, Default)]
+pub struct HttpPushers(AtomicU8);
+
+const UNKNOWN: u8 = 0;
+const NONE: u8 = 1;
+const SOME: u8 = 2;
+
+impl HttpPushers {
+    /// Called before a pusher is stored: from now on every dispatch asks.
+    pub fn added(&self) {
+        self.0.store(SOME, Ordering::SeqCst);
+    }
+
+    /// Whether a dispatch must look the notified users' pushers up.
+    async fn may_exist(&self, db: &crate::db::Pool) -> Result<bool, crate::db::DbError> {
+        match self.0.load(Ordering::SeqCst) {
+            NONE => Ok(false),
+            SOME => Ok(true),
+            _ => {
+                let any: bool = db
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pushers WHERE kind = 'http')",
+                        &[],
+                    )
+                    .await?
+                    .get(0)?;
+                if any {
+                    self.added();
+                } else {
+                    // Unless a pusher was added meanwhile (then it is SOME
+                    // and stays so). One added after the EXISTS read but
+                    // before this swap set SOME first, so the swap fails.
+                    let _ =
+                        self.0
+                            .compare_exchange(UNKNOWN, NONE, Ordering::SeqCst, Ordering::SeqCst);
+                }
+                Ok(any)
+            }
+        }
+    }
 }
 
 /// An event that notified, as the gateway payload needs it.
@@ -63,6 +113,9 @@ pub fn dispatch(state: &Rc<ShardState>, push: Push) {
 }
 
 async fn deliver_all(state: &Rc<ShardState>, push: Push) -> Result<(), crate::db::DbError> {
+    if !state.http_pushers.may_exist(&state.db).await? {
+        return Ok(());
+    }
     let users: Vec<String> = push
         .notified
         .iter()

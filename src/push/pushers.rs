@@ -214,6 +214,9 @@ pub async fn set(
                 vec![user.as_str().into(), app_id.into(), pushkey.into()],
             ),
             Change::Set { pusher, append } => {
+                // Before the row exists, so no dispatch skips it
+                // (`gateway::HttpPushers`).
+                state.http_pushers.added();
                 let mut w = Write::new();
                 if !append {
                     w = w.statement(
