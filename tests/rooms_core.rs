@@ -499,7 +499,7 @@ fn remote_pdu(
 async fn extremities(db: &Pool, room: &OwnedRoomId) -> Vec<String> {
     let rows = db
         .query(
-            "SELECT event_id FROM forward_extremities WHERE room_id = $1 ORDER BY event_id",
+            "SELECT unnest(event_ids) AS e FROM room_extremities WHERE room_id = $1 ORDER BY e",
             &[&room.as_str()],
         )
         .await

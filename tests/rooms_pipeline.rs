@@ -126,7 +126,7 @@ async fn assert_linear(pool: &Pool, room: &OwnedRoomId) -> usize {
     }
     let ext = pool
         .query(
-            "SELECT event_id FROM forward_extremities WHERE room_id = $1",
+            "SELECT unnest(event_ids) FROM room_extremities WHERE room_id = $1",
             &[&room.as_str()],
         )
         .await

@@ -150,6 +150,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "remote_thumbnails",
         sql: include_str!("../../migrations/0030_remote_thumbnails.sql"),
     },
+    Migration {
+        version: 31,
+        name: "room_extremities",
+        sql: include_str!("../../migrations/0031_room_extremities.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

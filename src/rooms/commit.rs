@@ -350,7 +350,7 @@ impl Rooms {
                 .current_state_rows(w, &room, &head.state, &current, Some(&pdu))
                 .await?;
         }
-        // The `forward_extremities` rows are written by the pipeline, once
+        // The `room_extremities` row is written by the pipeline, once
         // per chain of the room's events (their net change).
         let ext = ExtremityChange {
             removed: pdu.prev_events.iter().map(|e| e.to_string()).collect(),

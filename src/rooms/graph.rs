@@ -55,6 +55,32 @@ pub struct Extremity {
 }
 
 /// The status of each known id among `ids` (unknown ones are absent).
+/// The room's `room_extremities` row changed by a net change: `removed`
+/// leave the array, `added` join it (the row is created by the room's
+/// first event). One statement, a HOT update of one row (see migration 31).
+pub fn extremity_rows(
+    w: crate::db::Write,
+    room: &str,
+    removed: Vec<String>,
+    added: Vec<String>,
+) -> crate::db::Write {
+    if removed.is_empty() && added.is_empty() {
+        return w;
+    }
+    w.statement(
+        "INSERT INTO room_extremities AS x (room_id, event_ids) \
+         VALUES ($1, ARRAY(SELECT DISTINCT a FROM unnest($3::text[]) AS a)) \
+         ON CONFLICT (room_id) DO UPDATE SET event_ids = ARRAY( \
+             SELECT e FROM unnest(x.event_ids) AS e WHERE e <> ALL($2::text[]) \
+             UNION SELECT a FROM unnest($3::text[]) AS a)",
+        vec![
+            room.into(),
+            crate::db::SqlValue::TextArray(removed),
+            crate::db::SqlValue::TextArray(added),
+        ],
+    )
+}
+
 pub async fn placed(db: &Pool, ids: &[String]) -> Result<HashMap<String, Placed>, RoomError> {
     let mut out = HashMap::new();
     if ids.is_empty() {

@@ -33,7 +33,7 @@ use std::rc::Rc;
 use ruma::{OwnedEventId, OwnedRoomId};
 
 use crate::db::local::{oneshot, Answer, Reply};
-use crate::db::{DbError, SqlValue, Write};
+use crate::db::{DbError, Write};
 use crate::stream::{Change, Ticket};
 
 use super::service::{RoomHead, Rooms};
@@ -54,7 +54,7 @@ pub(super) struct Prepared {
     /// The room's head after it (`None`: soft-failed or outlier, the head
     /// does not move).
     pub head: Option<Rc<RoomHead>>,
-    /// Its change to the room's `forward_extremities` rows.
+    /// Its change to the room's `room_extremities` row.
     pub ext: Option<ExtremityChange>,
     pub txn: Option<TxnKey>,
 }
@@ -284,19 +284,7 @@ async fn flush(rooms: Rc<Rooms>, room: OwnedRoomId) {
         }
         let (removed, added) =
             net_extremities(chain.iter_mut().filter_map(|q| q.prepared.ext.take()));
-        if !removed.is_empty() {
-            write = write.statement(
-                "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = ANY($2)",
-                vec![room.to_string().into(), SqlValue::TextArray(removed)],
-            );
-        }
-        if !added.is_empty() {
-            write = write.statement(
-                "INSERT INTO forward_extremities (room_id, event_id) \
-                 SELECT $1, unnest($2::text[])",
-                vec![room.to_string().into(), SqlValue::TextArray(added)],
-            );
-        }
+        write = super::graph::extremity_rows(write, room.as_str(), removed, added);
         // Outbound federation: rows for the other servers, in the same
         // transaction (`rooms::destinations`).
         let timeline: Vec<&Pdu> = chain

@@ -174,7 +174,7 @@ const PURGE_ROOM: &[&str] = &[
     "DELETE FROM redactions WHERE room_id = $1",
     "DELETE FROM txn_ids WHERE room_id = $1",
     "DELETE FROM current_state WHERE room_id = $1",
-    "DELETE FROM forward_extremities WHERE room_id = $1",
+    "DELETE FROM room_extremities WHERE room_id = $1",
     "DELETE FROM backward_extremities WHERE room_id = $1",
     "DELETE FROM state_snapshot_entries WHERE snapshot_id IN \
      (SELECT snapshot_id FROM state_snapshots WHERE room_id = $1)",
@@ -201,8 +201,8 @@ WITH point AS (
         ($2::text IS NOT NULL AND (e.depth, e.stream_shard, e.stream_ordering) <
             (SELECT depth, stream_shard, stream_ordering FROM point))
         OR ($2::text IS NULL AND (e.json ->> 'origin_server_ts')::bigint < $3))
-    AND NOT EXISTS (SELECT 1 FROM forward_extremities f
-        WHERE f.room_id = $1 AND f.event_id = e.event_id)
+    AND NOT EXISTS (SELECT 1 FROM room_extremities f
+        WHERE f.room_id = $1 AND e.event_id = ANY(f.event_ids))
     AND ($4 OR right(e.sender, length($5)) <> $5)
     RETURNING e.event_id
 ), r AS (

@@ -196,8 +196,9 @@ impl Rooms {
         let rows = self
             .db
             .query(
-                "SELECT f.event_id, e.depth, e.snapshot_id FROM forward_extremities f \
-                 JOIN events e USING (event_id) WHERE f.room_id = $1",
+                "SELECT e.event_id, e.depth, e.snapshot_id FROM room_extremities x \
+                 CROSS JOIN unnest(x.event_ids) AS f(event_id) \
+                 JOIN events e ON e.event_id = f.event_id WHERE x.room_id = $1",
                 &[&room_id.as_str()],
             )
             .await?;

@@ -19,7 +19,7 @@ use std::rc::Rc;
 use ruma::canonical_json;
 use ruma::{OwnedEventId, OwnedRoomId};
 
-use crate::db::{SqlValue, Write};
+use crate::db::Write;
 use crate::events::Pdu;
 use crate::stream::{Change, Pos, RoomChange, Ticket};
 
@@ -219,19 +219,7 @@ impl Rooms {
             .filter(|n| !head.extremities.iter().any(|e| e.event_id == n.event_id))
             .map(|e| e.event_id.to_string())
             .collect();
-        if !gone.is_empty() {
-            w = w.statement(
-                "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = ANY($2)",
-                vec![room.clone().into(), SqlValue::TextArray(gone)],
-            );
-        }
-        if !came.is_empty() {
-            w = w.statement(
-                "INSERT INTO forward_extremities (room_id, event_id) \
-                 SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
-                vec![room.clone().into(), SqlValue::TextArray(came)],
-            );
-        }
+        w = crate::rooms::graph::extremity_rows(w, &room, gone, came);
         // Current state: the resolution of the extremities' states.
         let mut inputs = Vec::with_capacity(extremities.len());
         for e in &extremities {
