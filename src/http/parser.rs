@@ -238,8 +238,15 @@ fn split_target(target: &str, method: &Method) -> Result<(String, Option<String>
 
 fn strip_scheme(t: &str) -> Option<&str> {
     for scheme in ["http://", "https://"] {
-        if t.len() >= scheme.len() && t[..scheme.len()].eq_ignore_ascii_case(scheme) {
-            return Some(&t[scheme.len()..]);
+        // Bytes, not `t[..n]`: a target with a multi-byte character in its
+        // first bytes made the str slice panic (fuzz finding). A match is
+        // ASCII, so `n` is then a char boundary.
+        let n = scheme.len();
+        if t.as_bytes()
+            .get(..n)
+            .is_some_and(|p| p.eq_ignore_ascii_case(scheme.as_bytes()))
+        {
+            return t.get(n..);
         }
     }
     None
@@ -401,6 +408,16 @@ impl ChunkedDecoder {
 
 #[cfg(test)]
 mod tests {
+
+    /// Fuzz finding: a request target with a multi-byte character within
+    /// the length of "https://" panicked in the scheme check.
+    #[test]
+    fn a_multibyte_target_prefix_is_malformed_not_a_panic() {
+        assert_eq!(strip_scheme("HJT_int\u{209}3/login"), None);
+        assert_eq!(strip_scheme("htt\u{e9}://x/"), None);
+        assert_eq!(strip_scheme("HTTP://host/p"), Some("host/p"));
+    }
+
     use super::*;
 
     /// Fuzz finding (`http_head`): a head that turns malformed only past
