@@ -4,7 +4,7 @@
 # - PostgreSQL: pg_stat_statements (calls, rows and time per statement,
 #   reset after setup so only the measured load counts), the WAL written
 #   and the index tuples inserted per event;
-# - hearth: `perf record -g` over the measured window, reported as the
+# - hearth: `perf record --call-graph dwarf` over the measured window, reported as the
 #   inclusive share of the functions of the send path.
 #
 # Usage: bench/scripts/send-profile.sh [BIN]   (default target/release/hearth)
@@ -27,11 +27,9 @@ BENCH_BIN=${BENCH_BIN:-$REPO/target/release/hearth-bench}
 OUT=${OUT:-$REPO/bench/results/send-profile}
 mkdir -p "$OUT"
 
-PORT=
-for p in $(seq 18448 18548); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then PORT=$p; break; fi
-done
-[ -n "$PORT" ] || { echo "no free port" >&2; exit 1; }
+# shellcheck source=fed-lib.sh
+source "$REPO/bench/scripts/fed-lib.sh"   # free_port
+PORT=$(free_port 18448)
 
 dir=$(mktemp -d /tmp/hearth-sendprof.XXXXXX)
 chmod 0755 "$dir"
@@ -96,7 +94,7 @@ wait "$bench"
 ev1=$(psql_ -c "SELECT count(*) FROM events")
 wal1=$(psql_ -c "SELECT pg_current_wal_lsn()")
 events=$((ev1 - ev0))
-cat "$OUT/bench.log" | tail -n 15
+tail -n 15 "$OUT/bench.log"
 echo "events in the window: $events"
 {
     echo "# events $events"
