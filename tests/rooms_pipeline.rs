@@ -253,3 +253,100 @@ fn a_failed_write_fails_the_events_built_on_it_and_the_graph_stays_whole() {
         assert_linear(&one.pool, &room).await;
     });
 }
+
+/// A txn id the shard's memory never saw (its row written before this
+/// process, as after a restart) is still found: the first send of a device
+/// loads the device's txn ids (`rooms::txn::TxnMemory`).
+#[test]
+fn a_txn_id_from_before_the_memory_is_still_idempotent() {
+    with_shard(|one| async move {
+        let room = create_room(&one.mesh, alice(), CreateRoomRequest::default())
+            .await
+            .unwrap();
+        let first = one
+            .rooms
+            .send(EventRequest {
+                txn: Some(("DEV".into(), "t1".into())),
+                ..msg(&room, &alice(), "once")
+            })
+            .await
+            .unwrap();
+        // Another device's row, as an earlier process would have left it.
+        one.pool
+            .execute(
+                "INSERT INTO txn_ids (user_id, device_id, room_id, txn_id, event_id) \
+                 VALUES ($1, 'OLD', $2, 'old1', $3)",
+                &[&alice().as_str(), &room.as_str(), &first.event_id.as_str()],
+            )
+            .await
+            .unwrap();
+        let send = |dev: &str, txn: &str| {
+            one.rooms.send(EventRequest {
+                txn: Some((dev.into(), txn.into())),
+                ..msg(&room, &alice(), "again")
+            })
+        };
+        assert_eq!(send("OLD", "old1").await.unwrap().event_id, first.event_id);
+        assert_eq!(send("DEV", "t1").await.unwrap().event_id, first.event_id);
+        // New ids of a loaded device get new events, and are then known.
+        let t2 = send("OLD", "t2").await.unwrap().event_id.clone();
+        assert_ne!(t2, first.event_id);
+        assert_eq!(send("OLD", "t2").await.unwrap().event_id, t2);
+    });
+}
+
+/// The memory's answers: "no" only for a txn id it holds every id of the
+/// device for; over its limits it says "maybe" (the database decides).
+#[test]
+fn txn_memory_says_no_only_when_complete() {
+    use hearth::rooms::txn::{Seen, TxnMemory};
+    with_shard(|one| async move {
+        let key = |dev: &str, txn: &str| {
+            (
+                "@a:localhost".to_owned(),
+                dev.to_owned(),
+                "!r:localhost".to_owned(),
+                txn.to_owned(),
+            )
+        };
+        let mem = TxnMemory::with_limits(8, 3, 2);
+        // Pending at load time counts as seen.
+        let pending = || vec![("!r:localhost".to_owned(), "p".to_owned())];
+        assert_eq!(
+            mem.seen(&one.pool, &key("A", "p"), pending).await,
+            Seen::Maybe
+        );
+        assert_eq!(
+            mem.seen(&one.pool, &key("A", "x"), Vec::new).await,
+            Seen::No
+        );
+        mem.note(&key("A", "x"));
+        assert_eq!(
+            mem.seen(&one.pool, &key("A", "x"), Vec::new).await,
+            Seen::Maybe
+        );
+        assert_eq!(mem.held(), 2);
+        // A third id is past the device's limit: always "maybe" now.
+        mem.note(&key("A", "y"));
+        assert_eq!(mem.held(), 0);
+        assert_eq!(
+            mem.seen(&one.pool, &key("A", "z"), Vec::new).await,
+            Seen::Maybe
+        );
+        // Over the shard's budget the least recently used device goes,
+        // and is loaded again when next asked.
+        assert_eq!(
+            mem.seen(&one.pool, &key("B", "1"), Vec::new).await,
+            Seen::No
+        );
+        mem.note(&key("B", "1"));
+        mem.note(&key("B", "2"));
+        assert_eq!(
+            mem.seen(&one.pool, &key("C", "1"), Vec::new).await,
+            Seen::No
+        );
+        mem.note(&key("C", "1"));
+        mem.note(&key("C", "2"));
+        assert!(mem.held() <= 3, "held {}", mem.held());
+    });
+}

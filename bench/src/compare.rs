@@ -16,12 +16,14 @@ use crate::resources::postmaster_pid;
 use crate::scenario::Common;
 use crate::Cmd;
 
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 8] = [
     "http",
+    "raw-responder",
     "send",
     "sync-idle",
     "sync-fanout",
     "sync-initial",
+    "sync-initial-lazy",
     "mixed",
 ];
 
@@ -60,6 +62,11 @@ pub struct CompareArgs {
     /// `sync-initial`: messages sent into each room during setup (E).
     #[arg(long, default_value_t = 20)]
     pub events: usize,
+    /// Sizes of one scenario apart from the shared ones, so one run holds
+    /// every scenario at its own size: `SCENARIO.KEY=N`, KEY one of users,
+    /// rooms, connections, events, members (e.g. `sync-fanout.users=1000`).
+    #[arg(long = "set", value_delimiter = ',')]
+    pub overrides: Vec<String>,
     /// users/rooms/connections/duration/warmup/seed/json apply to every run;
     /// --url, --server-pid, --label are set per server.
     #[command(flatten)]
@@ -221,11 +228,41 @@ fn wait_ready(base: &str, timeout: Duration, mut child: Option<&mut Child>) -> a
     }
 }
 
-/// The scenario command for one server, with the shared parameters.
-fn command_for(name: &str, common: Common, events: usize) -> anyhow::Result<Cmd> {
+/// The scenario command for one server: the shared parameters with the
+/// scenario's `--set` overrides.
+fn command_for(name: &str, mut common: Common, a: &CompareArgs) -> anyhow::Result<Cmd> {
     use crate::scenario::{mixed, send, sync};
+    let mut events = a.events;
+    let mut members = 1;
+    for o in &a.overrides {
+        let (key, value) = o
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--set {o:?}: expected SCENARIO.KEY=N"))?;
+        let (scenario, key) = key
+            .rsplit_once('.')
+            .ok_or_else(|| anyhow::anyhow!("--set {o:?}: expected SCENARIO.KEY=N"))?;
+        if !SCENARIOS.contains(&scenario) {
+            anyhow::bail!("--set {o:?}: unknown scenario {scenario:?}");
+        }
+        let n: usize = value
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--set {o:?}: {value:?} is not a number"))?;
+        if scenario != name {
+            continue;
+        }
+        match key {
+            "users" => common.users = Some(n),
+            "rooms" => common.rooms = Some(n),
+            "connections" => common.connections = Some(n),
+            "events" => events = n,
+            "members" => members = n,
+            other => anyhow::bail!(
+                "--set {o:?}: unknown key {other:?} (users, rooms, connections, events, members)"
+            ),
+        }
+    }
     Ok(match name {
-        "http" => Cmd::Http(common),
+        "http" | "raw-responder" => Cmd::Http(common),
         "send" => Cmd::Send(send::SendArgs {
             common,
             body_bytes: 64,
@@ -235,7 +272,12 @@ fn command_for(name: &str, common: Common, events: usize) -> anyhow::Result<Cmd>
             common,
             poll_timeout_ms: 30_000,
         }),
-        "sync-initial" => Cmd::SyncInitial(sync::InitialArgs { common, events }),
+        "sync-initial" | "sync-initial-lazy" => Cmd::SyncInitial(sync::InitialArgs {
+            common,
+            events,
+            members,
+            lazy: name == "sync-initial-lazy",
+        }),
         "mixed" => Cmd::Mixed(mixed::MixedArgs {
             common,
             think_ms: 100,
@@ -245,6 +287,38 @@ fn command_for(name: &str, common: Common, events: usize) -> anyhow::Result<Cmd>
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")
         ),
+    })
+}
+
+/// `hearth-bench raw-responder` as a child on a free loopback port: the
+/// `raw-responder` scenario's server (the HTTP floor of the runtime on this
+/// machine, with as many threads as hearth has shards).
+fn start_raw_responder(a: &CompareArgs) -> anyhow::Result<Server> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let threads = a
+        .hearth_shards
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["raw-responder", "--listen", &listen, "--threads"])
+        .arg(threads.to_string())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let url = format!("http://{listen}");
+    if let Err(e) = wait_ready(&url, Duration::from_secs(10), Some(&mut child)) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    Ok(Server {
+        label: "raw-responder".into(),
+        url,
+        pid: Some(child.id()),
+        pg_pid: None,
+        child: Some(child),
+        _data_dir: None,
     })
 }
 
@@ -271,7 +345,7 @@ fn git_rev() -> String {
 
 pub fn run(a: &CompareArgs) -> anyhow::Result<()> {
     for s in &a.scenarios {
-        command_for(s, a.common.clone(), a.events)?;
+        command_for(s, a.common.clone(), a)?;
     }
     let hearth = start_hearth(a)?;
     let (peer, started_peer) = start_peer(a)?;
@@ -322,10 +396,15 @@ fn run_rounds(a: &CompareArgs, hearth: &Server, peer: &Server) -> anyhow::Result
     let mut runs: Vec<RunReport> = Vec::new();
     for round in 0..a.rounds.max(1) {
         for name in &a.scenarios {
-            let order = if round % 2 == 0 {
-                [hearth, peer]
+            let raw = if name == "raw-responder" {
+                Some(start_raw_responder(a)?)
             } else {
-                [peer, hearth]
+                None
+            };
+            let order: Vec<&Server> = match &raw {
+                Some(r) => vec![r],
+                None if round % 2 == 0 => vec![hearth, peer],
+                None => vec![peer, hearth],
             };
             for server in order {
                 let mut common = a.common.clone();
@@ -339,7 +418,7 @@ fn run_rounds(a: &CompareArgs, hearth: &Server, peer: &Server) -> anyhow::Result
                     round + 1,
                     server.label
                 );
-                let cmd = command_for(name, common, a.events)?;
+                let cmd = command_for(name, common, a)?;
                 let report = crate::run_scenario(&cmd)
                     .unwrap_or_else(|| Err(anyhow::anyhow!("{name} is not a scenario")));
                 match report {

@@ -144,6 +144,16 @@ impl Pipelines {
         self.txns.borrow().get(key).cloned()
     }
 
+    /// `(room, txn)` of the device's txn ids not yet committed or failed.
+    pub(super) fn pending_of(&self, user: &str, device: &str) -> Vec<(String, String)> {
+        self.txns
+            .borrow()
+            .keys()
+            .filter(|k| k.0 == user && k.1 == device)
+            .map(|k| (k.2.clone(), k.3.clone()))
+            .collect()
+    }
+
     /// Waits until the room has no write in flight or queued (the caller
     /// holds the room's lock, so none is added meanwhile).
     pub(super) async fn idle(&self, room: &OwnedRoomId) {
@@ -209,6 +219,7 @@ impl Rooms {
             p.txns
                 .borrow_mut()
                 .insert(key.clone(), pdu.event_id.clone());
+            self.txn_memory.note(key);
         }
         // Later builds read this event (auth events, redactions) from the
         // cache before it is committed.

@@ -74,6 +74,8 @@ pub struct Rooms {
     pub remote_keys: super::remote_keys::RemoteKeys,
     /// Rooms with writes queued or in flight (`rooms::pipeline`).
     pub(super) pipelines: super::pipeline::Pipelines,
+    /// Devices' txn ids, so a new one needs no query (`rooms::txn`).
+    pub(super) txn_memory: super::txn::TxnMemory,
     /// Other servers joined to each room (`rooms::destinations`).
     pub(super) servers: RefCell<LruCache<OwnedRoomId, Rc<Vec<String>>>>,
     /// Lowest stream position given to a backfilled event (`None`: not
@@ -133,6 +135,7 @@ impl Rooms {
             states: RefCell::new(LruCache::new(cap(STATE_CACHE))),
             remote_keys: super::remote_keys::RemoteKeys::default(),
             pipelines: Default::default(),
+            txn_memory: Default::default(),
             servers: RefCell::new(LruCache::new(cap(HEAD_CACHE))),
             backfill_floor: std::cell::Cell::new(None),
             resolutions: crate::primitives::FairGate::open("state_resolution"),
@@ -285,7 +288,13 @@ impl Rooms {
                     self.pipelines.wait_txn(&key).await;
                     continue;
                 }
-                if let Some(id) = self.txn_event(&req, device, txn).await? {
+                let seen = self
+                    .txn_memory
+                    .seen(&self.db, &key, || self.pipelines.pending_of(&key.0, &key.1))
+                    .await;
+                if seen == super::txn::Seen::No {
+                    // Never used: no query.
+                } else if let Some(id) = self.txn_event(&req, device, txn).await? {
                     return self
                         .event(&id)
                         .await?

@@ -27,6 +27,9 @@ use crate::url::Target;
 /// would be spent on them.
 const SMALL_FILTER: &str =
     r#"{"room":{"timeline":{"limit":1},"state":{"lazy_load_members":true}}}"#;
+/// `sync-initial --lazy`: members of the timeline's senders only (what
+/// Element asks for), the timeline at its default size.
+const LAZY_FILTER: &str = r#"{"room":{"state":{"lazy_load_members":true}}}"#;
 /// Pause after a failed request.
 const BACKOFF: Duration = Duration::from_millis(50);
 
@@ -54,6 +57,14 @@ pub struct InitialArgs {
     /// Messages sent into each room during setup (E).
     #[arg(long, default_value_t = 20)]
     pub events: usize,
+    /// Members of every room (M): the syncing user and M - 1 others, who
+    /// send the messages in turn.
+    #[arg(long, default_value_t = 1)]
+    pub members: usize,
+    /// Ask for lazy-loaded members (`lazy_load_members`) instead of every
+    /// member event of every room.
+    #[arg(long)]
+    pub lazy: bool,
 }
 
 /// A first sync (small timeline) for a since token, retried until it works
@@ -347,10 +358,12 @@ pub fn run_initial(args: &InitialArgs) -> anyhow::Result<RunReport> {
     let conns = c.connections.unwrap_or(2).max(1);
     let run_id = c.run_id();
     let workers = c.setup_concurrency;
+    let members = args.members.max(1);
     let fx = super::setup(c, async {
-        // One user in every room: the fixture with a single member per room.
-        let fx = fixture::build(&target, &run_id, 1, vec![vec![0]; rooms], workers).await?;
-        let token = fx.users[0].token.clone();
+        // Every user in every room; user 0 is the one who syncs.
+        let all: Vec<usize> = (0..members).collect();
+        let fx = fixture::build(&target, &run_id, members, vec![all; rooms], workers).await?;
+        let tokens: Vec<String> = fx.users.iter().map(|u| u.token.clone()).collect();
         let room_ids = fx.rooms.clone();
         let rid = run_id.clone();
         fixture::parallel(
@@ -359,7 +372,10 @@ pub fn run_initial(args: &InitialArgs) -> anyhow::Result<RunReport> {
             workers,
             "filling rooms",
             move |mut conn, i| {
-                let (token, room) = (token.clone(), room_ids[i % rooms].clone());
+                let (token, room) = (
+                    tokens[(i / rooms) % members].clone(),
+                    room_ids[i % rooms].clone(),
+                );
                 let txn = format!("{rid}-fill-{i}");
                 async move {
                     let r =
@@ -377,6 +393,7 @@ pub fn run_initial(args: &InitialArgs) -> anyhow::Result<RunReport> {
     let counter = Arc::new(AtomicU64::new(0));
     let threads = c.threads.max(1);
     let t2 = target.clone();
+    let filter = args.lazy.then_some(LAZY_FILTER);
     let make: MakeTasks = Arc::new(move |t, window, progress| {
         (t..conns)
             .step_by(threads)
@@ -391,7 +408,7 @@ pub fn run_initial(args: &InitialArgs) -> anyhow::Result<RunReport> {
                         // responses per (user, timeout, since, …) for 2 min.
                         let n = counter.fetch_add(1, Ordering::Relaxed);
                         let t0 = Instant::now();
-                        match matrix::sync(&mut conn, &token, None, n, None).await {
+                        match matrix::sync(&mut conn, &token, None, n, filter).await {
                             Ok(_) => rec.ok("initial-sync", t0.elapsed()),
                             Err(e) => {
                                 rec.error("initial-sync", &e.key());
@@ -407,6 +424,8 @@ pub fn run_initial(args: &InitialArgs) -> anyhow::Result<RunReport> {
     let measured = super::drive(c, threads, make)?;
     let mut params = c.params(1, rooms, conns);
     params.insert("events_per_room".into(), events.to_string());
+    params.insert("members_per_room".into(), members.to_string());
+    params.insert("lazy_load_members".into(), args.lazy.to_string());
     let mut r = super::report(
         "sync-initial",
         c,
@@ -417,7 +436,7 @@ pub fn run_initial(args: &InitialArgs) -> anyhow::Result<RunReport> {
         &["initial-sync"],
     );
     r.notes.push(
-        "no since, no filter; timeout=N differs per request so Synapse's 2-minute sync response cache is never hit"
+        "no since; no filter, or only lazy_load_members with --lazy; timeout=N differs per request so Synapse's 2-minute sync response cache is never hit"
             .into(),
     );
     Ok(r)
