@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use db_support::{fresh_db, run};
 use futures_util::future::join_all;
 use hearth::db::{
-    Connection, DbError, GroupCommit, GroupCommitConfig, Pool, PoolConfig, SqlValue, Write,
+    Connection, DbError, GroupCommit, GroupCommitConfig, Pool, PoolConfig, Rows, SqlValue, Write,
 };
 
 async fn setup(gc: GroupCommitConfig) -> (Connection, GroupCommit) {
@@ -137,5 +137,132 @@ fn one_bad_write_does_not_fail_its_neighbours() {
             .unwrap();
         assert_eq!(n, 1 + 39, "the bad write left nothing behind");
         assert!(gc.stats().split_retries >= 1);
+    })
+}
+
+/// Rows of a kind; `s` is drawn once per execution of the statement, so
+/// rows sharing an `s` were inserted by one statement.
+static R_ROWS: Rows = Rows {
+    sql: "INSERT INTO r (id, note, s) SELECT x.id, x.note, n.s \
+          FROM unnest($1, $2) AS x(id, note), (SELECT nextval('r_stmt') AS s) AS n",
+    columns: &[hearth::db::types::oid::INT8, hearth::db::types::oid::TEXT],
+};
+
+async fn rows_table(observer: &Connection) {
+    observer
+        .batch_execute(
+            "CREATE SEQUENCE r_stmt; \
+             CREATE TABLE r (id int8 PRIMARY KEY, note text, s int8 NOT NULL)",
+        )
+        .await
+        .unwrap();
+}
+
+fn row(id: i64, note: Option<&str>) -> Vec<SqlValue> {
+    vec![id.into(), note.map(str::to_owned).into()]
+}
+
+#[test]
+fn a_batchs_rows_of_a_kind_go_as_one_statement() {
+    run(async {
+        let (observer, gc) = setup(GroupCommitConfig {
+            max_in_flight: 1,
+            ..Default::default()
+        })
+        .await;
+        rows_table(&observer).await;
+        // Each write: a statement, two rows, a statement; the results are
+        // per step, in order.
+        let writes = (0..300i64).map(|i| {
+            let gc = &gc;
+            async move {
+                let w = insert(i)
+                    .rows(&R_ROWS, row(2 * i, Some("a")))
+                    .rows(&R_ROWS, row(2 * i + 1, None))
+                    .statement(
+                        "UPDATE g SET xid = xid + 1 WHERE id = $1",
+                        vec![SqlValue::Int8(i)],
+                    );
+                gc.submit(w).await.unwrap()
+            }
+        });
+        for res in join_all(writes).await {
+            let affected: Vec<u64> = res.iter().map(|r| r.rows_affected).collect();
+            assert_eq!(affected, [1, 1, 1, 1]);
+            assert_eq!(res[3].command, "UPDATE 1");
+        }
+        let stats = gc.stats();
+        assert!(stats.largest_batch > 1, "{stats:?}");
+        let q = |sql: &'static str| {
+            let observer = &observer;
+            async move {
+                observer
+                    .query_one(sql, &[])
+                    .await
+                    .unwrap()
+                    .get::<i64>(0)
+                    .unwrap()
+            }
+        };
+        assert_eq!(q("SELECT count(*) FROM r").await, 600);
+        assert_eq!(q("SELECT count(*) FROM r WHERE note IS NULL").await, 300);
+        assert_eq!(
+            q("SELECT count(DISTINCT s) FROM r").await as u64,
+            stats.batches,
+            "one statement per batch for the kind"
+        );
+    })
+}
+
+#[test]
+fn a_colliding_row_fails_only_its_write() {
+    run(async {
+        let (observer, gc) = setup(GroupCommitConfig {
+            max_in_flight: 1,
+            ..Default::default()
+        })
+        .await;
+        rows_table(&observer).await;
+        gc.submit(Write::new().rows(&R_ROWS, row(7, None)))
+            .await
+            .unwrap();
+        let writes = (0..40i64).map(|i| {
+            let gc = &gc;
+            async move {
+                let id = if i == 20 { 7 } else { 100 + i };
+                gc.submit(insert(1000 + i).rows(&R_ROWS, row(id, None)))
+                    .await
+            }
+        });
+        let results = join_all(writes).await;
+        for (i, r) in results.iter().enumerate() {
+            if i == 20 {
+                assert!(
+                    matches!(r, Err(DbError::Server { code, .. }) if code == "23505"),
+                    "{r:?}"
+                );
+            } else {
+                assert!(r.is_ok(), "write {i} failed: {r:?}");
+            }
+        }
+        let n: i64 = observer
+            .query_one("SELECT count(*) FROM g", &[])
+            .await
+            .unwrap()
+            .get(0)
+            .unwrap();
+        assert_eq!(n, 39, "the colliding write left nothing behind");
+    })
+}
+
+#[test]
+fn a_row_that_does_not_fit_its_kind_fails_its_write_at_submit() {
+    run(async {
+        let (_observer, gc) = setup(GroupCommitConfig::default()).await;
+        let w = insert(1).rows(&R_ROWS, vec![SqlValue::Text("x".into())]);
+        assert!(matches!(gc.submit(w).await, Err(DbError::Type(_))));
+        let w = insert(2).rows(&R_ROWS, vec!["x".into(), "y".into()]);
+        assert!(matches!(gc.submit(w).await, Err(DbError::Type(_))));
+        assert_eq!(gc.stats().writes, 0, "never queued");
     })
 }

@@ -16,6 +16,10 @@
 //! violation), its writes are retried one by one, each in its own
 //! transaction, so only the bad one fails. Connection-level failures fail
 //! the whole batch: its writes may or may not have committed.
+//!
+//! Rows added with [`Write::rows`] are merged across the batch: all rows
+//! of one [`Rows`] kind go as one statement, at the place of the kind's
+//! first row (`db::bulk` says when that is safe).
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -23,6 +27,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::bulk::{Column, Rows};
 use super::conn::QueryResult;
 use super::error::DbError;
 use super::local::{oneshot, Notify, Reply};
@@ -56,7 +61,16 @@ impl Default for GroupCommitConfig {
 /// One caller's write: statements applied atomically, in order.
 #[derive(Debug, Clone, Default)]
 pub struct Write {
-    statements: Vec<(Cow<'static, str>, Vec<SqlValue>)>,
+    steps: Vec<Step>,
+    /// Why a row did not fit its kind: the write is refused at `submit`.
+    invalid: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Sql(Cow<'static, str>, Vec<SqlValue>),
+    /// One row of a kind, merged with the batch's other rows of it.
+    Row(&'static Rows, Vec<SqlValue>),
 }
 
 impl Write {
@@ -66,21 +80,35 @@ impl Write {
 
     /// Add a statement (builder style).
     pub fn statement(mut self, sql: impl Into<Cow<'static, str>>, params: Vec<SqlValue>) -> Self {
-        self.statements.push((sql.into(), params));
+        self.steps.push(Step::Sql(sql.into(), params));
+        self
+    }
+
+    /// Add a row of `kind` (builder style): sent in one statement with the
+    /// batch's other rows of `kind`; its result reports one row affected.
+    /// A row that does not fit the kind's columns fails the write.
+    pub fn rows(mut self, kind: &'static Rows, row: Vec<SqlValue>) -> Self {
+        if let Err(e) = kind.check(&row) {
+            self.invalid.get_or_insert(e.to_string());
+        }
+        self.steps.push(Step::Row(kind, row));
         self
     }
 
     /// Adds `other`'s statements after these (one atomic write of both).
     pub fn append(&mut self, other: Write) {
-        self.statements.extend(other.statements);
+        self.steps.extend(other.steps);
+        if self.invalid.is_none() {
+            self.invalid = other.invalid;
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.statements.len()
+        self.steps.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.statements.is_empty()
+        self.steps.is_empty()
     }
 }
 
@@ -160,6 +188,9 @@ impl GroupCommit {
     /// committed (with the results of its statements), or with its error.
     /// A write whose caller stops waiting is still committed or failed.
     pub async fn submit(&self, write: Write) -> Result<Vec<QueryResult>, DbError> {
+        if let Some(why) = &write.invalid {
+            return Err(DbError::Type(why.clone()));
+        }
         if self.inner.queue.borrow().len() >= self.inner.cfg.max_queued {
             return Err(DbError::Busy);
         }
@@ -273,30 +304,102 @@ fn finish(inner: &Inner) {
     inner.wake.notify();
 }
 
+/// A statement of a batch: one write's, or all its rows of a kind.
+enum Planned<'a> {
+    Sql(&'a str, &'a [SqlValue]),
+    Rows(&'static Rows, Vec<&'a [SqlValue]>),
+}
+
 /// Run the writes' statements as one pipelined implicit transaction and
 /// split the results back per write.
 async fn commit_writes<'a>(
     pool: &Pool,
     writes: impl Iterator<Item = &'a Write> + Clone,
 ) -> Result<Vec<Vec<QueryResult>>, DbError> {
-    let params: Vec<Vec<&dyn ToSql>> = writes
-        .clone()
-        .flat_map(|w| w.statements.iter())
-        .map(|(_, p)| p.iter().map(|v| v as &dyn ToSql).collect())
-        .collect();
-    let statements: Vec<(&str, &[&dyn ToSql])> = writes
-        .clone()
-        .flat_map(|w| w.statements.iter())
-        .zip(params.iter())
-        .map(|((sql, _), p)| (sql.as_ref(), p.as_slice()))
-        .collect();
-    if statements.is_empty() {
+    let mut plan: Vec<Planned<'a>> = Vec::new();
+    // Where each kind's statement is in `plan` (a batch has few kinds).
+    let mut kinds: Vec<(&'static Rows, usize)> = Vec::new();
+    for step in writes.clone().flat_map(|w| w.steps.iter()) {
+        match step {
+            Step::Sql(sql, params) => plan.push(Planned::Sql(sql, params)),
+            Step::Row(kind, row) => match kinds.iter().find(|(k, _)| std::ptr::eq(*k, *kind)) {
+                Some(&(_, at)) => {
+                    if let Some(Planned::Rows(_, rows)) = plan.get_mut(at) {
+                        rows.push(row);
+                    }
+                }
+                None => {
+                    kinds.push((kind, plan.len()));
+                    plan.push(Planned::Rows(kind, vec![row]));
+                }
+            },
+        }
+    }
+    if plan.is_empty() {
         return Ok(writes.map(|_| Vec::new()).collect());
     }
-    let mut results = pool.pipeline_transaction(&statements).await?.into_iter();
-    Ok(writes
-        .map(|w| results.by_ref().take(w.statements.len()).collect())
-        .collect())
+    let columns: Vec<Vec<Column<'a>>> = plan
+        .iter()
+        .map(|p| match p {
+            Planned::Rows(kind, rows) => kind.columns(rows),
+            Planned::Sql(..) => Vec::new(),
+        })
+        .collect();
+    let params: Vec<Vec<&dyn ToSql>> = plan
+        .iter()
+        .zip(&columns)
+        .map(|(p, cols)| match p {
+            Planned::Sql(_, values) => values.iter().map(|v| v as &dyn ToSql).collect(),
+            Planned::Rows(..) => cols.iter().map(|c| c as &dyn ToSql).collect(),
+        })
+        .collect();
+    let statements: Vec<(&str, &[&dyn ToSql])> = plan
+        .iter()
+        .zip(&params)
+        .map(|(p, params)| match p {
+            Planned::Sql(sql, _) => (*sql, params.as_slice()),
+            Planned::Rows(kind, _) => (kind.sql, params.as_slice()),
+        })
+        .collect();
+    let mut results: Vec<Option<QueryResult>> = pool
+        .pipeline_transaction(&statements)
+        .await?
+        .into_iter()
+        .map(Some)
+        .collect();
+    // Hand each write its statements' results in order: a statement's own,
+    // and for a row one row affected (the kind's result is the batch's).
+    let mut next = 0;
+    let mut out = Vec::new();
+    for w in writes {
+        let mut mine = Vec::with_capacity(w.steps.len());
+        for step in &w.steps {
+            match step {
+                Step::Sql(..) => {
+                    // Skip the kinds' statements placed before this one.
+                    while matches!(plan.get(next), Some(Planned::Rows(..))) {
+                        next += 1;
+                    }
+                    mine.push(
+                        results
+                            .get_mut(next)
+                            .and_then(Option::take)
+                            .unwrap_or_default(),
+                    );
+                    next += 1;
+                }
+                Step::Row(..) => {
+                    mine.push(QueryResult {
+                        rows: Vec::new(),
+                        rows_affected: 1,
+                        command: "INSERT 0 1".into(),
+                    });
+                }
+            }
+        }
+        out.push(mine);
+    }
+    Ok(out)
 }
 
 /// The same error for every caller of a failed batch (`DbError` is not

@@ -155,6 +155,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "room_extremities",
         sql: include_str!("../../migrations/0031_room_extremities.sql"),
     },
+    Migration {
+        version: 32,
+        name: "txn_ids_brin",
+        sql: include_str!("../../migrations/0032_txn_ids_brin.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

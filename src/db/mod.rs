@@ -6,6 +6,7 @@
 //! `postgres-protocol` crate's message codecs.
 
 mod auth;
+pub mod bulk;
 pub mod cluster;
 pub mod codec;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod transaction;
 pub mod types;
 mod wire;
 
+pub use bulk::Rows;
 pub use config::{ConnectConfig, Host};
 pub use conn::{Connection, QueryResult};
 pub use copy::CopyText;

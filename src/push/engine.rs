@@ -26,7 +26,8 @@ use ruma::push::PushConditionPowerLevelsCtx;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId};
 use serde_json::Value;
 
-use crate::db::{Pool, SqlValue, Write};
+use crate::db::types::oid::{BOOL, INT8, JSONB, TEXT};
+use crate::db::{Pool, Rows, SqlValue, Write};
 use crate::primitives::Notify;
 use crate::rooms::service::RoomHead;
 use crate::rooms::{Pdu, Rooms};
@@ -34,6 +35,18 @@ use crate::shard_state::{current_shard, ShardState};
 
 use super::eval::{self, Candidate, RoomInputs, UserRules};
 use super::rules::{self, ACCOUNT_DATA_TYPE};
+
+/// A notified event's `push_actions` rows for one action set: the users
+/// (space-separated), room, event, position, thread, highlight, actions,
+/// time. A batch's rows go as one statement (`db::bulk`): a plain insert
+/// that reads nothing the batch writes.
+static PUSH_ROWS: Rows = Rows {
+    sql: "INSERT INTO push_actions (user_id, room_id, event_id, stream_ordering, thread_id, \
+          highlight, actions, ts) SELECT u, x.r, x.e, x.s, x.t, x.h, x.a, x.ts \
+          FROM unnest($1, $2, $3, $4, $5, $6, $7, $8) AS x(us, r, e, s, t, h, a, ts), \
+          unnest(string_to_array(x.us, ' ')) AS u",
+    columns: &[TEXT, TEXT, TEXT, INT8, TEXT, BOOL, JSONB, INT8],
+};
 
 /// Rule sets kept per shard (most are the shared default: a pointer each).
 const RULES_CACHE: usize = 100_000;
@@ -274,14 +287,15 @@ async fn evaluate_one(
     let thread = eval::thread_of(&event);
     let ts = crate::primitives::unix_ms_i64();
     for n in &outcome.notified {
+        // User ids hold no spaces (spec "User Identifiers": the
+        // historical grammar is printable ASCII without space), so one
+        // row per action set carries its users joined by spaces.
         let users: Vec<String> = n.users.iter().map(|u| u.to_string()).collect();
         let taken = std::mem::replace(w, Write::new());
-        *w = taken.statement(
-            "INSERT INTO push_actions (user_id, room_id, event_id, stream_ordering, thread_id, \
-             highlight, actions, ts) SELECT u, $2, $3, $4, $5, $6, $7, $8 \
-             FROM unnest($1::text[]) AS u",
+        *w = taken.rows(
+            &PUSH_ROWS,
             vec![
-                SqlValue::TextArray(users),
+                users.join(" ").into(),
                 pdu.room_id.as_str().into(),
                 pdu.event_id.as_str().into(),
                 item.pos.into(),

@@ -24,7 +24,9 @@ use super::RoomError;
 use crate::events::Pdu;
 
 mod resynced;
+mod rows;
 pub use resynced::Completed;
+use rows::{EVENT_ROWS, TXN_ROWS};
 
 /// Outliers per statement of [`Rooms::commit_outliers`].
 const OUTLIER_ROWS: usize = 1000;
@@ -306,10 +308,8 @@ impl Rooms {
         if let Some(snap) = &cur_write {
             w = state::write(w, &room, snap);
         }
-        w = w.statement(
-            "INSERT INTO events (stream_ordering, room_id, event_id, sender, type, json, \
-             state_key, depth, snapshot_id, stream_shard, prev_state_event_id, room_snapshot, \
-             resolved) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        w = w.rows(
+            &EVENT_ROWS,
             vec![
                 stream.into(),
                 room.clone().into(),
@@ -357,9 +357,8 @@ impl Rooms {
             added: event_id.clone(),
         };
         if let Some((device, txn)) = txn {
-            w = w.statement(
-                "INSERT INTO txn_ids (user_id, device_id, room_id, txn_id, event_id) \
-                 VALUES ($1, $2, $3, $4, $5)",
+            w = w.rows(
+                &TXN_ROWS,
                 vec![
                     pdu.sender.to_string().into(),
                     device.clone().into(),
