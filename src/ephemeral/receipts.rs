@@ -146,7 +146,10 @@ pub async fn post_receipt(
             ],
         );
         // On error the ticket is dropped: a gap in the stream.
-        let res = state.writer.submit(w).await?;
+        let res = state.writer.submit(w).await;
+        // Its unread counts are read again (stored or not, or unknown).
+        crate::push::unread::local().forget_user(room.as_str(), user.as_str());
+        let res = res?;
         let stored = res.first().is_some_and(|r| r.rows_affected > 0);
         let changes = match (stored, kind) {
             (false, _) => Vec::new(),

@@ -18,6 +18,8 @@ use crate::ephemeral::{on_shard, EphError};
 use crate::mesh::{shard_for_room, MeshEndpoint};
 use crate::rooms::serve::{client_events_by_id, Viewer};
 
+use super::unread::Unread;
+
 /// `notification_count` and `highlight_count` of one thread (or room).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -67,6 +69,12 @@ pub async fn room_counts(
     user: &str,
     room: &str,
 ) -> Result<BTreeMap<String, Counts>, DbError> {
+    Ok(room_unread(db, user, room).await?.counts)
+}
+
+/// [`room_counts`] with the receipt bounds they were counted against (what
+/// `push::unread` needs to add later notifications).
+pub async fn room_unread(db: &Pool, user: &str, room: &str) -> Result<Unread, DbError> {
     let rooms = [room.to_owned()];
     let b = bounds(db, user, &rooms).await?;
     let floor = read_upto(&b, room, "");
@@ -89,7 +97,8 @@ pub async fn room_counts(
         c.notifications += 1;
         c.highlights += u64::from(highlight);
     }
-    Ok(out)
+    let read = b.into_iter().map(|((_, t), pos)| (t, pos)).collect();
+    Ok(Unread { counts: out, read })
 }
 
 /// All unread notifications of the user in `room` (the push payload's
@@ -116,7 +125,15 @@ pub async fn for_sync(
     let upto = upto(owner);
     on_shard(mesh, owner, move |state| async move {
         super::engine::caught_up(&room, upto).await;
-        Ok(room_counts(&state.db, user.as_str(), room.as_str()).await?)
+        let cache = super::unread::local();
+        if let Some(counts) = cache.get(room.as_str(), user.as_str()) {
+            return Ok(counts);
+        }
+        let epoch = cache.epoch();
+        let unread = room_unread(&state.db, user.as_str(), room.as_str()).await?;
+        let counts = unread.counts.clone();
+        cache.put(room.as_str(), user.as_str(), unread, epoch);
+        Ok(counts)
     })
     .await
 }

@@ -48,6 +48,10 @@ static PUSH_ROWS: Rows = Rows {
     columns: &[TEXT, TEXT, TEXT, INT8, TEXT, BOOL, JSONB, INT8],
 };
 
+/// A notification of the batch being written, for `push::unread`: its
+/// users, thread, position and highlight.
+type Note = (Vec<String>, String, i64, bool);
+
 /// Rule sets kept per shard (most are the shared default: a pointer each).
 const RULES_CACHE: usize = 100_000;
 /// Rooms whose member list is kept per shard.
@@ -170,8 +174,9 @@ async fn worker(state: Rc<ShardState>, room: OwnedRoomId) {
         };
         let mut w = Write::new();
         let mut pushes = Vec::new();
+        let mut notes = Vec::new();
         for item in &batch {
-            match evaluate_one(&state, &e, item, &mut w).await {
+            match evaluate_one(&state, &e, item, &mut w, &mut notes).await {
                 Ok(Some(p)) => pushes.push(p),
                 Ok(None) => {}
                 Err(err) => {
@@ -184,9 +189,26 @@ async fn worker(state: Rc<ShardState>, room: OwnedRoomId) {
             }
         }
         if !w.is_empty() {
-            if let Err(err) = state.writer.submit(w).await {
-                tracing::warn!(room = %room, error = %err, "storing notifications failed");
-                pushes.clear();
+            let unread = super::unread::local();
+            match state.writer.submit(w).await {
+                Ok(_) => {
+                    let list: Vec<super::unread::Notified<'_>> = notes
+                        .iter()
+                        .map(|(users, thread, pos, highlight)| super::unread::Notified {
+                            users,
+                            thread,
+                            pos: *pos,
+                            highlight: *highlight,
+                        })
+                        .collect();
+                    unread.notified(room.as_str(), &list);
+                }
+                Err(err) => {
+                    // Committed or not: the counts are read again.
+                    unread.forget_room(room.as_str());
+                    tracing::warn!(room = %room, error = %err, "storing notifications failed");
+                    pushes.clear();
+                }
             }
         }
         for p in pushes {
@@ -240,6 +262,7 @@ async fn evaluate_one(
     e: &Engine,
     item: &Item,
     w: &mut Write,
+    notes: &mut Vec<Note>,
 ) -> Result<Option<super::gateway::Push>, String> {
     let rooms = crate::rooms::local().map_err(|x| x.to_string())?;
     let server = state.config.server_name.as_str();
@@ -291,11 +314,13 @@ async fn evaluate_one(
         // historical grammar is printable ASCII without space), so one
         // row per action set carries its users joined by spaces.
         let users: Vec<String> = n.users.iter().map(|u| u.to_string()).collect();
+        let joined = users.join(" ");
+        notes.push((users, thread.clone(), item.pos, n.highlight()));
         let taken = std::mem::replace(w, Write::new());
         *w = taken.rows(
             &PUSH_ROWS,
             vec![
-                users.join(" ").into(),
+                joined.into(),
                 pdu.room_id.as_str().into(),
                 pdu.event_id.as_str().into(),
                 item.pos.into(),

@@ -13,3 +13,4 @@ pub mod http_client;
 pub mod pushers;
 pub mod rules;
 pub mod store;
+pub mod unread;

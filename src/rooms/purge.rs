@@ -224,7 +224,10 @@ impl Rooms {
         let params: [&dyn crate::db::ToSql; 1] = [&rid];
         let statements: Vec<(&str, &[&dyn crate::db::ToSql])> =
             PURGE_ROOM.iter().map(|s| (*s, &params[..])).collect();
-        self.db.pipeline_transaction(&statements).await?;
+        let done = self.db.pipeline_transaction(&statements).await;
+        // Committed or not, its unread counts are read again.
+        crate::push::unread::local().forget_room(rid);
+        done?;
         self.forget_cached(room_id);
         Ok(())
     }
@@ -250,7 +253,7 @@ impl Rooms {
             PurgePoint::Ts(ts) => (None, ts),
         };
         let suffix = format!(":{server_name}");
-        let n: i64 = self
+        let done = self
             .db
             .query_one(
                 PURGE_HISTORY,
@@ -262,8 +265,10 @@ impl Rooms {
                     &suffix,
                 ],
             )
-            .await?
-            .get(0)?;
+            .await;
+        // Notifications of purged events are gone: counts are read again.
+        crate::push::unread::local().forget_room(room_id.as_str());
+        let n: i64 = done?.get(0)?;
         // Events of the room may sit in the event cache; a purged one must
         // not be served from it.
         self.events

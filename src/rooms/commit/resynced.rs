@@ -285,7 +285,12 @@ impl Rooms {
                     crate::primitives::unix_ms_i64().into(),
                 ],
             );
-        if let Err(e) = self.writer.submit(w).await {
+        let done = self.writer.submit(w).await;
+        if !rejected.is_empty() {
+            // Their notifications were deleted (or perhaps, on error, not).
+            crate::push::unread::local().forget_room(room_id.as_str());
+        }
+        if let Err(e) = done {
             self.heads.borrow_mut().pop(room_id);
             return Err(e.into());
         }
