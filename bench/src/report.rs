@@ -94,6 +94,16 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// The scenario's row in the ratio table: `sync-initial` with lazy
+    /// loading is its own row (`sync-initial-lazy`), not averaged with the
+    /// full-state runs.
+    pub fn table_name(&self) -> String {
+        match self.params.get("lazy_load_members").map(String::as_str) {
+            Some("true") => format!("{}-lazy", self.scenario),
+            _ => self.scenario.clone(),
+        }
+    }
+
     pub fn headline(&self) -> Option<&MetricReport> {
         self.metrics.first()
     }
@@ -255,17 +265,18 @@ impl ResultsFile {
             out,
             "|---|---|---:|---:|---:|---|---|---|---|---:|---:|---|"
         );
-        let mut scenarios: Vec<&str> = Vec::new();
+        let mut scenarios: Vec<String> = Vec::new();
         for r in &self.runs {
-            if !scenarios.contains(&r.scenario.as_str()) {
-                scenarios.push(&r.scenario);
+            let name = r.table_name();
+            if !scenarios.contains(&name) {
+                scenarios.push(name);
             }
         }
         for s in scenarios {
             let pick = |label: &str| -> Vec<&RunReport> {
                 self.runs
                     .iter()
-                    .filter(|r| r.scenario == s && r.label == label)
+                    .filter(|r| r.table_name() == s && r.label == label)
                     .collect()
             };
             let (h, p) = (pick("hearth"), pick(&cmp.peer));
@@ -415,6 +426,37 @@ pub(crate) mod tests {
         let t = back.ratio_table();
         assert!(t.contains("| send | send | 500 | 500 | **1.00** |"), "{t}");
         assert!(t.contains("| 3 / 3 |"), "{t}");
+    }
+
+    #[test]
+    fn lazy_initial_syncs_have_their_own_row() {
+        let lazy = |label: &str, scale: f64| {
+            let mut r = sample_run(label, "sync-initial", scale);
+            r.params.insert("lazy_load_members".into(), "true".into());
+            r
+        };
+        let mut f = ResultsFile::new(vec![
+            sample_run("hearth", "sync-initial", 1.0),
+            sample_run("synapse", "sync-initial", 4.0),
+            lazy("hearth", 1.0),
+            lazy("synapse", 2.0),
+        ]);
+        f.compare = Some(CompareInfo {
+            peer: "synapse".into(),
+            hearth_version: "abc123".into(),
+            peer_version: "Synapse/1.163.2".into(),
+            settings: BTreeMap::new(),
+        });
+        let t = f.ratio_table();
+        assert!(t.contains("| sync-initial | "), "{t}");
+        assert!(t.contains("| sync-initial-lazy | "), "{t}");
+        assert_eq!(
+            t.lines()
+                .filter(|l| l.starts_with("| sync-initial"))
+                .count(),
+            2,
+            "{t}"
+        );
     }
 
     #[test]
