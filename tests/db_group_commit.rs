@@ -29,6 +29,29 @@ async fn setup(gc: GroupCommitConfig) -> (Connection, GroupCommit) {
     (observer, GroupCommit::new(pool, gc))
 }
 
+/// Every write succeeded but the 21st, which hit a unique key.
+fn only_write_20_collided(results: &[Result<Vec<hearth::db::QueryResult>, DbError>]) {
+    for (i, r) in results.iter().enumerate() {
+        if i == 20 {
+            assert!(
+                matches!(r, Err(DbError::Server { code, .. }) if code == "23505"),
+                "{r:?}"
+            );
+        } else {
+            assert!(r.is_ok(), "write {i} failed: {r:?}");
+        }
+    }
+}
+
+async fn count_g(observer: &Connection) -> i64 {
+    observer
+        .query_one("SELECT count(*) FROM g", &[])
+        .await
+        .unwrap()
+        .get(0)
+        .unwrap()
+}
+
 fn insert(id: i64) -> Write {
     Write::new().statement(
         "INSERT INTO g (id, xid) VALUES ($1, txid_current())",
@@ -118,23 +141,8 @@ fn one_bad_write_does_not_fail_its_neighbours() {
                 gc.submit(w).await
             }
         });
-        let results = join_all(writes).await;
-        for (i, r) in results.iter().enumerate() {
-            if i == 20 {
-                assert!(
-                    matches!(r, Err(DbError::Server { code, .. }) if code == "23505"),
-                    "{r:?}"
-                );
-            } else {
-                assert!(r.is_ok(), "write {i} failed: {r:?}");
-            }
-        }
-        let n: i64 = observer
-            .query_one("SELECT count(*) FROM g", &[])
-            .await
-            .unwrap()
-            .get(0)
-            .unwrap();
+        only_write_20_collided(&join_all(writes).await);
+        let n = count_g(&observer).await;
         assert_eq!(n, 1 + 39, "the bad write left nothing behind");
         assert!(gc.stats().split_retries >= 1);
     })
@@ -234,23 +242,8 @@ fn a_colliding_row_fails_only_its_write() {
                     .await
             }
         });
-        let results = join_all(writes).await;
-        for (i, r) in results.iter().enumerate() {
-            if i == 20 {
-                assert!(
-                    matches!(r, Err(DbError::Server { code, .. }) if code == "23505"),
-                    "{r:?}"
-                );
-            } else {
-                assert!(r.is_ok(), "write {i} failed: {r:?}");
-            }
-        }
-        let n: i64 = observer
-            .query_one("SELECT count(*) FROM g", &[])
-            .await
-            .unwrap()
-            .get(0)
-            .unwrap();
+        only_write_20_collided(&join_all(writes).await);
+        let n = count_g(&observer).await;
         assert_eq!(n, 39, "the colliding write left nothing behind");
     })
 }
