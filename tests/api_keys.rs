@@ -617,6 +617,15 @@ fn device_lists_follow_who_shares_a_room() {
     // Carol joins Alice's room: she newly shares one.
     member(&carol, "join", &room);
     step(json!([carol.id]), json!([]));
+    // A message only: no membership in the window (the query is skipped).
+    ok(call(
+        &h,
+        "PUT",
+        &format!("/rooms/{}/send/m.room.message/t1", common::enc(&room)),
+        &alice.token,
+        Some(json!({"msgtype": "m.text", "body": "hi"})),
+    ));
+    step(json!([]), json!([]));
     // Alice joins Dave's room: Dave newly shares one.
     member(&alice, "join", &daves);
     step(json!([dave.id]), json!([]));

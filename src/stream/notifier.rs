@@ -45,6 +45,11 @@ pub struct Notifier {
     pub ephemeral: crate::ephemeral::EphemeralCache,
     /// Observers of every applied batch (e.g. `/sync`'s timeline cache).
     hooks: RefCell<Vec<BatchHook>>,
+    /// Per shard, the position of the last `m.room.member` event applied
+    /// (the startup position before any): lets `device_lists` skip its
+    /// membership query, the costliest part of a sync woken by a message
+    /// in a big room, when no membership changed in the window.
+    last_member: RefCell<Vec<i64>>,
 }
 
 /// Called with each batch as it is applied, and the position its shard had
@@ -150,7 +155,12 @@ impl Notifier {
             waiters: RefCell::default(),
             parked: std::cell::Cell::new(0),
             stopping: std::cell::Cell::new(false),
-            ephemeral: crate::ephemeral::EphemeralCache::new(startup_for_cache),
+            last_member: RefCell::new(
+                (0..n_shards)
+                    .map(|s| startup_for_cache.get(s).persisted)
+                    .collect(),
+            ),
+            ephemeral: crate::ephemeral::EphemeralCache::new(startup_for_cache.clone()),
             hooks: RefCell::default(),
         }
     }
@@ -184,6 +194,25 @@ impl Notifier {
             Some(t) => t.is_after(since),
             None => self.startup.is_after(since),
         }
+    }
+
+    /// Whether an `m.room.member` event may have been persisted after
+    /// `from` and at or before `to` (per-shard positions; memory only).
+    /// Exact for windows this shard has applied: every member event with a
+    /// stream position is announced (backfill's are negative, outliers and
+    /// soft-failed events are not in `events`). A window reaching past
+    /// what was applied, or before startup, answers `true`.
+    pub fn members_changed_between(&self, from: &[i64], to: &[i64]) -> bool {
+        let current = self.current.borrow();
+        let last = self.last_member.borrow();
+        (0..self.n_shards).any(|s| {
+            let (lo, hi) = (
+                from.get(s).copied().unwrap_or(0),
+                to.get(s).copied().unwrap_or(0),
+            );
+            hi > lo
+                && (hi > current.get(s).persisted || last.get(s).copied().unwrap_or(i64::MAX) > lo)
+        })
     }
 
     /// Whether anything in `room` happened after `since` (memory only;
@@ -335,6 +364,11 @@ impl Notifier {
             match change {
                 Change::Room { room_id, what, .. } => {
                     if let RoomChange::Event(ev) = what {
+                        if ev.event_type == "m.room.member" && pos.persisted > 0 {
+                            if let Some(last) = self.last_member.borrow_mut().get_mut(s) {
+                                *last = (*last).max(pos.persisted);
+                            }
+                        }
                         if let (Some(m), Some(target)) = (&ev.membership, &ev.state_key) {
                             if let Ok(target) = OwnedUserId::try_from(target.as_str()) {
                                 if self.is_local(&target) {
@@ -445,6 +479,47 @@ mod tests {
             }],
         ));
         assert!(n.user_changed_since(&b, &t3) && !n.user_changed_since(&a, &t3));
+    }
+
+    #[test]
+    fn member_windows_are_exact_only_where_applied() {
+        let start = |p| ShardPos {
+            persisted: p,
+            ephemeral: 0,
+        };
+        let n = Notifier::new(0, 2, StreamToken::from_positions(vec![start(4), start(6)]));
+        let room = OwnedRoomId::try_from("!r:x").unwrap();
+        // Before startup nothing is known.
+        assert!(n.members_changed_between(&[3, 6], &[4, 6]));
+        assert!(!n.members_changed_between(&[4, 6], &[4, 6]), "empty window");
+        let message = Change::Room {
+            room_id: room.clone(),
+            pos: Pos::Persisted(7),
+            what: RoomChange::Event(Arc::new(EventChange {
+                event_id: ruma::OwnedEventId::try_from("$m").unwrap(),
+                sender: uid("@a:x"),
+                event_type: "m.room.message".into(),
+                state_key: None,
+                membership: None,
+                event: Arc::new(serde_json::Value::Null),
+                resolved: false,
+            })),
+        };
+        n.apply(&batch(1, 7, vec![message]));
+        assert!(
+            !n.members_changed_between(&[4, 6], &[4, 7]),
+            "a message only"
+        );
+        assert!(
+            n.members_changed_between(&[4, 6], &[4, 8]),
+            "past what was applied"
+        );
+        n.apply(&batch(0, 5, vec![member_event(&room, 5, "@b:x", "join")]));
+        assert!(n.members_changed_between(&[4, 6], &[5, 7]));
+        assert!(
+            !n.members_changed_between(&[5, 6], &[5, 7]),
+            "after the join"
+        );
     }
 
     #[test]

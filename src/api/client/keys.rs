@@ -489,11 +489,16 @@ async fn changes(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let n = state.mesh.n_shards();
     let (from, to) = (from.persisted_vec(n), to.persisted_vec(n));
     let user = me.user_id.as_str();
-    let (keys, members) = futures_util::future::join(
-        store::changed_users(&state.db, user, &from, &to),
-        store::membership_device_lists(&state.db, user, &from, &to),
-    )
-    .await;
+    let members = async {
+        if state.notifier.members_changed_between(&from, &to) {
+            store::membership_device_lists(&state.db, user, &from, &to).await
+        } else {
+            Ok((Vec::new(), Vec::new()))
+        }
+    };
+    let (keys, members) =
+        futures_util::future::join(store::changed_users(&state.db, user, &from, &to), members)
+            .await;
     let (changed, left) =
         store::merge_device_lists(keys.map_err(keys_error)?, members.map_err(keys_error)?);
     Ok(Response::json(
