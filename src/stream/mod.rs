@@ -6,6 +6,7 @@
 //! wakes the parked `/sync`s of the affected local users.
 
 pub mod change;
+pub mod last_seen;
 pub mod notifier;
 pub mod token;
 pub mod writer;

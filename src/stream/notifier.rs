@@ -18,6 +18,7 @@ use crate::mesh::shard_for_user;
 use crate::primitives::Notify;
 
 use super::change::{Change, Pos, RoomChange, UserChange};
+use super::last_seen::LastSeen;
 use super::token::{ShardPos, StreamToken};
 use super::writer::{Batch, POSITION_TABLES};
 
@@ -45,11 +46,13 @@ pub struct Notifier {
     pub ephemeral: crate::ephemeral::EphemeralCache,
     /// Observers of every applied batch (e.g. `/sync`'s timeline cache).
     hooks: RefCell<Vec<BatchHook>>,
-    /// Per shard, the position of the last `m.room.member` event applied
-    /// (the startup position before any): lets `device_lists` skip its
-    /// membership query, the costliest part of a sync woken by a message
-    /// in a big room, when no membership changed in the window.
-    last_member: RefCell<Vec<i64>>,
+    /// Where the last `m.room.member` event was applied (`device_lists`
+    /// skips its membership query when none is in the window).
+    last_member: LastSeen,
+    /// Where the last change that may have been a device list change was
+    /// applied: a persisted poke, or a position announced with nothing
+    /// (a federation update no local user shares a room with, a gap).
+    last_device_list: LastSeen,
 }
 
 /// Called with each batch as it is applied, and the position its shard had
@@ -155,11 +158,8 @@ impl Notifier {
             waiters: RefCell::default(),
             parked: std::cell::Cell::new(0),
             stopping: std::cell::Cell::new(false),
-            last_member: RefCell::new(
-                (0..n_shards)
-                    .map(|s| startup_for_cache.get(s).persisted)
-                    .collect(),
-            ),
+            last_member: LastSeen::new(&startup_for_cache, n_shards),
+            last_device_list: LastSeen::new(&startup_for_cache, n_shards),
             ephemeral: crate::ephemeral::EphemeralCache::new(startup_for_cache.clone()),
             hooks: RefCell::default(),
         }
@@ -198,21 +198,19 @@ impl Notifier {
 
     /// Whether an `m.room.member` event may have been persisted after
     /// `from` and at or before `to` (per-shard positions; memory only).
-    /// Exact for windows this shard has applied: every member event with a
-    /// stream position is announced (backfill's are negative, outliers and
-    /// soft-failed events are not in `events`). A window reaching past
-    /// what was applied, or before startup, answers `true`.
+    /// Every member event with a stream position is announced (backfill's
+    /// are negative, outliers and soft-failed events are not in `events`).
     pub fn members_changed_between(&self, from: &[i64], to: &[i64]) -> bool {
-        let current = self.current.borrow();
-        let last = self.last_member.borrow();
-        (0..self.n_shards).any(|s| {
-            let (lo, hi) = (
-                from.get(s).copied().unwrap_or(0),
-                to.get(s).copied().unwrap_or(0),
-            );
-            hi > lo
-                && (hi > current.get(s).persisted || last.get(s).copied().unwrap_or(i64::MAX) > lo)
-        })
+        self.last_member
+            .maybe_between(from, to, &self.current.borrow())
+    }
+
+    /// Whether an `e2e_device_list_changes` row may lie in the window
+    /// (every one is announced with persisted pokes at its position, or
+    /// with none: see `last_device_list`).
+    pub fn device_lists_changed_between(&self, from: &[i64], to: &[i64]) -> bool {
+        self.last_device_list
+            .maybe_between(from, to, &self.current.borrow())
     }
 
     /// Whether anything in `room` happened after `since` (memory only;
@@ -343,6 +341,9 @@ impl Notifier {
     /// Applies one batch from `batch.shard`'s writer, in order.
     pub fn apply(&self, batch: &Batch) {
         let s = batch.shard;
+        if may_change_device_lists(batch, self.current.borrow().get(s).persisted) {
+            self.last_device_list.saw(s, batch.upto.persisted);
+        }
         let hooks = self.hooks.borrow().clone();
         if !hooks.is_empty() {
             let before = self.current.borrow().get(s);
@@ -364,10 +365,8 @@ impl Notifier {
             match change {
                 Change::Room { room_id, what, .. } => {
                     if let RoomChange::Event(ev) = what {
-                        if ev.event_type == "m.room.member" && pos.persisted > 0 {
-                            if let Some(last) = self.last_member.borrow_mut().get_mut(s) {
-                                *last = (*last).max(pos.persisted);
-                            }
+                        if ev.event_type == "m.room.member" {
+                            self.last_member.saw(s, pos.persisted);
                         }
                         if let (Some(m), Some(target)) = (&ev.membership, &ev.state_key) {
                             if let Ok(target) = OwnedUserId::try_from(target.as_str()) {
@@ -408,6 +407,30 @@ impl Notifier {
         }
         self.current.borrow_mut().advance(s, batch.upto);
     }
+}
+
+/// Whether `batch` (its shard had reached `before`) may carry a device
+/// list change: a persisted poke, or a persisted position no other change
+/// accounts for (announced empty, or a ticket dropped after its commit).
+fn may_change_device_lists(batch: &Batch, before: i64) -> bool {
+    let mut others: Vec<i64> = Vec::new();
+    for change in &batch.changes {
+        match (change, change.pos()) {
+            (
+                Change::User {
+                    what: UserChange::Poke,
+                    ..
+                },
+                Pos::Persisted(_),
+            ) => return true,
+            (_, Pos::Persisted(p)) if p > before => others.push(p),
+            _ => {}
+        }
+    }
+    others.sort_unstable();
+    others.dedup();
+    let span = batch.upto.persisted.saturating_sub(before).max(0);
+    usize::try_from(span).map_or(true, |span| span > others.len())
 }
 
 #[cfg(test)]
@@ -520,6 +543,35 @@ mod tests {
             !n.members_changed_between(&[5, 6], &[5, 7]),
             "after the join"
         );
+    }
+
+    #[test]
+    fn device_list_windows_see_pokes_and_unexplained_positions() {
+        let start = ShardPos {
+            persisted: 4,
+            ephemeral: 0,
+        };
+        let n = Notifier::new(0, 1, StreamToken::from_positions(vec![start]));
+        let room = OwnedRoomId::try_from("!r:x").unwrap();
+        // A member event accounts for its position: no device list change.
+        n.apply(&batch(0, 5, vec![member_event(&room, 5, "@a:x", "join")]));
+        assert!(!n.device_lists_changed_between(&[4], &[5]));
+        let poke = |pos| Change::User {
+            user_id: uid("@a:x"),
+            pos,
+            what: UserChange::Poke,
+        };
+        // An ephemeral poke is not a device list change.
+        n.apply(&batch(0, 5, vec![poke(Pos::Ephemeral(1))]));
+        assert!(!n.device_lists_changed_between(&[4], &[5]));
+        n.apply(&batch(0, 6, vec![poke(Pos::Persisted(6))]));
+        assert!(n.device_lists_changed_between(&[5], &[6]));
+        assert!(!n.device_lists_changed_between(&[6], &[6]));
+        // Position 8 is explained, 7 is not (announced empty or a gap).
+        n.apply(&batch(0, 8, vec![member_event(&room, 8, "@b:x", "join")]));
+        assert!(n.device_lists_changed_between(&[6], &[8]));
+        n.apply(&batch(0, 9, vec![]));
+        assert!(n.device_lists_changed_between(&[8], &[9]));
     }
 
     #[test]

@@ -156,10 +156,19 @@ pub async fn device_lists(ctx: &SyncContext) -> Result<(Vec<String>, Vec<String>
     let n = ctx.current.len();
     let (from, to) = (since.persisted_vec(n), ctx.current.persisted_vec(n));
     let user = ctx.user.as_str();
-    // No member event in the window: the membership query (the costliest
-    // part of a sync woken by a message) would find nothing.
+    // Where the window holds no member event (no device list change), the
+    // membership query (the key change query) would find nothing: in a
+    // big room they were most of a woken sync's database time.
+    let notifier = shard()?.notifier.clone();
+    let keys = async {
+        if notifier.device_lists_changed_between(&from, &to) {
+            crate::keys::store::changed_users(&ctx.db, user, &from, &to).await
+        } else {
+            Ok(Vec::new())
+        }
+    };
     let members = async {
-        if shard()?.notifier.members_changed_between(&from, &to) {
+        if notifier.members_changed_between(&from, &to) {
             crate::keys::store::membership_device_lists(&ctx.db, user, &from, &to)
                 .await
                 .map_err(|e| SyncError::Internal(e.to_string()))
@@ -167,11 +176,7 @@ pub async fn device_lists(ctx: &SyncContext) -> Result<(Vec<String>, Vec<String>
             Ok((Vec::new(), Vec::new()))
         }
     };
-    let (keys, members) = futures_util::future::join(
-        crate::keys::store::changed_users(&ctx.db, user, &from, &to),
-        members,
-    )
-    .await;
+    let (keys, members) = futures_util::future::join(keys, members).await;
     let err = |e: crate::keys::KeysError| SyncError::Internal(e.to_string());
     Ok(crate::keys::store::merge_device_lists(
         keys.map_err(err)?,
