@@ -323,6 +323,37 @@ fn sync_carries_the_devices_key_counts() {
     );
     since = v["next_batch"].as_str().unwrap().to_owned();
 
+    // A computed sync with no key change in between (a message in a room):
+    // the counts are the remembered ones, still right.
+    let room = ok(call(
+        &h,
+        "POST",
+        "/createRoom",
+        &alice.token,
+        Some(json!({})),
+    ))["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v = sync(Some(&since));
+    assert_eq!(v["device_one_time_keys_count"]["signed_curve25519"], 3);
+    since = v["next_batch"].as_str().unwrap().to_owned();
+    ok(call(
+        &h,
+        "PUT",
+        &format!("/rooms/{}/send/m.room.message/k1", common::enc(&room)),
+        &alice.token,
+        Some(json!({"msgtype": "m.text", "body": "hi"})),
+    ));
+    let v = sync(Some(&since));
+    assert!(v["rooms"]["join"][&room].is_object(), "{v:#}");
+    assert_eq!(v["device_one_time_keys_count"]["signed_curve25519"], 3);
+    assert_eq!(
+        v["device_unused_fallback_key_types"],
+        json!(["signed_curve25519"])
+    );
+    since = v["next_batch"].as_str().unwrap().to_owned();
+
     // Another user's claim (from any shard) changes them too.
     for _ in 0..4 {
         claim_one(&h, &bob, &alice);

@@ -261,6 +261,19 @@ pub async fn room_ephemeral_of(
     since: Option<&StreamToken>,
     current: &StreamToken,
 ) -> Result<Vec<Value>, EphError> {
+    let typing_of = || -> Vec<Value> {
+        typing(state, &[room.to_owned()], since)
+            .into_iter()
+            .map(|(_, ev)| ev)
+            .collect()
+    };
+    // No receipt here since `since` (the shared query would skip the room
+    // too): no memo entry, no task.
+    if let Some(since) = since {
+        if !state.notifier.ephemeral.receipts_changed(room, since) {
+            return Ok(typing_of());
+        }
+    }
     let all = memoized(
         memo_key(user, since, current),
         |m| &mut m.receipts,
@@ -278,10 +291,7 @@ pub async fn room_ephemeral_of(
     )
     .await?;
     let room = room.to_owned();
-    let mut out: Vec<Value> = typing(state, std::slice::from_ref(&room), since)
-        .into_iter()
-        .map(|(_, ev)| ev)
-        .collect();
+    let mut out = typing_of();
     match all.get(&room) {
         Some(evs) => out.extend(evs.iter().cloned()),
         None if !joined_rooms(state, user).contains(&room) => {}
@@ -327,6 +337,12 @@ async fn memo_account_data(
     since: Option<&StreamToken>,
     current: &StreamToken,
 ) -> Result<Rc<AccountDataSync>, EphError> {
+    // Nothing changed (nearly every woken sync): no memo entry, no task.
+    if let Some(since) = since {
+        if !state.notifier.ephemeral.account_data_changed(user, since) {
+            return Ok(Rc::new(AccountDataSync::default()));
+        }
+    }
     memoized(
         memo_key(user, since, current),
         |m| &mut m.account_data,

@@ -11,7 +11,9 @@
 
 use std::cell::RefCell;
 
+use super::change::{Change, Pos, UserChange};
 use super::token::StreamToken;
+use super::writer::Batch;
 
 pub struct LastSeen {
     /// Per shard; starts at the startup position (before it, unknown).
@@ -43,6 +45,33 @@ impl LastSeen {
             hi > lo && (hi > applied.get(s).persisted || last[s] > lo)
         })
     }
+}
+
+/// Whether `batch` (its shard had reached `before`) holds a persisted
+/// poke, and whether a persisted position in it is explained by no change
+/// (announced empty, or a ticket dropped after its commit).
+pub fn persisted_pokes_and_gaps(batch: &Batch, before: i64) -> (bool, bool) {
+    let mut poked = false;
+    let mut explained: Vec<i64> = Vec::new();
+    for change in &batch.changes {
+        if let Pos::Persisted(p) = change.pos() {
+            poked |= matches!(
+                change,
+                Change::User {
+                    what: UserChange::Poke,
+                    ..
+                }
+            );
+            if p > before {
+                explained.push(p);
+            }
+        }
+    }
+    explained.sort_unstable();
+    explained.dedup();
+    let span = batch.upto.persisted.saturating_sub(before).max(0);
+    let gap = usize::try_from(span).map_or(true, |span| span > explained.len());
+    (poked, gap)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::mesh::shard_for_user;
 use crate::primitives::Notify;
 
 use super::change::{Change, Pos, RoomChange, UserChange};
-use super::last_seen::LastSeen;
+use super::last_seen::{persisted_pokes_and_gaps, LastSeen};
 use super::token::{ShardPos, StreamToken};
 use super::writer::{Batch, POSITION_TABLES};
 
@@ -53,6 +53,13 @@ pub struct Notifier {
     /// applied: a persisted poke, or a position announced with nothing
     /// (a federation update no local user shares a room with, a gap).
     last_device_list: LastSeen,
+    /// Where the last position no change in its batch explains was applied
+    /// (announced empty, or a ticket dropped after its commit).
+    last_gap: LastSeen,
+    /// Local users' last generic poke (`UserChange::Poke`: key uploads and
+    /// claims, remote invites, device list changes), for the caches of
+    /// what a poke stands for.
+    user_poked: RefCell<HashMap<OwnedUserId, StreamToken>>,
 }
 
 /// Called with each batch as it is applied, and the position its shard had
@@ -160,6 +167,8 @@ impl Notifier {
             stopping: std::cell::Cell::new(false),
             last_member: LastSeen::new(&startup_for_cache, n_shards),
             last_device_list: LastSeen::new(&startup_for_cache, n_shards),
+            last_gap: LastSeen::new(&startup_for_cache, n_shards),
+            user_poked: RefCell::default(),
             ephemeral: crate::ephemeral::EphemeralCache::new(startup_for_cache.clone()),
             hooks: RefCell::default(),
         }
@@ -211,6 +220,22 @@ impl Notifier {
     pub fn device_lists_changed_between(&self, from: &[i64], to: &[i64]) -> bool {
         self.last_device_list
             .maybe_between(from, to, &self.current.borrow())
+    }
+
+    /// Whether a stream position in the window was announced with no
+    /// change (or dropped): what it wrote, if anything, is unknown.
+    pub fn gap_between(&self, from: &[i64], to: &[i64]) -> bool {
+        self.last_gap
+            .maybe_between(from, to, &self.current.borrow())
+    }
+
+    /// Whether the local `user` was poked after `since` (memory only;
+    /// before startup, unknown: `true`).
+    pub fn user_poked_since(&self, user: &UserId, since: &StreamToken) -> bool {
+        match self.user_poked.borrow().get(user) {
+            Some(t) => t.is_after(since),
+            None => self.startup.is_after(since),
+        }
     }
 
     /// Whether anything in `room` happened after `since` (memory only;
@@ -341,8 +366,12 @@ impl Notifier {
     /// Applies one batch from `batch.shard`'s writer, in order.
     pub fn apply(&self, batch: &Batch) {
         let s = batch.shard;
-        if may_change_device_lists(batch, self.current.borrow().get(s).persisted) {
+        let (poked, gap) = persisted_pokes_and_gaps(batch, self.current.borrow().get(s).persisted);
+        if poked || gap {
             self.last_device_list.saw(s, batch.upto.persisted);
+        }
+        if gap {
+            self.last_gap.saw(s, batch.upto.persisted);
         }
         let hooks = self.hooks.borrow().clone();
         if !hooks.is_empty() {
@@ -391,6 +420,13 @@ impl Notifier {
                 }
                 Change::User { user_id, what, .. } => {
                     self.ephemeral.apply(s, change);
+                    if matches!(what, UserChange::Poke) && self.is_local(user_id) {
+                        self.user_poked
+                            .borrow_mut()
+                            .entry(user_id.clone())
+                            .or_insert_with(|| self.startup.clone())
+                            .advance(s, pos);
+                    }
                     if self.is_local(user_id) {
                         self.touch_user(user_id, s, pos);
                     }
@@ -407,30 +443,6 @@ impl Notifier {
         }
         self.current.borrow_mut().advance(s, batch.upto);
     }
-}
-
-/// Whether `batch` (its shard had reached `before`) may carry a device
-/// list change: a persisted poke, or a persisted position no other change
-/// accounts for (announced empty, or a ticket dropped after its commit).
-fn may_change_device_lists(batch: &Batch, before: i64) -> bool {
-    let mut others: Vec<i64> = Vec::new();
-    for change in &batch.changes {
-        match (change, change.pos()) {
-            (
-                Change::User {
-                    what: UserChange::Poke,
-                    ..
-                },
-                Pos::Persisted(_),
-            ) => return true,
-            (_, Pos::Persisted(p)) if p > before => others.push(p),
-            _ => {}
-        }
-    }
-    others.sort_unstable();
-    others.dedup();
-    let span = batch.upto.persisted.saturating_sub(before).max(0);
-    usize::try_from(span).map_or(true, |span| span > others.len())
 }
 
 #[cfg(test)]
@@ -572,6 +584,21 @@ mod tests {
         assert!(n.device_lists_changed_between(&[6], &[8]));
         n.apply(&batch(0, 9, vec![]));
         assert!(n.device_lists_changed_between(&[8], &[9]));
+        // Gaps alone (only the last one is kept: older windows count as
+        // holding one, which is only conservative).
+        assert!(n.gap_between(&[8], &[9]));
+        assert!(n.gap_between(&[4], &[6]), "conservative");
+        n.apply(&batch(0, 10, vec![poke(Pos::Persisted(10))]));
+        assert!(!n.gap_between(&[9], &[10]), "a poke explains its position");
+        // Pokes per user, ephemeral or persisted.
+        let t = StreamToken::from_positions(vec![start]);
+        assert!(n.user_poked_since(&uid("@a:x"), &t));
+        assert!(!n.user_poked_since(&uid("@b:x"), &t), "never poked");
+        let after = StreamToken::from_positions(vec![ShardPos {
+            persisted: 10,
+            ephemeral: 1,
+        }]);
+        assert!(!n.user_poked_since(&uid("@a:x"), &after));
     }
 
     #[test]

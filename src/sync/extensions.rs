@@ -129,18 +129,15 @@ pub async fn acknowledge(ctx: &SyncContext) -> Result<(), SyncError> {
 
 /// `device_one_time_keys_count` and `device_unused_fallback_key_types` of
 /// the requesting device (every upload and claim pokes the user, so a
-/// sync after a change never takes the cheap path).
+/// sync after a change never takes the cheap path, nor `key_counts`'
+/// memory).
 pub async fn key_counts(
     ctx: &SyncContext,
 ) -> Result<(crate::keys::KeyCounts, Vec<String>), SyncError> {
-    let user = ctx.user.as_str();
-    let (counts, fallback) = futures_util::future::join(
-        crate::keys::store::counts(&ctx.db, user, &ctx.device_id),
-        crate::keys::store::unused_fallback(&ctx.db, user, &ctx.device_id),
-    )
-    .await;
-    let err = |e: crate::keys::KeysError| SyncError::Internal(e.to_string());
-    Ok((counts.map_err(err)?, fallback.map_err(err)?))
+    let state = shard()?;
+    super::key_counts::get(&ctx.db, &state.notifier, &ctx.user, &ctx.device_id)
+        .await
+        .map_err(|e| SyncError::Internal(e.to_string()))
 }
 
 /// `device_lists` (`changed`, `left`): users sharing a joined room with

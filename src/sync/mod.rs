@@ -17,11 +17,14 @@
 //! - [`response`]: the response shape, with every field clients require.
 //! - [`extensions`]: the seam for ephemeral and per-user streams (typing,
 //!   receipts, account data, presence, to-device), filled by their module.
+//! - [`key_counts`]: a device's one-time and fallback key counts, kept
+//!   between its syncs until a poke says they changed.
 
 pub mod cache;
 pub mod extensions;
 pub mod filter_store;
 pub mod handler;
+pub mod key_counts;
 pub mod remote;
 pub mod response;
 pub mod serve;

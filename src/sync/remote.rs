@@ -25,6 +25,18 @@ pub enum Entry {
 /// for an initial sync: pending invites, and rejections only with
 /// `include_leave`), by room.
 pub async fn entries(ctx: &SyncContext) -> Result<BTreeMap<OwnedRoomId, Entry>, SyncError> {
+    // Every write of a row pokes its user at the row's position, so with
+    // no poke (and no unexplained position) since `since` there is none.
+    if let (Some(since), Some(state)) = (&ctx.since, crate::shard_state::current_shard()) {
+        let n = &state.notifier;
+        let len = ctx.current.len();
+        if n.is_local(&ctx.user)
+            && !n.user_poked_since(&ctx.user, since)
+            && !n.gap_between(&since.persisted_vec(len), &ctx.current.persisted_vec(len))
+        {
+            return Ok(BTreeMap::new());
+        }
+    }
     let rows = ctx
         .db
         .query(

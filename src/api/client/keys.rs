@@ -452,8 +452,17 @@ pub(crate) async fn claim_local(
     });
     let mut out: Map<String, Value> = Map::new();
     let mut last_poke = None;
+    let mut failed = None;
     for r in join_all(claims).await {
-        let (user, device, key) = r.map_err(keys_error)?;
+        // Every committed claim is announced, even when another failed:
+        // the owner's key counts (and `sync::key_counts`) depend on it.
+        let (user, device, key) = match r {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                failed.get_or_insert(e);
+                continue;
+            }
+        };
         let Some((id, key)) = key else { continue };
         if let Ok(uid) = UserId::parse(user) {
             last_poke = Some(poke(state, &uid));
@@ -470,7 +479,10 @@ pub(crate) async fn claim_local(
     if let Some(pos) = last_poke {
         announced(state, pos).await;
     }
-    Ok(out)
+    match failed {
+        Some(e) => Err(keys_error(e)),
+        None => Ok(out),
+    }
 }
 
 /// `GET /keys/changes?from=&to=`: users (sharing a room with the requester)
