@@ -7,14 +7,22 @@
 # - hearth: `perf record --call-graph dwarf` over the measured window, reported as the
 #   inclusive share of the functions of the send path.
 #
+# SCENARIO=sync-fanout profiles the fan-out instead (USERS members parked,
+# one sender); SKIP=12 then leaves the members' initial syncs, which spill
+# into the measured window, out of both profiles. Statements show their
+# planning too (`track_planning`: a statement our client caches may still
+# be planned on every call, bench/RESULTS.md issue 15).
+#
 # Usage: bench/scripts/send-profile.sh [BIN]   (default target/release/hearth)
-# Env:   USERS=100 ROOMS=20 CONNECTIONS=32 DURATION=10 WARMUP=2 SHARDS=(cores)
-#        PUSH=true PERF=true BENCH_BIN=target/release/hearth-bench
-#        OUT=bench/results/send-profile
+# Env:   SCENARIO=send USERS=100 ROOMS=20 CONNECTIONS=32 DURATION=10 WARMUP=2
+#        SKIP=0 SHARDS=(cores) PUSH=true PERF=true
+#        BENCH_BIN=target/release/hearth-bench OUT=bench/results/send-profile
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${1:-$REPO/target/release/hearth}
+SCENARIO=${SCENARIO:-send}
+SKIP=${SKIP:-0}
 USERS=${USERS:-100}
 ROOMS=${ROOMS:-20}
 CONNECTIONS=${CONNECTIONS:-32}
@@ -57,7 +65,7 @@ trap '[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "
 start
 stop
 conf=$(find "$dir" -name postgresql.conf | head -n1)
-printf "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = 'all'\n" >>"$conf"
+printf "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = 'all'\npg_stat_statements.track_planning = on\n" >>"$conf"
 start
 sock=$(find "$dir" -name '.s.PGSQL.*' ! -name '*.lock' | head -n1)
 pg_port=${sock##*.}
@@ -69,24 +77,30 @@ psql_() {
 psql_ -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
 
 # The bench sets up users and rooms, warms up, then measures; the
-# statistics are reset at its first "measure" progress line, so they cover
-# the last DURATION-1 s of the window (every figure is per event counted in
-# that same span).
-"$BENCH_BIN" send --url "http://127.0.0.1:$PORT" --users "$USERS" --rooms "$ROOMS" \
-    --connections "$CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP" \
-    --server-pid "$pid" --label "send-profile" --json "$OUT/send.json" \
+# statistics are reset SKIP s after its first "measure" progress line, so
+# they cover the last DURATION-1-SKIP s of the window (every figure is per
+# event counted in that same span).
+case "$SCENARIO" in
+send) shape=(--users "$USERS" --rooms "$ROOMS" --connections "$CONNECTIONS") ;;
+sync-fanout) shape=(--users "$USERS") ;;
+*) echo "SCENARIO must be send or sync-fanout" >&2; exit 2 ;;
+esac
+"$BENCH_BIN" "$SCENARIO" --url "http://127.0.0.1:$PORT" "${shape[@]}" \
+    --duration "$DURATION" --warmup "$WARMUP" \
+    --server-pid "$pid" --label "$SCENARIO-profile" --json "$OUT/$SCENARIO.json" \
     >"$OUT/bench.log" 2>&1 &
 bench=$!
 for _ in $(seq 1 3000); do
     grep -q "measure\]" "$OUT/bench.log" 2>/dev/null && break
     sleep 0.1
 done
+sleep "$SKIP"
 psql_ -c "SELECT pg_stat_statements_reset()" >/dev/null
 psql_ -c "SELECT pg_stat_reset()" >/dev/null
 wal0=$(psql_ -c "SELECT pg_current_wal_lsn()")
 ev0=$(psql_ -c "SELECT count(*) FROM events")
 if [ "$PERF" = true ]; then
-    perf record -F 999 --call-graph dwarf,16384 -p "$pid" -o "$OUT/perf.data" -- sleep "$((DURATION - 2))" 2>"$OUT/perf-record.log" &
+    perf record -F 999 --call-graph dwarf,16384 -p "$pid" -o "$OUT/perf.data" -- sleep "$((DURATION - 2 - SKIP))" 2>"$OUT/perf-record.log" &
     perf_pid=$!
 fi
 wait "$bench"
@@ -100,12 +114,13 @@ echo "events in the window: $events"
     echo "# events $events"
     echo "# WAL bytes per event"
     psql_ -c "SELECT round(pg_wal_lsn_diff('$wal1', '$wal0') / greatest($events, 1))"
-    echo "# statements: calls/event, rows/event, ms total, µs/call"
+    echo "# statements: calls/event, rows/event, ms total, µs/call, planning µs/call, plans"
     psql_ -F ' | ' -c "SELECT round(calls::numeric / greatest($events,1), 2), \
         round(rows::numeric / greatest($events,1), 2), round(total_exec_time::numeric, 0), \
         round((total_exec_time * 1000 / greatest(calls,1))::numeric, 1), \
+        round((total_plan_time * 1000 / greatest(calls,1))::numeric, 1), plans, \
         left(regexp_replace(query, '\s+', ' ', 'g'), 110) \
-        FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25"
+        FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 25"
     echo "# tables: rows inserted/event, index count"
     psql_ -F ' | ' -c "SELECT relname, round(n_tup_ins::numeric / greatest($events,1), 2), \
         round(n_tup_upd::numeric / greatest($events,1), 2), round(n_tup_del::numeric / greatest($events,1), 2), \
