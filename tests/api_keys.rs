@@ -18,6 +18,17 @@ fn start() -> Hearth {
     Hearth::start(Opts::shards(2).env("HEARTH_DATABASE__URL", &db.url()))
 }
 
+/// Sends an `m.text` message "hi" to `room` as `user`.
+fn send_text(h: &Hearth, user: &Registered, room: &str, txn: &str) {
+    ok(call(
+        h,
+        "PUT",
+        &format!("/rooms/{}/send/m.room.message/{txn}", common::enc(room)),
+        &user.token,
+        Some(json!({"msgtype": "m.text", "body": "hi"})),
+    ));
+}
+
 fn key_pair(device: &str) -> Ed25519KeyPair {
     let doc = Ed25519KeyPair::generate();
     Ed25519KeyPair::from_der(&doc, device.to_owned()).unwrap()
@@ -338,13 +349,7 @@ fn sync_carries_the_devices_key_counts() {
     let v = sync(Some(&since));
     assert_eq!(v["device_one_time_keys_count"]["signed_curve25519"], 3);
     since = v["next_batch"].as_str().unwrap().to_owned();
-    ok(call(
-        &h,
-        "PUT",
-        &format!("/rooms/{}/send/m.room.message/k1", common::enc(&room)),
-        &alice.token,
-        Some(json!({"msgtype": "m.text", "body": "hi"})),
-    ));
+    send_text(&h, &alice, &room, "k1");
     let v = sync(Some(&since));
     assert!(v["rooms"]["join"][&room].is_object(), "{v:#}");
     assert_eq!(v["device_one_time_keys_count"]["signed_curve25519"], 3);
@@ -649,13 +654,7 @@ fn device_lists_follow_who_shares_a_room() {
     member(&carol, "join", &room);
     step(json!([carol.id]), json!([]));
     // A message only: no membership in the window (the query is skipped).
-    ok(call(
-        &h,
-        "PUT",
-        &format!("/rooms/{}/send/m.room.message/t1", common::enc(&room)),
-        &alice.token,
-        Some(json!({"msgtype": "m.text", "body": "hi"})),
-    ));
+    send_text(&h, &alice, &room, "t1");
     step(json!([]), json!([]));
     // Alice joins Dave's room: Dave newly shares one.
     member(&alice, "join", &daves);

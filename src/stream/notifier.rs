@@ -224,18 +224,30 @@ impl Notifier {
 
     /// Whether a stream position in the window was announced with no
     /// change (or dropped): what it wrote, if anything, is unknown.
-    pub fn gap_between(&self, from: &[i64], to: &[i64]) -> bool {
+    fn gap_between(&self, from: &[i64], to: &[i64]) -> bool {
         self.last_gap
             .maybe_between(from, to, &self.current.borrow())
     }
 
     /// Whether the local `user` was poked after `since` (memory only;
     /// before startup, unknown: `true`).
-    pub fn user_poked_since(&self, user: &UserId, since: &StreamToken) -> bool {
+    fn user_poked_since(&self, user: &UserId, since: &StreamToken) -> bool {
         match self.user_poked.borrow().get(user) {
             Some(t) => t.is_after(since),
             None => self.startup.is_after(since),
         }
+    }
+
+    /// Whether what a poke of `user` stands for (their key counts, remote
+    /// invites) may have changed after `since`: they were poked, a
+    /// position since was left unexplained, or they are not this shard's
+    /// user (whose pokes are not tracked here).
+    pub fn maybe_poked_since(&self, user: &UserId, since: &StreamToken) -> bool {
+        let n = self.n_shards;
+        let now = self.current().persisted_vec(n);
+        !self.is_local(user)
+            || self.user_poked_since(user, since)
+            || self.gap_between(&since.persisted_vec(n), &now)
     }
 
     /// Whether anything in `room` happened after `since` (memory only;

@@ -152,31 +152,8 @@ pub async fn device_lists(ctx: &SyncContext) -> Result<(Vec<String>, Vec<String>
     };
     let n = ctx.current.len();
     let (from, to) = (since.persisted_vec(n), ctx.current.persisted_vec(n));
-    let user = ctx.user.as_str();
-    // Where the window holds no member event (no device list change), the
-    // membership query (the key change query) would find nothing: in a
-    // big room they were most of a woken sync's database time.
-    let notifier = shard()?.notifier.clone();
-    let keys = async {
-        if notifier.device_lists_changed_between(&from, &to) {
-            crate::keys::store::changed_users(&ctx.db, user, &from, &to).await
-        } else {
-            Ok(Vec::new())
-        }
-    };
-    let members = async {
-        if notifier.members_changed_between(&from, &to) {
-            crate::keys::store::membership_device_lists(&ctx.db, user, &from, &to)
-                .await
-                .map_err(|e| SyncError::Internal(e.to_string()))
-        } else {
-            Ok((Vec::new(), Vec::new()))
-        }
-    };
-    let (keys, members) = futures_util::future::join(keys, members).await;
-    let err = |e: crate::keys::KeysError| SyncError::Internal(e.to_string());
-    Ok(crate::keys::store::merge_device_lists(
-        keys.map_err(err)?,
-        members?,
-    ))
+    let state = shard()?;
+    crate::keys::store::device_list_changes(&ctx.db, &state.notifier, ctx.user.as_str(), &from, &to)
+        .await
+        .map_err(|e| SyncError::Internal(e.to_string()))
 }

@@ -37,14 +37,6 @@ thread_local! {
         RefCell::new(LruCache::new(NonZeroUsize::new(DEVICES).unwrap_or(NonZeroUsize::MIN)));
 }
 
-/// Whether a read at `read_at` still holds when the notifier is at
-/// `current`.
-fn still_valid(n: &Notifier, user: &UserId, read_at: &StreamToken, current: &StreamToken) -> bool {
-    let len = current.len();
-    !n.user_poked_since(user, read_at)
-        && !n.gap_between(&read_at.persisted_vec(len), &current.persisted_vec(len))
-}
-
 /// The device's key counts and unused fallback key algorithms.
 pub async fn get(
     db: &Pool,
@@ -53,19 +45,13 @@ pub async fn get(
     device: &str,
 ) -> Result<(KeyCounts, Vec<String>), KeysError> {
     let key = (user.to_owned(), device.to_owned());
-    let current = n.current();
-    // Only the user's own shard tracks their pokes.
-    let local = n.is_local(user);
-    if let Some(r) = READS
-        .with(|c| c.borrow_mut().get(&key).cloned())
-        .filter(|_| local)
-    {
-        if still_valid(n, user, &r.read_at, &current) {
+    if let Some(r) = READS.with(|c| c.borrow_mut().get(&key).cloned()) {
+        if !n.maybe_poked_since(user, &r.read_at) {
             return Ok((r.counts.clone(), r.fallback.clone()));
         }
     }
     // Taken before reading: a change committed after it pokes later.
-    let read_at = current;
+    let read_at = n.current();
     let (counts, fallback) = futures_util::future::join(
         store::counts(db, user.as_str(), device),
         store::unused_fallback(db, user.as_str(), device),
@@ -77,9 +63,7 @@ pub async fn get(
         fallback: fallback.clone(),
         read_at,
     });
-    if local {
-        READS.with(|c| c.borrow_mut().put(key, read));
-    }
+    READS.with(|c| c.borrow_mut().put(key, read));
     Ok((counts, fallback))
 }
 
@@ -102,7 +86,7 @@ mod tests {
         let n = Notifier::new(0, 1, StreamToken::from_positions(vec![at(3, 0)]));
         let me = UserId::parse("@me:x").unwrap();
         let read_at = n.current();
-        assert!(still_valid(&n, &me, &read_at, &n.current()));
+        assert!(!n.maybe_poked_since(&me, &read_at));
         // Someone else's poke does not matter; a gap does.
         let poke = |user: &str, e| Change::User {
             user_id: UserId::parse(user).unwrap(),
@@ -114,19 +98,19 @@ mod tests {
             upto: at(3, 1),
             changes: vec![poke("@other:x", 1)],
         });
-        assert!(still_valid(&n, &me, &read_at, &n.current()));
+        assert!(!n.maybe_poked_since(&me, &read_at));
         n.apply(&Batch {
             shard: 0,
             upto: at(3, 2),
             changes: vec![poke("@me:x", 2)],
         });
-        assert!(!still_valid(&n, &me, &read_at, &n.current()), "claimed");
+        assert!(n.maybe_poked_since(&me, &read_at), "claimed");
         let read_at = n.current();
         n.apply(&Batch {
             shard: 0,
             upto: at(4, 2),
             changes: vec![],
         });
-        assert!(!still_valid(&n, &me, &read_at, &n.current()), "a gap");
+        assert!(n.maybe_poked_since(&me, &read_at), "a gap");
     }
 }

@@ -28,12 +28,7 @@ pub async fn entries(ctx: &SyncContext) -> Result<BTreeMap<OwnedRoomId, Entry>, 
     // Every write of a row pokes its user at the row's position, so with
     // no poke (and no unexplained position) since `since` there is none.
     if let (Some(since), Some(state)) = (&ctx.since, crate::shard_state::current_shard()) {
-        let n = &state.notifier;
-        let len = ctx.current.len();
-        if n.is_local(&ctx.user)
-            && !n.user_poked_since(&ctx.user, since)
-            && !n.gap_between(&since.persisted_vec(len), &ctx.current.persisted_vec(len))
-        {
+        if !state.notifier.maybe_poked_since(&ctx.user, since) {
             return Ok(BTreeMap::new());
         }
     }

@@ -501,23 +501,9 @@ async fn changes(state: Rc<ShardState>, req: Request) -> HandlerResult {
     let n = state.mesh.n_shards();
     let (from, to) = (from.persisted_vec(n), to.persisted_vec(n));
     let user = me.user_id.as_str();
-    let keys = async {
-        if state.notifier.device_lists_changed_between(&from, &to) {
-            store::changed_users(&state.db, user, &from, &to).await
-        } else {
-            Ok(Vec::new())
-        }
-    };
-    let members = async {
-        if state.notifier.members_changed_between(&from, &to) {
-            store::membership_device_lists(&state.db, user, &from, &to).await
-        } else {
-            Ok((Vec::new(), Vec::new()))
-        }
-    };
-    let (keys, members) = futures_util::future::join(keys, members).await;
-    let (changed, left) =
-        store::merge_device_lists(keys.map_err(keys_error)?, members.map_err(keys_error)?);
+    let (changed, left) = store::device_list_changes(&state.db, &state.notifier, user, &from, &to)
+        .await
+        .map_err(keys_error)?;
     Ok(Response::json(
         200,
         &json!({ "changed": changed, "left": left }),
