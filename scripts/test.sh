@@ -10,7 +10,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --no-fail-fast
 # The HTTP suite once more on the epoll fallback driver, so both drivers are covered.
-HEARTH_TEST_LEGACY_DRIVER=1 cargo test --test http_server
+HEARTH_TEST_LEGACY_DRIVER=1 cargo test --test http_server --test http_handoff
 # The client-API suites once more on a single shard: "1 and several shards".
 HEARTH_TEST_SHARDS=1 cargo test $(for t in tests/api_*.rs; do printf -- '--test %s ' "$(basename "$t" .rs)"; done)
 # Fuzz every parser of untrusted input for a bounded time (docs/fuzzing.md).

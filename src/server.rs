@@ -354,13 +354,17 @@ async fn shard_main(
             ListenerKind::Federation => federation_router.clone(),
             ListenerKind::Metrics => metrics_router.clone(),
         };
-        serving.push(monoio::spawn(http::serve(
+        // Client connections move to their user's shard (`/sync` asks).
+        let handoff = (kind == ListenerKind::Client)
+            .then(|| Rc::new(MeshHandoff(Rc::clone(&state.mesh))) as Rc<dyn http::Handoff>);
+        serving.push(monoio::spawn(http::serve_with(
             listener,
             router,
             state.clone(),
             http_cfg.clone(),
             shutdown.clone(),
             tls,
+            handoff,
         )));
     }
     for s in serving {
@@ -370,4 +374,26 @@ async fn shard_main(
     state.mesh.close();
     state.stream.release_all();
     shard_state::uninstall();
+}
+
+/// Moves HTTP connections between shards over the mesh.
+struct MeshHandoff(Rc<MeshEndpoint>);
+
+impl http::Handoff for MeshHandoff {
+    fn here(&self) -> usize {
+        self.0.shard_id()
+    }
+
+    fn send(
+        &self,
+        shard: usize,
+        conn: http::Moving,
+    ) -> futures_util::future::LocalBoxFuture<'static, bool> {
+        let mesh = Rc::clone(&self.0);
+        Box::pin(async move {
+            mesh.send_to(shard, move || async move { http::adopt(conn) })
+                .await
+                .is_ok()
+        })
+    }
 }

@@ -24,6 +24,7 @@ use tracing::Instrument;
 use super::access::{self, AccessInfo};
 use super::cors;
 use super::error::MatrixError;
+use super::handoff::{Detach, Handoff, Moving, MAX_MOVES};
 use super::parser::{parse_head, BodyFraming, ChunkedDecoder, ParseError, RequestHead};
 use super::request::{Method, Request};
 use super::response::{status_has_body, write_head, ConnHeader, Response};
@@ -58,6 +59,18 @@ pub(crate) struct ServerCtx<S> {
     pub state: Rc<S>,
     pub cfg: Rc<HttpConfig>,
     pub shutdown: Shutdown,
+    /// How connections move to other shards; `None`: they never do.
+    pub handoff: Option<Rc<dyn Handoff>>,
+    /// The listening port (where a moved connection is adopted).
+    pub port: u16,
+}
+
+/// What a connection does once a response is queued.
+enum After {
+    Close,
+    Stay,
+    /// Move to this shard (`Response::move_to`), if it can.
+    Move(usize),
 }
 
 /// Why reading a request stopped.
@@ -78,9 +91,11 @@ pub(crate) struct Conn<S, IO = TcpStream> {
     rbuf: BytesMut,
     wbuf: Vec<u8>,
     ctx: Rc<ServerCtx<S>>,
+    /// Moves to other shards made so far (`http::handoff`).
+    moves: u8,
 }
 
-impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
+impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent + Detach> Conn<S, IO> {
     pub(crate) fn new(stream: IO, peer: SocketAddr, ctx: Rc<ServerCtx<S>>) -> Self {
         Conn {
             stream,
@@ -88,6 +103,27 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
             rbuf: BytesMut::with_capacity(READ_BUF),
             wbuf: Vec::new(),
             ctx,
+            moves: 0,
+        }
+    }
+
+    /// A connection moved here from another shard, with the bytes it had
+    /// read there.
+    pub(crate) fn adopted(
+        stream: IO,
+        peer: SocketAddr,
+        mut rbuf: BytesMut,
+        moves: u8,
+        ctx: Rc<ServerCtx<S>>,
+    ) -> Self {
+        rbuf.reserve(READ_BUF);
+        Conn {
+            stream,
+            peer,
+            rbuf,
+            wbuf: Vec::new(),
+            ctx,
+            moves,
         }
     }
 
@@ -111,8 +147,12 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
                 Err(e) => return self.fail(e).await,
             };
             match self.respond(head, body, started).await {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(After::Stay) => {}
+                Ok(After::Move(shard)) => match self.move_to(shard).await {
+                    Some(conn) => self = conn,
+                    None => return,
+                },
+                Ok(After::Close) => {
                     if self.flush().await.is_ok() && !self.rbuf.is_empty() {
                         // Closing with unread pipelined data: linger so the
                         // peer is not reset before it reads our responses.
@@ -126,6 +166,54 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
                 return;
             }
         }
+    }
+
+    /// Sends the connection to `shard` (`http::handoff`) once everything
+    /// queued is written. `Some(self)`: it stays here (TLS, moved enough,
+    /// no handoff, shutting down); `None`: it left, or failed and closed.
+    async fn move_to(mut self, shard: usize) -> Option<Self> {
+        let handoff = match &self.ctx.handoff {
+            Some(h) if h.here() != shard => Rc::clone(h),
+            _ => return Some(self),
+        };
+        if self.moves >= MAX_MOVES || self.ctx.shutdown.is_triggered() {
+            return Some(self);
+        }
+        if self.flush().await.is_err() {
+            return None;
+        }
+        let Conn {
+            stream,
+            peer,
+            rbuf,
+            wbuf,
+            ctx,
+            moves,
+        } = self;
+        let fd = match stream.detach() {
+            Ok(fd) => fd,
+            Err(stream) => {
+                return Some(Conn {
+                    stream,
+                    peer,
+                    rbuf,
+                    wbuf,
+                    ctx,
+                    moves: MAX_MOVES,
+                })
+            }
+        };
+        let conn = Moving {
+            fd,
+            peer,
+            port: ctx.port,
+            read: rbuf,
+            moves: moves + 1,
+        };
+        if !handoff.send(shard, conn).await {
+            tracing::debug!(%peer, shard, "connection could not move; closed");
+        }
+        None
     }
 
     /// Answers a read failure (if it deserves an answer) and closes.
@@ -329,13 +417,13 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
     }
 
     /// Dispatches one request and queues its response. Returns whether the
-    /// connection stays open.
+    /// connection stays open, and where.
     async fn respond(
         &mut self,
         head: RequestHead,
         body: Bytes,
         started: std::time::Instant,
-    ) -> io::Result<bool> {
+    ) -> io::Result<After> {
         let request_id = access::next_request_id();
         let span = tracing::info_span!(
             "request",
@@ -378,7 +466,11 @@ impl<S: 'static, IO: AsyncReadRent + AsyncWriteRent> Conn<S, IO> {
         if let Some(info) = &info {
             access::log_access(&span, info, resp.status, bytes_out, started);
         }
-        Ok(keep)
+        Ok(match (keep, resp.move_to) {
+            (false, _) => After::Close,
+            (true, None) => After::Stay,
+            (true, Some(shard)) => After::Move(shard),
+        })
     }
 
     /// Routes the request and runs its handler, turning errors and panics

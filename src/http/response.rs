@@ -15,6 +15,9 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(Cow<'static, str>, Cow<'static, str>)>,
     pub body: Bytes,
+    /// The shard this connection should go on from, once this response is
+    /// written (see `http::handoff`); `None`: stay.
+    pub move_to: Option<usize>,
 }
 
 impl Response {
@@ -24,6 +27,7 @@ impl Response {
             status,
             headers: Vec::new(),
             body: Bytes::new(),
+            move_to: None,
         }
     }
 
@@ -49,6 +53,7 @@ impl Response {
                 Cow::Borrowed("application/json"),
             )],
             body: body.into(),
+            move_to: None,
         }
     }
 
@@ -70,6 +75,15 @@ impl Response {
 
     pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
         self.body = body.into();
+        self
+    }
+
+    /// Asks the server to move the connection to `shard` after writing
+    /// this response, where the client's next requests are cheaper to
+    /// serve (`http::handoff`). A hint: a TLS connection, one that has
+    /// moved enough, or a server without a handoff stays where it is.
+    pub fn move_to(mut self, shard: usize) -> Self {
+        self.move_to = Some(shard);
         self
     }
 

@@ -13,6 +13,7 @@ use monoio::net::{TcpListener, TcpStream};
 
 use super::conn::{Conn, ServerCtx};
 use super::error::MatrixError;
+use super::handoff::{self, Handoff, Moving};
 use super::response::{write_head, ConnHeader};
 use super::router::Router;
 use super::shutdown::{ConnTracker, Shutdown};
@@ -38,20 +39,58 @@ pub async fn serve<S: 'static>(
     shutdown: Shutdown,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
+    serve_with(listener, router, state, cfg, shutdown, tls, None).await
+}
+
+/// [`serve`], where plain connections may move between shards
+/// (`http::handoff`): this server adopts the ones moved to its port on
+/// this thread, and sends its own away through `handoff` when a response
+/// asks (`Response::move_to`). Every shard's server on the port must be
+/// started this way.
+pub async fn serve_with<S: 'static>(
+    listener: TcpListener,
+    router: Rc<Router<S>>,
+    state: Rc<S>,
+    cfg: Rc<HttpConfig>,
+    shutdown: Shutdown,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handoff: Option<Rc<dyn Handoff>>,
+) {
+    // A TLS session cannot move; neither do its connections.
+    let handoff = handoff.filter(|_| tls.is_none());
     let acceptor = tls.map(monoio_rustls::TlsAcceptor::from);
     let tracker = Rc::new(ConnTracker::default());
     // Signals connection tasks to drop everything once the grace period ends.
     let force = Shutdown::new();
     let rejecting = Rc::new(ConnTracker::default());
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let ctx = Rc::new(ServerCtx {
         router,
         state,
         cfg: Rc::clone(&cfg),
         shutdown: shutdown.clone(),
+        handoff: handoff.clone(),
+        port,
     });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP server listening");
     }
+    let _adopting = handoff.is_some().then(|| {
+        let (ctx, tracker, force) = (Rc::clone(&ctx), Rc::clone(&tracker), force.clone());
+        let adopt: handoff::Adopter = Rc::new(move |m: Moving| {
+            let stream = match TcpStream::from_std(std::net::TcpStream::from(m.fd)) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(peer = %m.peer, error = %e, "cannot adopt a moved connection");
+                    return;
+                }
+            };
+            crate::metrics::local::bump(crate::metrics::local::Counter::ConnectionsMovedIn);
+            let conn = Conn::adopted(stream, m.peer, m.read, m.moves, Rc::clone(&ctx));
+            spawn_plain(conn, &tracker, &force);
+        });
+        handoff::register(port, adopt)
+    });
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
@@ -65,12 +104,12 @@ pub async fn serve<S: 'static>(
                 }
                 // Small responses must not wait for Nagle.
                 let _ = stream.set_nodelay(true);
-                let guard = (
-                    tracker.enter(),
-                    crate::metrics::local::track(crate::metrics::local::Gauge::Connections),
-                );
-                let force = force.clone();
                 if let Some(acceptor) = &acceptor {
+                    let guard = (
+                        tracker.enter(),
+                        crate::metrics::local::track(crate::metrics::local::Gauge::Connections),
+                    );
+                    let force = force.clone();
                     let acceptor = acceptor.clone();
                     let ctx = Rc::clone(&ctx);
                     let handshake_timeout = cfg.header_timeout;
@@ -103,14 +142,7 @@ pub async fn serve<S: 'static>(
                         }
                     });
                 } else {
-                    let conn = Conn::new(stream, peer, Rc::clone(&ctx));
-                    monoio::spawn(async move {
-                        let _guard = guard;
-                        monoio::select! {
-                            _ = conn.run() => {},
-                            _ = force.wait() => {},
-                        }
-                    });
+                    spawn_plain(Conn::new(stream, peer, Rc::clone(&ctx)), &tracker, &force);
                 }
             }
             Err(e) => {
@@ -133,6 +165,23 @@ pub async fn serve<S: 'static>(
             .await
             .ok();
     }
+}
+
+/// Serves a plain connection in its own task, counted by `tracker` and
+/// dropped when `force` triggers.
+fn spawn_plain<S: 'static>(conn: Conn<S>, tracker: &Rc<ConnTracker>, force: &Shutdown) {
+    let guard = (
+        tracker.enter(),
+        crate::metrics::local::track(crate::metrics::local::Gauge::Connections),
+    );
+    let force = force.clone();
+    monoio::spawn(async move {
+        let _guard = guard;
+        monoio::select! {
+            _ = conn.run() => {},
+            _ = force.wait() => {},
+        }
+    });
 }
 
 /// Answers an over-cap connection with 503 `M_LIMIT_EXCEEDED` in its own

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::local::{self, Gauge};
+use super::local::{self, Counter, Gauge};
 use super::{encode, process, requests, Families, Kind, Sample, Value};
 use crate::shard_state::{on_shard, Here, ShardState};
 
@@ -41,6 +41,13 @@ pub fn shard_families(state: &ShardState) -> Families {
     ] {
         f.scalar(name, help, Kind::Gauge, shard(), local::value(g) as f64);
     }
+    f.scalar(
+        "hearth_http_connections_moved_in_total",
+        "HTTP connections moved to the shard from another (to their user's shard).",
+        Kind::Counter,
+        shard(),
+        local::count(Counter::ConnectionsMovedIn) as f64,
+    );
     f.scalar(
         "hearth_mesh_jobs_received_total",
         "Jobs from other shards started on the shard.",

@@ -21,6 +21,29 @@ thread_local! {
     static GAUGES: [Cell<i64>; N] = const { [const { Cell::new(0) }; N] };
 }
 
+/// Per-shard counters (monotonic).
+#[derive(Debug, Clone, Copy)]
+pub enum Counter {
+    /// HTTP connections moved here from another shard (`http::handoff`).
+    ConnectionsMovedIn = 0,
+}
+
+const N_COUNTERS: usize = 1;
+
+thread_local! {
+    static COUNTERS: [Cell<u64>; N_COUNTERS] = const { [const { Cell::new(0) }; N_COUNTERS] };
+}
+
+/// Adds one to this thread's `c`.
+pub fn bump(c: Counter) {
+    COUNTERS.with(|v| v[c as usize].set(v[c as usize].get() + 1));
+}
+
+/// This thread's count of `c`.
+pub fn count(c: Counter) -> u64 {
+    COUNTERS.with(|v| v[c as usize].get())
+}
+
 /// Holds one unit of a gauge until dropped.
 #[must_use]
 pub struct Tracked(Gauge, std::marker::PhantomData<*const ()>);

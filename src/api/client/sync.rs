@@ -76,6 +76,10 @@ pub async fn sync(state: Rc<ShardState>, req: Request) -> HandlerResult {
     })
     .await??;
     let mut resp = Response::json_bytes(200, out.body).with_header("X-Hearth-Sync", out.path);
+    if target != state.mesh.shard_id() {
+        // The next sync on this connection is served where it runs.
+        resp = resp.move_to(target);
+    }
     if let Some((hits, misses)) = out.window {
         resp = resp.with_header(
             "X-Hearth-Sync-Window",
