@@ -3,6 +3,9 @@
 //! to each other through a channel instead of the mesh. Raw HTTP over std
 //! `TcpStream`s shows which thread answered each request.
 
+#[path = "common/driver.rs"]
+mod driver;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
@@ -102,21 +105,8 @@ fn start() -> Pair {
                 )
                 .await;
             };
-            // HEARTH_TEST_LEGACY_DRIVER=1: the epoll fallback, whose
-            // registrations a moved socket must leave and join.
-            if std::env::var_os("HEARTH_TEST_LEGACY_DRIVER").is_some() {
-                monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                    .enable_timer()
-                    .build()
-                    .expect("runtime")
-                    .block_on(run);
-            } else {
-                monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                    .enable_timer()
-                    .build()
-                    .expect("runtime")
-                    .block_on(run);
-            }
+            // The driver under test (moved sockets must leave and join its registrations).
+            driver::block_on_test_driver(run);
         }));
     }
     Pair {

@@ -1,6 +1,9 @@
 //! End-to-end tests of the HTTP layer: a real monoio runtime on a thread,
 //! a real listening socket, and raw HTTP spoken over std `TcpStream`s.
 
+#[path = "common/driver.rs"]
+mod driver;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown as NetShutdown, SocketAddr, TcpStream};
 use std::rc::Rc;
@@ -135,20 +138,8 @@ impl TestServer {
                 )
                 .await;
             };
-            // HEARTH_TEST_LEGACY_DRIVER=1 runs the suite on the epoll fallback.
-            if std::env::var_os("HEARTH_TEST_LEGACY_DRIVER").is_some() {
-                monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                    .enable_timer()
-                    .build()
-                    .expect("runtime")
-                    .block_on(run);
-            } else {
-                monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                    .enable_timer()
-                    .build()
-                    .expect("runtime")
-                    .block_on(run);
-            }
+            // io_uring, or epoll under HEARTH_TEST_LEGACY_DRIVER=1.
+            driver::block_on_test_driver(run);
         });
         let addr = rx
             .recv_timeout(Duration::from_secs(10))

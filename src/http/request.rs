@@ -258,14 +258,14 @@ impl Request {
     /// decoded five times showed in its profile).
     pub fn query_param(&self, name: &str) -> Option<Cow<'_, str>> {
         self.raw_query_pairs()
-            .find(|(k, _)| form_decode(k) == name)
+            .find(|(k, _)| key_is(k, name))
             .map(|(_, v)| form_decode(v))
     }
 
     /// Every value of a repeated query parameter (e.g. `server_name`).
     pub fn query_params(&self, name: &str) -> Vec<Cow<'_, str>> {
         self.raw_query_pairs()
-            .filter(|(k, _)| form_decode(k) == name)
+            .filter(|(k, _)| key_is(k, name))
             .map(|(_, v)| form_decode(v))
             .collect()
     }
@@ -300,9 +300,27 @@ impl Request {
     }
 }
 
+/// Whether the still-encoded query key `raw` decodes to `name`. Keys are
+/// almost never encoded, and decoding each one for every lookup (UTF-8
+/// validation included) was 4 % of an idle `/sync`'s profile.
+fn key_is(raw: &str, name: &str) -> bool {
+    if needs_decoding(raw) {
+        form_decode(raw) == name
+    } else {
+        raw == name
+    }
+}
+
+fn needs_decoding(s: &str) -> bool {
+    s.bytes().any(|b| b == b'%' || b == b'+')
+}
+
 /// Decodes one `x-www-form-urlencoded` component.
 fn form_decode(s: &str) -> Cow<'_, str> {
-    if s.contains('+') {
+    if !needs_decoding(s) {
+        // Already a `str`: nothing to decode or validate.
+        Cow::Borrowed(s)
+    } else if s.contains('+') {
         let replaced = s.replace('+', " ");
         Cow::Owned(
             percent_decode_str(&replaced)
@@ -356,6 +374,11 @@ mod tests {
         // Keys are matched decoded too.
         let r = Request::new(Method::Get, "/p?%66ilter=%7B%7D&x=1");
         assert_eq!(r.query_param("filter").as_deref(), Some("{}"));
+        let r = Request::new(Method::Get, "/p?a+b=1&a=2&a%=3");
+        assert_eq!(r.query_param("a b").as_deref(), Some("1"));
+        assert_eq!(r.query_param("a").as_deref(), Some("2"));
+        // A stray `%` is kept as it is (no valid escape follows).
+        assert_eq!(r.query_param("a%").as_deref(), Some("3"));
     }
 
     #[test]
