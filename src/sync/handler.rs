@@ -112,7 +112,7 @@ pub async fn sync(
     // Boxed: the computing future is large, and inline it made every
     // sync's future as large, copied whole into the router's box even
     // when the cheap path answered (4 % of an idle sync's profile).
-    Box::pin(computed(&state, ctx, &cache, &notifier, user.as_str())).await
+    Box::pin(computed(&state, ctx, &cache, &notifier)).await
 }
 
 /// The response computed room by room (anything changed for the user, or
@@ -122,7 +122,6 @@ async fn computed(
     mut ctx: SyncContext,
     cache: &SyncCache,
     notifier: &Notifier,
-    user: &str,
 ) -> Result<SyncOutcome, SyncError> {
     // An initial or full-state sync builds every joined room's state and
     // timeline in memory: at most a few per shard at once, one turn per
@@ -131,7 +130,7 @@ async fn computed(
         Some(
             state
                 .admission
-                .enter(crate::admission::Work::InitialSync, user)
+                .enter(crate::admission::Work::InitialSync, ctx.user.as_str())
                 .await?,
         )
     } else {
