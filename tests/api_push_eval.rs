@@ -560,3 +560,64 @@ fn pushers_die_with_their_device() {
     ));
     assert_eq!(pushkeys(&h, &bob), ["main-key"]);
 }
+
+/// Members notified alike share one `push_actions` row (migration 33):
+/// each still gets their own counts, read flags and pages, also when the
+/// counts are read from the table (after a restart, the per-shard memory
+/// is empty).
+#[test]
+fn members_sharing_an_action_set_keep_their_own_counts_after_a_restart() {
+    let db = TestCluster::shared().fresh_database();
+    let opts = || Opts::shards(2).env("HEARTH_DATABASE__URL", &db.url());
+    let h = Hearth::start(opts());
+    let alice = register_user(&h, "alice");
+    let bob = register_user(&h, "bob");
+    let carol = register_user(&h, "carol");
+    let room = create_room(&h, &alice);
+    join(&h, &bob, &room);
+    join(&h, &carol, &room);
+    let e1 = send(&h, &alice, &room, "1", text("one"));
+    let mut mention = text("two");
+    mention["m.mentions"] = json!({"user_ids": [carol.id]});
+    let e2 = send(&h, &alice, &room, "2", mention);
+    let e3 = send(&h, &alice, &room, "3", text("three"));
+    receipt(&h, &bob, &room, "m.read", &e1, json!({}));
+    let listed = |h: &Hearth, u: &Registered| -> Vec<(String, bool)> {
+        ok(call(h, "GET", "/notifications", &u.token, None))["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["event"]["event_id"].as_str().unwrap().to_owned(),
+                    n["read"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let check = |h: &Hearth| {
+        assert_eq!(counts(&sync(h, &bob, None, None), &room), (2, 0));
+        assert_eq!(counts(&sync(h, &carol, None, None), &room), (3, 1));
+        assert_eq!(counts(&sync(h, &alice, None, None), &room), (0, 0));
+        assert_eq!(
+            listed(h, &bob),
+            [(e3.clone(), false), (e2.clone(), false), (e1.clone(), true)]
+        );
+        assert_eq!(
+            listed(h, &carol),
+            [
+                (e3.clone(), false),
+                (e2.clone(), false),
+                (e1.clone(), false)
+            ]
+        );
+        assert!(listed(h, &alice).is_empty());
+    };
+    check(&h);
+    drop(h);
+    let h = Hearth::start(opts());
+    check(&h);
+    receipt(&h, &carol, &room, "m.read", &e2, json!({}));
+    assert_eq!(counts(&sync(&h, &carol, None, None), &room), (1, 0));
+    assert_eq!(counts(&sync(&h, &bob, None, None), &room), (2, 0));
+}

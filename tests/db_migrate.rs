@@ -181,3 +181,68 @@ fn transaction_ids_expire() {
         assert_eq!(left, "new");
     })
 }
+
+/// Migration 33 folds v14's per-user `push_actions` rows into one row per
+/// (event, action set), keeping the page order (`id`) and continuing it.
+#[test]
+fn push_actions_fold_into_action_sets() {
+    run(async {
+        let c = connect_fresh().await;
+        let before: Vec<Migration> = MIGRATIONS
+            .iter()
+            .copied()
+            .filter(|m| m.version < 33)
+            .collect();
+        migrate_with(&c, &before).await.unwrap();
+        c.batch_execute(
+            "INSERT INTO push_actions (user_id, room_id, event_id, stream_ordering, thread_id, \
+             highlight, actions, ts) VALUES \
+             ('@b:h', '!r:h', '$1', 5, 'main', false, '[\"notify\"]', 10), \
+             ('@a:h', '!r:h', '$1', 5, 'main', false, '[\"notify\"]', 10), \
+             ('@c:h', '!r:h', '$1', 5, 'main', true, '[\"notify\",{\"set_tweak\":\"highlight\"}]', 10), \
+             ('@a:h', '!r:h', '$2', 6, 'main', false, '[\"notify\"]', 11)",
+        )
+        .await
+        .unwrap();
+        migrate(&c).await.unwrap();
+        let rows = c
+            .query(
+                "SELECT id, event_id, highlight, array_to_string(users, ',') FROM push_actions \
+                 ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap();
+        let got: Vec<(i64, String, bool, String)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0).unwrap(),
+                    r.get(1).unwrap(),
+                    r.get(2).unwrap(),
+                    r.get(3).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, "$1".into(), false, "@a:h,@b:h".into()),
+                (3, "$1".into(), true, "@c:h".into()),
+                (4, "$2".into(), false, "@a:h".into()),
+            ]
+        );
+        let next: i64 = c
+            .query_one(
+                "INSERT INTO push_actions (room_id, event_id, stream_ordering, thread_id, \
+                 highlight, actions, ts, users) VALUES ('!r:h', '$3', 7, 'main', false, '[]', 12, \
+                 ARRAY['@a:h']) RETURNING id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+            .unwrap();
+        assert_eq!(next, 5);
+    })
+}

@@ -160,6 +160,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "txn_ids_brin",
         sql: include_str!("../../migrations/0032_txn_ids_brin.sql"),
     },
+    Migration {
+        version: 33,
+        name: "push_actions_by_set",
+        sql: include_str!("../../migrations/0033_push_actions_by_set.sql"),
+    },
 ];
 
 /// Key of the advisory lock serializing migrators (arbitrary, fixed:

@@ -1,6 +1,7 @@
 //! Notification counts and `GET /notifications` (client-server API "Push
 //! Notifications" → "Receiving notifications", "Threading" → "Read
-//! receipts and notifications"), read from `push_actions`.
+//! receipts and notifications"), read from `push_actions` (a row per
+//! event and action set, its users in an array: migration 33).
 //!
 //! A notification is read when the user's latest `m.read` or
 //! `m.read.private` receipt is at or after it: the unthreaded receipt
@@ -81,7 +82,7 @@ pub async fn room_unread(db: &Pool, user: &str, room: &str) -> Result<Unread, Db
     let rows = db
         .query(
             "SELECT thread_id, stream_ordering, highlight FROM push_actions \
-             WHERE user_id = $1 AND room_id = $2 AND stream_ordering > $3",
+             WHERE room_id = $2 AND stream_ordering > $3 AND $1 = ANY(users)",
             &[&user, &room, &floor],
         )
         .await?;
@@ -156,7 +157,7 @@ pub async fn notifications(
     let rows = db
         .query(
             "SELECT id, room_id, event_id, stream_ordering, thread_id, actions, ts \
-             FROM push_actions WHERE user_id = $1 AND ($2::int8 IS NULL OR id < $2) \
+             FROM push_actions WHERE users @> ARRAY[$1::text] AND ($2::int8 IS NULL OR id < $2) \
              AND (NOT $3 OR highlight) ORDER BY id DESC LIMIT $4",
             &[&user, &from, &only_highlight, &(limit + 1)],
         )

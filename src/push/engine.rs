@@ -36,15 +36,15 @@ use crate::shard_state::{current_shard, ShardState};
 use super::eval::{self, Candidate, RoomInputs, UserRules};
 use super::rules::{self, ACCOUNT_DATA_TYPE};
 
-/// A notified event's `push_actions` rows for one action set: the users
-/// (space-separated), room, event, position, thread, highlight, actions,
+/// A notified event's `push_actions` row for one action set: the users
+/// (space-separated, stored as an array: one row per set, not per user,
+/// see migration 33), room, event, position, thread, highlight, actions,
 /// time. A batch's rows go as one statement (`db::bulk`): a plain insert
 /// that reads nothing the batch writes.
 static PUSH_ROWS: Rows = Rows {
-    sql: "INSERT INTO push_actions (user_id, room_id, event_id, stream_ordering, thread_id, \
-          highlight, actions, ts) SELECT u, x.r, x.e, x.s, x.t, x.h, x.a, x.ts \
-          FROM unnest($1, $2, $3, $4, $5, $6, $7, $8) AS x(us, r, e, s, t, h, a, ts), \
-          unnest(string_to_array(x.us, ' ')) AS u",
+    sql: "INSERT INTO push_actions (users, room_id, event_id, stream_ordering, thread_id, \
+          highlight, actions, ts) SELECT string_to_array(x.us, ' '), x.r, x.e, x.s, x.t, x.h, \
+          x.a, x.ts FROM unnest($1, $2, $3, $4, $5, $6, $7, $8) AS x(us, r, e, s, t, h, a, ts)",
     columns: &[TEXT, TEXT, TEXT, INT8, TEXT, BOOL, JSONB, INT8],
 };
 

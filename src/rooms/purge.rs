@@ -210,7 +210,7 @@ WITH point AS (
 ), t AS (
     DELETE FROM txn_ids WHERE event_id IN (SELECT event_id FROM gone)
 ), p AS (
-    DELETE FROM push_actions WHERE event_id IN (SELECT event_id FROM gone)
+    DELETE FROM push_actions WHERE room_id = $1 AND event_id IN (SELECT event_id FROM gone)
 )
 SELECT count(*) FROM gone";
 

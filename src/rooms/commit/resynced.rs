@@ -457,8 +457,8 @@ fn reject_rows(w: Write, room: &str, pdu: &Pdu, reason: &str) -> Write {
         vec![id.clone().into()],
     )
     .statement(
-        "DELETE FROM push_actions WHERE event_id = $1",
-        vec![id.clone().into()],
+        "DELETE FROM push_actions WHERE room_id = $1 AND event_id = $2",
+        vec![room.into(), id.clone().into()],
     )
     .statement(
         "INSERT INTO rejected_events (event_id, room_id, reason, received_ts) \
