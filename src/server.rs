@@ -287,6 +287,7 @@ async fn shard_main(
     // Until then peers' jobs wait in their rings (backpressure, not errors).
     state.mesh.spawn_receiver();
     monoio::spawn(stream.clone().run_announcer(state.mesh.clone()));
+    monoio::spawn(crate::shard::allocator::run_collector());
     {
         // Transactions answered before a crash and not yet applied.
         let state = state.clone();

@@ -7,6 +7,7 @@
 //! whose waker unparks a runtime blocked in io_uring/epoll (monoio's `sync`
 //! feature), so a parked shard needs no polling loop to notice.
 
+pub mod allocator;
 pub mod driver;
 pub mod limits;
 pub mod listener;

@@ -361,7 +361,11 @@ fn misbehave(mut s: Tls, how: Hostile, written: &AtomicU64) {
             } else {
                 "Connection: close\r\n"
             };
-            let mut res = write!(s, "{JSON_200}{framing}\r\n[");
+            // The body opens a JSON array; chunked, that byte is a chunk
+            // of its own (a bare `[` would be an invalid chunk size, and
+            // hearth would stop before the body cap is reached).
+            let open = if chunked { "1\r\n[\r\n" } else { "[" };
+            let mut res = write!(s, "{JSON_200}{framing}\r\n{open}");
             let piece = vec![b' '; 64 * 1024];
             while res.is_ok() {
                 res = if chunked {
