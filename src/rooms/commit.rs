@@ -442,9 +442,8 @@ impl Rooms {
             );
         }
         self.writer.submit(w).await?;
-        let mut cache = self.events.borrow_mut();
         for p in pdus {
-            cache.put(p.event_id.clone(), Rc::new(p.clone()));
+            self.events.put(Rc::new(p.clone()));
         }
         drop(ticket);
         Ok(())
@@ -477,7 +476,7 @@ impl Rooms {
             ],
         );
         self.writer.submit(w).await?;
-        self.events.borrow_mut().pop(&pdu.event_id);
+        self.events.pop(&pdu.event_id);
         Ok(())
     }
 
@@ -511,7 +510,7 @@ impl Rooms {
             }
             let cached = ruma::OwnedEventId::try_from(id.as_str())
                 .ok()
-                .and_then(|eid| self.events.borrow_mut().get(&eid).cloned());
+                .and_then(|eid| self.events.get(&eid));
             match cached {
                 Some(p) => {
                     memberships.insert((*id).clone(), p.membership());

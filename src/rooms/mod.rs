@@ -18,6 +18,7 @@ pub mod commit;
 pub mod create;
 pub mod destinations;
 pub mod directory;
+pub mod event_cache;
 pub mod federation_read;
 pub mod forget;
 pub mod graph;

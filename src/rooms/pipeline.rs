@@ -223,9 +223,7 @@ impl Rooms {
         }
         // Later builds read this event (auth events, redactions) from the
         // cache before it is committed.
-        self.events
-            .borrow_mut()
-            .put(pdu.event_id.clone(), pdu.clone());
+        self.events.put(pdu.clone());
         let (reply, answer) = oneshot();
         let start = {
             let mut pipes = p.pipes.borrow_mut();
@@ -352,10 +350,7 @@ fn committed(rooms: &Rooms, chain: Vec<Queued>) {
         if let Some(key) = &p.txn {
             rooms.pipelines.txns.borrow_mut().remove(key);
         }
-        rooms
-            .events
-            .borrow_mut()
-            .put(p.pdu.event_id.clone(), p.pdu.clone());
+        rooms.events.put(p.pdu.clone());
         if p.pdu.kind.to_string() == "m.room.member" {
             rooms.forget_servers(&p.pdu.room_id);
             // Outliers (a joined room's state) change no current state.
@@ -395,7 +390,7 @@ fn failed(rooms: &Rooms, room: &OwnedRoomId, queued: impl Iterator<Item = Queued
         if let Some(key) = &p.txn {
             rooms.pipelines.txns.borrow_mut().remove(key);
         }
-        rooms.events.borrow_mut().pop(&p.pdu.event_id);
+        rooms.events.pop(&p.pdu.event_id);
         q.reply.send(Err(f.clone()));
     }
 }

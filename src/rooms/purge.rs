@@ -271,9 +271,7 @@ impl Rooms {
         let n: i64 = done?.get(0)?;
         // Events of the room may sit in the event cache; a purged one must
         // not be served from it.
-        self.events
-            .borrow_mut()
-            .retain(|_, pdu| pdu.room_id != *room_id);
+        self.events.forget_room(room_id);
         tracing::info!(room = %room_id, events = n, "purged history");
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -281,9 +279,7 @@ impl Rooms {
     fn forget_cached(&self, room_id: &OwnedRoomId) {
         self.heads.borrow_mut().pop(room_id);
         self.servers.borrow_mut().pop(room_id);
-        self.events
-            .borrow_mut()
-            .retain(|_, pdu| pdu.room_id != *room_id);
+        self.events.forget_room(room_id);
     }
 }
 

@@ -24,7 +24,6 @@ use super::RoomError;
 use crate::events::Pdu;
 
 const HEAD_CACHE: usize = 10_000;
-const EVENT_CACHE: usize = 50_000;
 /// States (by snapshot id) and resolutions (by their inputs' ids).
 const STATE_CACHE: usize = 1_000;
 
@@ -67,7 +66,7 @@ pub struct Rooms {
     pub(super) stream: Rc<StreamWriter>,
     pub(super) room_locks: Linearizer<OwnedRoomId>,
     pub(super) heads: RefCell<LruCache<OwnedRoomId, Rc<RoomHead>>>,
-    pub(super) events: RefCell<LruCache<OwnedEventId, Rc<Pdu>>>,
+    pub(super) events: super::event_cache::EventCache,
     /// `[snapshot]` → its state; sorted snapshot ids → their resolution.
     pub(super) states: RefCell<LruCache<Vec<i64>, Rc<StateMap>>>,
     /// Public keys of other servers (`rooms::remote_keys`).
@@ -131,7 +130,7 @@ impl Rooms {
             stream,
             room_locks: Linearizer::new("room-writes", 1),
             heads: RefCell::new(LruCache::new(cap(HEAD_CACHE))),
-            events: RefCell::new(LruCache::new(cap(EVENT_CACHE))),
+            events: Default::default(),
             states: RefCell::new(LruCache::new(cap(STATE_CACHE))),
             remote_keys: super::remote_keys::RemoteKeys::default(),
             pipelines: Default::default(),
@@ -228,8 +227,8 @@ impl Rooms {
     /// An event of the graph by id (timeline, soft-failed or outlier: for
     /// auth and state, never to serve), from cache or the database.
     pub async fn event(&self, event_id: &OwnedEventId) -> Result<Option<Rc<Pdu>>, RoomError> {
-        if let Some(p) = self.events.borrow_mut().get(event_id) {
-            return Ok(Some(p.clone()));
+        if let Some(p) = self.events.get(event_id) {
+            return Ok(Some(p));
         }
         let row = self
             .db
@@ -248,7 +247,7 @@ impl Rooms {
         let json = canonical_json::try_from_json_map(map)
             .map_err(|e| RoomError::Internal(e.to_string()))?;
         let pdu = Rc::new(Pdu::from_json(event_id.clone(), json, version)?);
-        self.events.borrow_mut().put(event_id.clone(), pdu.clone());
+        self.events.put(pdu.clone());
         Ok(Some(pdu))
     }
 

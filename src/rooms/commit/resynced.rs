@@ -295,7 +295,7 @@ impl Rooms {
             return Err(e.into());
         }
         for id in &rejected {
-            self.events.borrow_mut().pop(id);
+            self.events.pop(id);
         }
         for (h, m) in after_of.into_values() {
             self.states.borrow_mut().put(vec![h.id], m);
