@@ -24,7 +24,6 @@ use std::rc::Rc;
 use ruma::push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
 use ruma::serde::Raw;
 use ruma::{OwnedRoomId, OwnedUserId, UInt, UserId};
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Stands for the user's own id in a group key.
@@ -161,13 +160,10 @@ pub async fn evaluate(
     candidates: &[Candidate],
 ) -> Outcome {
     let mut out = Outcome::default();
-    let Ok(text) = serde_json::to_string(event) else {
+    let Ok(raw) = serde_json::value::to_raw_value(event) else {
         return out;
     };
-    let lower = text.to_lowercase();
-    let Ok(raw) = RawValue::from_string(text) else {
-        return out;
-    };
+    let lower = raw.get().to_lowercase();
     let raw: Raw<Value> = Raw::from_json(raw);
     // An event naming the placeholder has every member evaluated alone.
     let everyone_alone = lower.contains(PLACEHOLDER);

@@ -7,8 +7,9 @@
 //! get the big LRU. Other events (messages) are looked up again only
 //! while recent. When every committed message went into the one
 //! 50,000-entry LRU, a parsed message (~3 KB of JSON tree) made a busy shard
-//! grow ~150 MB over its first 30,000 sends. Filling fresh pages for them
-//! was ~7 % of a send's CPU (bench/RESULTS.md, "cut 7"). So non-state events
+//! grow ~150 MB over its first 30,000 sends, and filling fresh pages for
+//! them was ~7 % of a send profile's samples; the throughput change was
+//! within the rig's noise (bench/RESULTS.md, "cut 7"). So non-state events
 //! get a small LRU of their own. A pipeline's uncommitted event is
 //! committed within milliseconds, far sooner than [`RECENT`] later sends
 //! on the shard push it out.
@@ -86,6 +87,7 @@ impl EventCache {
     }
 
     /// Events held: (state, recent).
+    #[cfg(test)]
     pub fn len(&self) -> (usize, usize) {
         (self.state.borrow().len(), self.recent.borrow().len())
     }
