@@ -31,7 +31,15 @@ pub struct Conn {
     host: String,
     stream: Option<TcpStream>,
     buf: Vec<u8>,
+    /// The request being written, kept between requests like `buf`: the
+    /// client is the instrument, and on a 2-core rig every microsecond it
+    /// spends per request is one the server does not get (bench/RESULTS.md,
+    /// "the instrument's share").
+    req: Vec<u8>,
 }
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Longest a request may take: long-poll syncs ask for up to 30 s.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,6 +51,7 @@ impl Conn {
             host: host.to_owned(),
             stream: None,
             buf: Vec::with_capacity(16 * 1024),
+            req: Vec::with_capacity(1024),
         }
     }
 
@@ -88,27 +97,34 @@ impl Conn {
             self.stream = Some(s);
             self.buf.clear();
         }
-        let mut req = format!(
+        use std::io::Write as _;
+        let mut req = std::mem::take(&mut self.req);
+        req.clear();
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            req,
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: hearth-bench\r\n",
             self.host
         );
         if let Some(t) = token {
-            req += &format!("Authorization: Bearer {t}\r\n");
+            let _ = write!(req, "Authorization: Bearer {t}\r\n");
         }
         let body = body.unwrap_or(b"");
         if !body.is_empty() || matches!(method, "POST" | "PUT") {
-            req += &format!(
+            let _ = write!(
+                req,
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",
                 body.len()
             );
         }
-        req += "\r\n";
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body);
         let Some(s) = self.stream.as_mut() else {
+            self.req = req;
             return Err(TransportError("no connection".into()));
         };
-        let (res, _) = s.write_all(bytes).await;
+        let (res, back) = s.write_all(req).await;
+        self.req = back;
         res.map_err(|e| TransportError(format!("write: {}", e.kind())))?;
         let (resp, keep) = read_response(s, &mut self.buf).await?;
         if !keep {
@@ -213,15 +229,20 @@ pub(crate) async fn read_chunked(
     }
 }
 
+/// One read straight into the spare capacity of `buf` (no bounce buffer:
+/// the bytes are copied once, by the kernel).
 async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), TransportError> {
-    let chunk = Vec::with_capacity(64 * 1024);
-    let (res, chunk) = s.read(chunk).await;
+    use monoio::buf::IoBufMut as _;
+    let mut b = std::mem::take(buf);
+    if b.capacity() - b.len() < READ_CHUNK / 4 {
+        b.reserve(READ_CHUNK);
+    }
+    let (len, cap) = (b.len(), b.capacity());
+    let (res, slice) = s.read(b.slice_mut(len..cap)).await;
+    *buf = slice.into_inner();
     match res {
         Ok(0) => Err(TransportError("closed".into())),
-        Ok(_) => {
-            buf.extend_from_slice(&chunk);
-            Ok(())
-        }
+        Ok(_) => Ok(()),
         Err(e) => Err(TransportError(format!("read: {}", e.kind()))),
     }
 }

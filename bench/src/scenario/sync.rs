@@ -346,8 +346,10 @@ pub fn run_fanout(args: &FanoutArgs) -> anyhow::Result<RunReport> {
     Ok(r)
 }
 
+/// A substring search per delivery: `windows().any()` compared at every
+/// offset and was 8 % of the fan-out client's CPU; memmem is SIMD.
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+    !needle.is_empty() && memchr::memmem::find(hay, needle).is_some()
 }
 
 pub fn run_initial(args: &InitialArgs) -> anyhow::Result<RunReport> {
