@@ -30,6 +30,12 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 SHARDS=${SHARDS:-$(nproc)}
 PUSH=${PUSH:-true}
+# The profile and the statistics span DURATION-2-SKIP s of the window: with
+# none left, every per-event figure would divide by zero events.
+if [ $((DURATION - 2 - SKIP)) -le 0 ]; then
+    echo "DURATION ($DURATION) must exceed SKIP ($SKIP) + 2" >&2
+    exit 2
+fi
 PERF=${PERF:-true}
 BENCH_BIN=${BENCH_BIN:-$REPO/target/release/hearth-bench}
 OUT=${OUT:-$REPO/bench/results/send-profile}

@@ -231,7 +231,7 @@ pub(crate) async fn read_chunked(
 
 /// One read straight into the spare capacity of `buf` (no bounce buffer:
 /// the bytes are copied once, by the kernel).
-async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), TransportError> {
+pub(crate) async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), TransportError> {
     use monoio::buf::IoBufMut as _;
     let mut b = std::mem::take(buf);
     if b.capacity() - b.len() < READ_CHUNK / 4 {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::stats::{new_hist, Metric, Progress};
@@ -186,26 +186,13 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, boo
                     return Ok((status, keep));
                 }
                 while buf.len() < head_len + len {
-                    read_more(s, buf).await?;
+                    crate::client::read_more(s, buf).await.map_err(|e| e.0)?;
                 }
                 buf.drain(..head_len + len);
                 return Ok((status, keep));
             }
-            Ok(httparse::Status::Partial) => read_more(s, buf).await?,
+            Ok(httparse::Status::Partial) => crate::client::read_more(s, buf).await.map_err(|e| e.0)?,
             Err(e) => return Err(format!("parse: {e}")),
         }
-    }
-}
-
-async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
-    let chunk = Vec::with_capacity(16 * 1024);
-    let (res, chunk) = s.read(chunk).await;
-    match res {
-        Ok(0) => Err("closed".into()),
-        Ok(_) => {
-            buf.extend_from_slice(&chunk);
-            Ok(())
-        }
-        Err(e) => Err(format!("read: {}", e.kind())),
     }
 }
