@@ -191,7 +191,9 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, boo
                 buf.drain(..head_len + len);
                 return Ok((status, keep));
             }
-            Ok(httparse::Status::Partial) => crate::client::read_more(s, buf).await.map_err(|e| e.0)?,
+            Ok(httparse::Status::Partial) => {
+                crate::client::read_more(s, buf).await.map_err(|e| e.0)?
+            }
             Err(e) => return Err(format!("parse: {e}")),
         }
     }
