@@ -38,7 +38,8 @@ pub struct Conn {
     req: Vec<u8>,
 }
 
-/// Bytes asked of the socket per read.
+/// How much a connection's buffer grows by when less than a quarter of
+/// this is spare; each read asks for all the spare capacity.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Longest a request may take: long-poll syncs ask for up to 30 s.
